@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv (or reuses it while setup.cfg is unchanged) and installs the package with all extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+stamp=.venv/.installed-$(sha1sum setup.cfg | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[test,hf]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
