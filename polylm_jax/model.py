@@ -1,0 +1,218 @@
+"""The PolyLM decoder as a Flax module: GPT-2 blocks exactly as released (SPEC section 1).
+
+Pre-LayerNorm blocks, learned absolute positions, fused QKV with biases, GeLU (tanh), tied
+input/output embeddings, Megatron initialisation, softmax in fp32. Every parameter and
+activation carries logical axis names; `partitioning.py` maps them onto a mesh. The layer
+stack is one `nn.scan`, so compile time does not grow with depth.
+
+The same module serves decoding: with `decode=True` each layer keeps a key/value cache plus
+the segment id of every cached slot, so one rule masks both causality and padding. Prompts of
+different lengths are left-padded with segment id 0 and given explicit positions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from polylm_jax.config import PolyLMConfig
+
+Array = jax.Array
+
+# Logical axis names used below (see partitioning.DEFAULT_RULES).
+BATCH, LENGTH, EMBED, HEADS, KV, MLP, VOCAB = "batch", "length", "embed", "heads", "kv", "mlp", "vocab"
+LAYERS, QKV, POSITION = "layers", "qkv", "position"
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
+           std: float | None) -> Array:
+  """A parameter with logical axes; std=None means zeros (biases)."""
+  init = nn.initializers.zeros if std is None else nn.initializers.normal(std)
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape,
+                      jnp.dtype(module.config.param_dtype))
+
+
+def _layer_norm(config: PolyLMConfig, name: str) -> nn.LayerNorm:
+  """LayerNorm with bias, computed in fp32."""
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.dtype(config.param_dtype),
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)), name=name)
+
+
+def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
+  return nn.with_logical_constraint(x, axes)
+
+
+class Attention(nn.Module):
+  """Causal multi-head self-attention with a fused QKV projection."""
+
+  config: PolyLMConfig
+
+  @nn.compact
+  def __call__(self, x: Array, segment_ids: Array, decode: bool) -> Array:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    d, h, dh = cfg.d_model, cfg.num_heads, cfg.head_dim
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+
+    # The HF c_attn output dim is Q|K|V, each heads x head_dim: hence (embed, 3, heads, kv).
+    w_qkv = _param(self, "qkv_kernel", (d, 3, h, dh), (EMBED, QKV, HEADS, KV), cfg.init_std)
+    b_qkv = _param(self, "qkv_bias", (3, h, dh), (QKV, HEADS, KV), None)
+    qkv = jnp.einsum("btd,dnhk->nbthk", x, w_qkv.astype(dtype)) + b_qkv.astype(dtype)[:, None, None]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q = _constrain(q, (BATCH, LENGTH, HEADS, KV))
+    k = _constrain(k, (BATCH, LENGTH, HEADS, KV))
+    v = _constrain(v, (BATCH, LENGTH, HEADS, KV))
+
+    q_slots = jnp.arange(x.shape[1])
+    k_segments = segment_ids
+    if decode:
+      k, v, k_segments, q_slots = self._update_cache(k, v, segment_ids)
+    mask = ((jnp.arange(k.shape[1])[None, None, :] <= q_slots[None, :, None])
+            & (segment_ids[:, :, None] == k_segments[:, None, :]))
+
+    if cfg.attention_impl == "cudnn" and not decode:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
+    else:
+      logits = jnp.einsum("bqhk,bshk->bhqs", q * (1.0 / math.sqrt(dh)), k,
+                          preferred_element_type=jnp.float32)
+      logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+      out = jnp.einsum("bhqs,bshk->bqhk", probs, v)
+    out = _constrain(out, (BATCH, LENGTH, HEADS, KV))
+
+    w_out = _param(self, "out_kernel", (h, dh, d), (HEADS, KV, EMBED), out_std)
+    b_out = _param(self, "out_bias", (d,), (EMBED,), None)
+    y = jnp.einsum("bthk,hkd->btd", out, w_out.astype(dtype)) + b_out.astype(dtype)
+    return _constrain(y, (BATCH, LENGTH, EMBED))
+
+  def _update_cache(self, k: Array, v: Array, segment_ids: Array):
+    """Writes this call's keys/values at the cache index; returns the whole cache."""
+    cfg = self.config
+    b, t = k.shape[:2]
+    shape = (b, cfg.max_len, cfg.num_heads, cfg.head_dim)
+    initialised = self.has_variable("cache", "key")
+    cached_k = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
+    cached_v = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
+    cached_seg = self.variable("cache", "segment_ids", jnp.zeros, (b, cfg.max_len), jnp.int32)
+    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    start = index.value
+    if initialised:
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+      cached_seg.value = jax.lax.dynamic_update_slice(
+          cached_seg.value, segment_ids.astype(jnp.int32), (0, start))
+      index.value = start + t
+    return cached_k.value, cached_v.value, cached_seg.value, start + jnp.arange(t)
+
+
+class Mlp(nn.Module):
+  """fc1 -> GeLU (tanh approximation, HF `gelu_fast`) -> fc2."""
+
+  config: PolyLMConfig
+
+  @nn.compact
+  def __call__(self, h: Array) -> Array:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    w1 = _param(self, "fc1_kernel", (cfg.d_model, cfg.d_ff), (EMBED, MLP), cfg.init_std)
+    b1 = _param(self, "fc1_bias", (cfg.d_ff,), (MLP,), None)
+    w2 = _param(self, "fc2_kernel", (cfg.d_ff, cfg.d_model), (MLP, EMBED), out_std)
+    b2 = _param(self, "fc2_bias", (cfg.d_model,), (EMBED,), None)
+    h = jnp.einsum("btd,df->btf", h, w1.astype(dtype)) + b1.astype(dtype)
+    h = _constrain(jax.nn.gelu(h, approximate=True), (BATCH, LENGTH, MLP))
+    return jnp.einsum("btf,fd->btd", h, w2.astype(dtype)) + b2.astype(dtype)
+
+
+class Block(nn.Module):
+  """One pre-LayerNorm transformer block; scanned, so it returns (carry, None)."""
+
+  config: PolyLMConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, segment_ids: Array) -> tuple[Array, None]:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    residual_dtype = x.dtype
+
+    h = _layer_norm(cfg, "ln_1")(x).astype(dtype)
+    x = x + Attention(cfg, name="attn")(h, segment_ids, self.decode).astype(residual_dtype)
+
+    h = _layer_norm(cfg, "ln_2")(x).astype(dtype)
+    h = Mlp(cfg, name="mlp")(h)
+    x = x + h.astype(residual_dtype)
+    return _constrain(x, (BATCH, LENGTH, EMBED)), None
+
+
+class PolyLM(nn.Module):
+  """PolyLM decoder: token ids -> fp32 logits [batch, length, vocab].
+
+  positions: [batch, length] ids into the learned position table (default 0..length-1).
+  segment_ids: [batch, length]; tokens attend only to earlier tokens of the same segment.
+    Default: one segment per row (the released recipe: no reset at document boundaries).
+    In decode mode, segment id 0 marks padding.
+  """
+
+  config: PolyLMConfig
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Array | None = None,
+               segment_ids: Array | None = None, decode: bool = False) -> Array:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    if segment_ids is None:
+      segment_ids = jnp.ones(tokens.shape, jnp.int32)
+
+    wte = _param(self, "wte", (cfg.vocab_size, cfg.d_model), (VOCAB, EMBED), cfg.init_std)
+    wpe = _param(self, "wpe", (cfg.max_len, cfg.d_model), (POSITION, EMBED), cfg.init_std)
+    residual_dtype = jnp.float32 if cfg.residual_fp32 else dtype
+    x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, positions, axis=0)).astype(residual_dtype)
+    x = _constrain(x, (BATCH, LENGTH, EMBED))
+
+    block = Block
+    if cfg.remat_policy != "none":
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+    stack = nn.scan(
+        block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+        in_axes=(nn.broadcast,), length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: LAYERS})
+    x, _ = stack(cfg, decode, name="layers")(x, segment_ids)
+
+    h = _layer_norm(cfg, "ln_f")(x).astype(dtype)
+    logits = jnp.einsum("btd,vd->btv", h, wte.astype(dtype), preferred_element_type=jnp.float32)
+    return _constrain(logits, (BATCH, LENGTH, VOCAB))
+
+
+def init_params(config: PolyLMConfig, rng: Array) -> dict[str, Any]:
+  """Randomly initialised parameters (unboxed), as Megatron initialises them."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return nn.unbox(PolyLM(config).init(rng, tokens)["params"])
+
+
+def abstract_params(config: PolyLMConfig) -> Any:
+  """Parameter shapes and logical axes (boxed ShapeDtypeStructs), allocating nothing."""
+  tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  return jax.eval_shape(lambda t: PolyLM(config).init(jax.random.key(0), t), tokens)["params"]
+
+
+def init_cache(config: PolyLMConfig, batch_size: int) -> dict[str, Any]:
+  """An empty decode cache for `batch_size` rows of up to `config.max_len` tokens."""
+  tokens = jax.ShapeDtypeStruct((batch_size, 1), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda t: PolyLM(config).init(jax.random.key(0), t, decode=True), tokens)["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), nn.unbox(shapes))
