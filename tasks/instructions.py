@@ -1,0 +1,335 @@
+"""Instruction-tuning tasks: MultiAlpaca-format JSONL -> (prompt, response) token pairs.
+
+Records (SPEC section 5): {"instruction": str, "input": str | null | missing, "output": str};
+other keys (e.g. "lang", "round", "teacher" written by self_instruct) are ignored. Each task
+outputs
+  inputs   int32 ids of the prompt, polylm_jax.prompts.format_prompt(instruction, input, style)
+           -- no eos: the response continues it.
+  targets  int32 ids of the response, ending with eos (2).
+Prompt and response are tokenized separately (as a chat front end sees them: it encodes the
+prompt and the model continues). `polylm_jax.instruct_stream` packs them with loss on the
+response only.
+
+Built-in: `polylm_multialpaca_{lang}` for the 11 MultiAlpaca languages and the mixture
+`polylm_multialpaca` (rates proportional to each language's training records, i.e. the
+concatenation of the released data). Files: `{data_dir}/{lang}.jsonl`, where data_dir is
+`set_data_dir(...)`, else $POLYLM_JAX_MULTIALPACA_DIR; resolved when a task is first read,
+so importing registers without touching files. Every `HOLDOUT_EVERY`-th record of a file is
+the "validation" split, the rest "train" (MultiAlpaca has no validation split).
+
+Other data (e.g. self-instruct output):
+    register_instruction_task("sw", "/data/si/sw*.jsonl", source_name="selfinstruct")
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from polylm_jax import prompts
+from polylm_jax import vocab as vocab_lib
+from tasks import sources
+from tasks.languages import check_language
+
+# SPEC section 5: MultiAlpaca has these 11 languages (no en/zh split).
+MULTIALPACA_LANGUAGES: tuple[str, ...] = ("ar", "de", "es", "fr", "id", "ja", "ko", "pt", "ru",
+                                          "th", "vi")
+DATA_DIR_ENV = "POLYLM_JAX_MULTIALPACA_DIR"
+DEFAULT_FILE_PATTERN = "{lang}.jsonl"
+HOLDOUT_EVERY = 100
+MIXTURE_NAME = "polylm_multialpaca"
+CHAT_MIXTURE_NAME = "polylm_multialpaca_chat"
+ON_ERROR = sources.ON_ERROR
+_MAX_LOGGED_SKIPS = 10
+
+_data_dir: str | None = None
+_file_pattern: str = DEFAULT_FILE_PATTERN
+_INFO: dict[str, dict] = {}
+
+
+def set_data_dir(path: str | None, file_pattern: str = DEFAULT_FILE_PATTERN) -> None:
+  """Where the built-in MultiAlpaca tasks read: `{path}/{file_pattern}` with {lang} filled in
+  (a glob is fine, e.g. "{lang}-*.jsonl"). Overrides $POLYLM_JAX_MULTIALPACA_DIR."""
+  global _data_dir, _file_pattern
+  if "{lang}" not in file_pattern:
+    raise ValueError(f"MultiAlpaca file_pattern {file_pattern!r} must contain {{lang}}")
+  _data_dir, _file_pattern = (os.fspath(path) if path is not None else None), file_pattern
+
+
+def data_dir() -> str:
+  """The MultiAlpaca directory in use; a clear error when none is configured."""
+  path = _data_dir or os.environ.get(DATA_DIR_ENV)
+  if not path:
+    raise FileNotFoundError(
+        f"MultiAlpaca data directory not configured: set ${DATA_DIR_ENV} or call "
+        f"tasks.instructions.set_data_dir(path); it must "
+        f"hold {DEFAULT_FILE_PATTERN.format(lang='<lang>')} files for "
+        f"{', '.join(MULTIALPACA_LANGUAGES)}")
+  return path
+
+
+def multialpaca_files(lang: str) -> str:
+  return os.path.join(data_dir(), _file_pattern.format(lang=lang))
+
+
+def task_name(lang: str, source_name: str = "multialpaca", style: str = "multialpaca") -> str:
+  suffix = "" if style == "multialpaca" else f"_{style}"
+  return f"polylm_{source_name}_{lang}{suffix}"
+
+
+def instruction_task_info(name: str) -> dict:
+  """{"lang", "source", "style"} of a registered instruction task."""
+  if name not in _INFO:
+    raise ValueError(f"{name!r} is not a registered instruction task; registered: "
+                     f"{sorted(_INFO)[:8]}{' ...' if len(_INFO) > 8 else ''}")
+  return dict(_INFO[name])
+
+
+def is_instruction_task(name: str) -> bool:
+  return name in _INFO
+
+
+def list_instruction_tasks(style: str | None = None) -> list[str]:
+  return sorted(n for n, i in _INFO.items() if style is None or i["style"] == style)
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def parse_record(line: str, where: str) -> dict[str, str]:
+  """{"instruction", "input" ("" for null/missing), "output"} of one JSONL line.
+
+  Raises sources.MalformedLine naming `where` (file and line) and the field at fault.
+  """
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise sources.MalformedLine(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+  if not isinstance(obj, dict):
+    raise sources.MalformedLine(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  out = {}
+  for key, nullable in (("instruction", False), ("input", True), ("output", False)):
+    value = obj.get(key)
+    if value is None and nullable:
+      value = ""
+    if not isinstance(value, str):
+      got = "missing" if value is None else f"a {type(value).__name__}"
+      raise sources.MalformedLine(f"{where}: field {key!r} must be a string"
+                                  f"{' or null' if nullable else ''}, is {got}")
+    if not nullable and not value.strip():
+      raise sources.MalformedLine(f"{where}: field {key!r} is blank")
+    out[key] = value
+  return out
+
+
+class InstructionSource(seqio.DataSource):
+  """MultiAlpaca-format JSONL files (one per shard) -> {"instruction", "input", "output"}.
+
+  `patterns` is a glob / list of globs, or a zero-argument callable returning them (resolved
+  on first use). on_error "fail" raises on a malformed line naming file and line; "skip"
+  drops it and counts it in `skipped` ({file: count}). Every `holdout_every`-th record of a
+  file (counting well-formed records) is "validation", the rest "train".
+  """
+
+  FIELDS = ("instruction", "input", "output")
+
+  def __init__(self, patterns: str | Sequence[str] | Callable[[], str | Sequence[str]], *,
+               holdout_every: int | None = HOLDOUT_EVERY, on_error: str = "fail",
+               name: str = ""):
+    if on_error not in ON_ERROR:
+      raise ValueError(f"{name or 'instruction source'}: on_error must be one of {ON_ERROR}, "
+                       f"got {on_error!r}")
+    if holdout_every is not None and holdout_every < 2:
+      raise ValueError(f"{name or 'instruction source'}: holdout_every must be >= 2, "
+                       f"got {holdout_every}")
+    self._patterns = patterns
+    self._holdout_every = holdout_every
+    self._on_error = on_error
+    self._name = name
+    self.skipped: dict[str, int] = {}
+    super().__init__(splits=("train", "validation") if holdout_every else ("train",))
+
+  def __repr__(self):
+    return f"InstructionSource({self._name!r})"
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  @property
+  def output_keys(self) -> tuple[str, ...]:
+    return self.FIELDS
+
+  def _where(self, split: str) -> str:
+    return f"instruction task {self._name or '?'} split {split!r}"
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    if split not in self.splits:
+      raise ValueError(f"{self._where(split)}: no such split; splits: {list(self.splits)}")
+    patterns = self._patterns() if callable(self._patterns) else self._patterns
+    return sources.resolve_files(patterns, self._where(split))
+
+  def records(self, path: str, split: str = "train") -> Iterable[dict[str, str]]:
+    """The split's records of one file, in file order (Python; also used for counting)."""
+    index = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+      for lineno, raw in enumerate(f, start=1):
+        if not raw.strip():
+          continue
+        where = f"{path} line {lineno}"
+        try:
+          try:
+            line = raw.decode("utf-8")
+          except UnicodeDecodeError as e:
+            raise sources.MalformedLine(f"{where}: not valid UTF-8 ({e})") from None
+          record = parse_record(line, where)
+        except sources.MalformedLine as e:
+          if self._on_error == "fail":
+            raise
+          n = self.skipped[path] = self.skipped.get(path, 0) + 1
+          if n <= _MAX_LOGGED_SKIPS:
+            logging.warning("skipping malformed instruction record (%d in this file): %s", n, e)
+          continue
+        index += 1
+        if self._holdout_every is None or split not in ("train", "validation"):
+          yield record
+        elif (index % self._holdout_every == 0) == (split == "validation"):
+          yield record
+
+  def num_records(self, split: str = "train") -> int:
+    return sum(1 for f in self.list_shards(split) for _ in self.records(f, split))
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+    files = list(self.list_shards(split))
+    if shard_info:
+      if len(files) < shard_info.num_shards:
+        raise ValueError(f"{self._where(split)}: {len(files)} files cannot be split across "
+                         f"{shard_info.num_shards} shards")
+      files = files[shard_info.index::shard_info.num_shards]
+    if shuffle:
+      files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+
+    def generate(path):
+      path = path.decode() if isinstance(path, bytes) else str(path)
+      for r in self.records(path, split):
+        yield {k: r[k].encode("utf-8") for k in self.FIELDS}
+
+    signature = {k: tf.TensorSpec([], tf.string) for k in self.FIELDS}
+    files_ds = tf.data.Dataset.from_tensor_slices(np.array(files, dtype=str))
+    return files_ds.interleave(
+        lambda p: tf.data.Dataset.from_generator(generate, args=(p,),
+                                                 output_signature=signature),
+        cycle_length=1)
+
+
+# -- preprocessing ------------------------------------------------------------------------
+
+
+def format_instructions(dataset: tf.data.Dataset, style: str = "multialpaca") -> tf.data.Dataset:
+  """{"instruction", "input", "output"} -> {"inputs": prompt, "targets": response}.
+
+  The TF twin of prompts.format_prompt (tests check they agree byte for byte).
+  """
+  prompts.check_style(style)
+
+  def fmt(ex):
+    instruction = tf.strings.strip(ex["instruction"])
+    inp = tf.strings.strip(ex["input"])
+    message = tf.cond(tf.strings.length(inp) > 0,
+                      lambda: tf.strings.join([inp, instruction], "\n"), lambda: instruction)
+    if style == "multialpaca":
+      prompt = tf.strings.join([message, "\n\n"])
+    elif style == "chat":
+      prompt = tf.strings.join([prompts.CHAT_USER, message, "\n", prompts.CHAT_ASSISTANT])
+    else:
+      prompt = message
+    return {"inputs": prompt, "targets": ex["output"]}
+
+  return dataset.map(fmt, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
+  vocabulary = vocabulary or vocab_lib.get_vocabulary()
+  return {"inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
+          "targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)}
+
+
+def register_instruction_task(lang: str,
+                              patterns: str | Sequence[str] | Callable[[], str | Sequence[str]],
+                              *, source_name: str = "instructions", style: str = "multialpaca",
+                              holdout_every: int | None = HOLDOUT_EVERY, on_error: str = "fail",
+                              name: str | None = None,
+                              vocabulary: seqio.Vocabulary | None = None,
+                              replace: bool = True) -> str:
+  """Register `polylm_{source_name}_{lang}[_{style}]` reading MultiAlpaca-format JSONL."""
+  name = name or task_name(lang, source_name, style)
+  check_language(lang, where=f"instruction task {name}")
+  prompts.check_style(style, where=f"instruction task {name}")
+  if name in seqio.TaskRegistry.names():
+    if not replace:
+      raise ValueError(f"task {name!r} is already registered")
+    seqio.TaskRegistry.remove(name)
+  source = InstructionSource(patterns, holdout_every=holdout_every, on_error=on_error, name=name)
+  seqio.TaskRegistry.add(
+      name, source=source, output_features=output_features(vocabulary),
+      preprocessors=[functools.partial(format_instructions, style=style),
+                     seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim,
+                     functools.partial(sources.assert_nonempty, task_name=name)])
+  _INFO[name] = {"lang": lang, "source": source_name, "style": style}
+  return name
+
+
+@functools.lru_cache(maxsize=None)
+def _train_records(name: str, fingerprint: tuple) -> int:
+  task = seqio.get_mixture_or_task(name)
+  return task.source.num_records("train")
+
+
+def num_train_records(task: seqio.Task | str) -> int:
+  """Training records of an instruction task (counted once per set of files)."""
+  task = seqio.get_mixture_or_task(task) if isinstance(task, str) else task
+  files = task.source.list_shards("train")
+  stamp = tuple((f, tf.io.gfile.stat(f).length) for f in files)
+  return _train_records(task.name, stamp)
+
+
+def register_instruction_mixture(name: str, task_names: Sequence[str],
+                                 rates: Mapping[str, float] | None = None,
+                                 replace: bool = True) -> str:
+  """A seqio Mixture of instruction tasks; default rate: each task's training records."""
+  for t in task_names:
+    if not is_instruction_task(t):
+      raise ValueError(f"mixture {name}: {t!r} is not an instruction task")
+  if name in seqio.MixtureRegistry.names():
+    if not replace:
+      raise ValueError(f"mixture {name!r} is already registered")
+    seqio.MixtureRegistry.remove(name)
+  entries = [(t, rates[t] if rates is not None else num_train_records) for t in task_names]
+  seqio.MixtureRegistry.add(name, entries)
+  return name
+
+
+def register_multialpaca(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
+  """The built-in MultiAlpaca tasks (both styles) and their two mixtures."""
+  names = {}
+  for style, mixture in (("multialpaca", MIXTURE_NAME), ("chat", CHAT_MIXTURE_NAME)):
+    names[style] = [
+        register_instruction_task(
+            lang, functools.partial(multialpaca_files, lang), source_name="multialpaca",
+            style=style, vocabulary=vocabulary)
+        for lang in MULTIALPACA_LANGUAGES]
+    register_instruction_mixture(mixture, names[style])
+  return names["multialpaca"] + names["chat"]
+
+
+BUILTIN_INSTRUCTION_TASKS: tuple[str, ...] = tuple(register_multialpaca())
