@@ -16,6 +16,9 @@ Id 0: seqio pads with 0 and t5x-style feature converters derive loss weights fro
      that does derive them (seqio's LMFeatureConverter) still loses nothing, by 1.
   3. Decoding treats 0 as padding and drops it (python and TF paths), so padded model
      outputs and seqio's after-eos padding decode to clean text.
+Round trips are exact (identity normalisation) in Python: decode(encode(t)) == t, except that
+a literal U+2581 '▁' (SentencePiece's space symbol) comes back as a space, as with the
+released tokenizer. The TF path (tf_text) also drops spaces at the very start of a text.
 Tokenized task features end with eos (2); the packer concatenates them (SPEC section 3).
 
 Importing this module imports seqio (and TensorFlow, about 9 s): model-side code imports it
