@@ -1,0 +1,609 @@
+"""Generation and scoring: everything that turns a PolyLM into tokens or log-likelihoods.
+
+One jitted function per call shape runs the whole generation: a prefill of the left-padded
+prompts (padding has segment id 0, real tokens segment 1 and their own positions, so rows of
+different lengths share one cache index), then a `lax.while_loop` of cached one-token steps
+that exits as soon as every row has emitted eos or `max_new_tokens` is reached.
+
+Semantics follow transformers' `generate` so that results can be compared token for token:
+logits processors run in HF's order (repetition penalty, temperature, top-k, top-p), and
+beam search is a port of its vectorised beam search (finished hypotheses scored
+`logprob / generated_len ** length_penalty`, `early_stopping` True / False / "never").
+Two deliberate differences: the repetition penalty sees only real tokens (HF also penalises
+the left-padding id of a batch), and with beam search it is applied to log-probabilities
+(as HF does there).
+
+Length policy: no silent truncation. A prompt longer than the model's positions, or a prompt
+plus `max_new_tokens` that does not fit, is an error; `infer.py` can left-truncate prompts.
+`generate` returns the new tokens without the final eos (`include_eos=True` keeps it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from polylm_jax import partitioning
+from polylm_jax.config import PolyLMConfig
+from polylm_jax.model import PolyLM, init_cache
+
+# The released demos' settings (SPEC section 5).
+DEMO_SAMPLING = dict(top_p=0.8, temperature=0.7, repetition_penalty=1.02)
+DEMO_BEAM = dict(num_beams=4, early_stopping=True)
+PRESETS: dict[str, dict[str, Any]] = {"greedy": {}, "sampling": DEMO_SAMPLING, "beam": DEMO_BEAM}
+
+_NEG = -1.0e9  # HF's "impossible" beam score; kept identical so ranking matches.
+_PROMPT_BUCKET = 16  # prompt and score lengths are padded to multiples of this (fewer compiles)
+_CACHE_BUCKET = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+  """How to pick tokens. temperature 0 is greedy (argmax after the repetition penalty)."""
+
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  repetition_penalty: float = 1.0
+  num_beams: int = 1
+  length_penalty: float = 1.0
+  early_stopping: bool | str = False
+  seed: int = 0
+  eos_id: int | None = None  # None: config.eos_id
+
+  def __post_init__(self):
+    def bad(name, why):
+      raise ValueError(f"decoding setting {name}={getattr(self, name)!r}: {why}")
+    if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+      bad("temperature", "must be >= 0 (0 means greedy)")
+    if not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+      bad("top_k", "must be an integer >= 0 (0 disables it)")
+    if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+      bad("top_p", "must be in (0, 1] (1 disables it)")
+    if not isinstance(self.repetition_penalty, (int, float)) or self.repetition_penalty <= 0:
+      bad("repetition_penalty", "must be > 0 (1 disables it)")
+    if not isinstance(self.num_beams, (int, np.integer)) or self.num_beams < 1:
+      bad("num_beams", "must be an integer >= 1")
+    if self.early_stopping not in (True, False, "never"):
+      bad("early_stopping", "must be True, False or 'never'")
+    if self.early_stopping != "never":  # 1 -> True: the beam code tests `is True`, as HF does
+      object.__setattr__(self, "early_stopping", bool(self.early_stopping))
+    if self.num_beams > 1 and self.temperature > 0:
+      bad("temperature", "beam search is deterministic here: use temperature=0 with num_beams>1")
+    if not isinstance(self.seed, (int, np.integer)):
+      bad("seed", "must be an integer")
+
+  @property
+  def do_sample(self) -> bool:
+    return self.temperature > 0
+
+
+def make_settings(preset: str | None = None, **settings: Any) -> DecodeSettings:
+  """Settings from an optional preset name plus overrides; unknown names are errors."""
+  base: dict[str, Any] = {}
+  if preset is not None:
+    if preset not in PRESETS:
+      raise ValueError(f"unknown decoding preset {preset!r}; known: {sorted(PRESETS)}")
+    base = dict(PRESETS[preset])
+  known = {f.name for f in dataclasses.fields(DecodeSettings)}
+  unknown = sorted(set(settings) - known)
+  if unknown:
+    raise ValueError(f"unknown decoding setting(s) {unknown}; known: {sorted(known)}")
+  return DecodeSettings(**{**base, **settings})
+
+
+# ----------------------------------------------------------------------------------------
+# Logits processors (HF order: repetition penalty, temperature, top-k, top-p).
+
+
+def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+  """Divides positive / multiplies negative logits of already-seen tokens (HF semantics)."""
+  penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
+  return jnp.where(seen, penalised, logits)
+
+
+def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
+  k = min(k, logits.shape[-1])
+  kth = jax.lax.top_k(logits, k)[0][..., -1:]
+  return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
+  """Nucleus filter: drops the low tail whose cumulative probability is <= 1 - top_p."""
+  ascending = jnp.sort(logits, axis=-1)
+  cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
+  removed = cumulative <= (1.0 - top_p)
+  removed = removed.at[..., -1].set(False)  # keep at least one token
+  # The removed set is a prefix of the ascending order, so a threshold reproduces it.
+  threshold = jnp.take_along_axis(ascending, jnp.sum(removed, -1, keepdims=True), axis=-1)
+  return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def process_logits(logits: jax.Array, seen: jax.Array | None, s: DecodeSettings) -> jax.Array:
+  if s.repetition_penalty != 1.0:
+    logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
+  if not s.do_sample:
+    return logits
+  logits = logits / s.temperature
+  if s.top_k > 0:
+    logits = top_k_filter(logits, s.top_k)
+  if s.top_p < 1.0:
+    logits = top_p_filter(logits, s.top_p)
+  return logits
+
+
+# ----------------------------------------------------------------------------------------
+# The jitted core. `config` here is the decode config: max_len = the cache length.
+
+
+def _model_step(config, params, cache, tokens, positions, segment_ids):
+  logits, variables = PolyLM(config).apply(
+      {"params": params, "cache": cache}, tokens, positions, segment_ids, decode=True,
+      mutable=["cache"])
+  return logits[:, -1], variables["cache"]
+
+
+def _prefill(config, params, tokens, positions, segment_ids):
+  """Fills the cache with the prompts; returns the logits after each row's last token."""
+  params = {**params, "wpe": params["wpe"][:config.max_len]}
+  cache = init_cache(config, tokens.shape[0])
+  if tokens.shape[1] > 1:  # all but the last column; XLA drops their unused logits
+    _, cache = _model_step(config, params, cache, tokens[:, :-1], positions[:, :-1],
+                           segment_ids[:, :-1])
+  logits, cache = _model_step(config, params, cache, tokens[:, -1:], positions[:, -1:],
+                              segment_ids[:, -1:])
+  return params, logits, cache
+
+
+def _seen_mask(tokens, segment_ids, vocab_size):
+  rows = jnp.arange(tokens.shape[0])[:, None]
+  seen = jnp.zeros((tokens.shape[0], vocab_size), jnp.int32).at[rows, tokens].max(segment_ids)
+  return seen > 0
+
+
+def _row_keys(seed_key, row_ids, step):
+  return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(seed_key, r), step))(row_ids)
+
+
+def _emit(s: DecodeSettings, eos: int, state, logits):
+  """Picks one token per row from `logits`, records it, advances the step."""
+  step = state["step"]
+  logits = process_logits(logits, state.get("seen"), s)
+  if s.do_sample:
+    keys = _row_keys(state["key"], state["row_ids"], step)
+    token = jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+  else:
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  token = jnp.where(state["done"], eos, token)
+  new = dict(state, step=step + 1, done=state["done"] | (token == eos),
+             out=jax.lax.dynamic_update_slice(state["out"], token[:, None], (0, step)))
+  if "seen" in state:
+    new["seen"] = state["seen"].at[jnp.arange(token.shape[0]), token].set(True)
+  return new
+
+
+def _sample_init(config, s, eos, max_new, params, tokens, positions, segment_ids, prompt_lens,
+                 active, row_ids, key):
+  params, logits, cache = _prefill(config, params, tokens, positions, segment_ids)
+  b = tokens.shape[0]
+  state = dict(cache=cache, step=jnp.int32(0), done=~active, row_ids=row_ids, key=key,
+               lens=prompt_lens, out=jnp.full((b, max_new), eos, jnp.int32))
+  if s.repetition_penalty != 1.0:
+    state["seen"] = _seen_mask(tokens, segment_ids, config.vocab_size)
+  return params, _emit(s, eos, state, logits)
+
+
+def _sample_steps(config, s, eos, params, state, limit):
+  def cond(st):
+    return (st["step"] < limit) & ~jnp.all(st["done"])
+
+  def body(st):
+    step = st["step"]
+    prev = jax.lax.dynamic_slice_in_dim(st["out"], step - 1, 1, axis=1)
+    logits, cache = _model_step(config, params, st["cache"], prev, (st["lens"] + step - 1)[:, None],
+                                jnp.ones_like(prev))
+    return _emit(s, eos, dict(st, cache=cache), logits)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "s", "eos", "max_new"))
+def _generate_sample(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, *,
+                     config, s, eos, max_new):
+  params, state = _sample_init(config, s, eos, max_new, params, tokens, positions, segment_ids,
+                               prompt_lens, active, row_ids, key)
+  state = _sample_steps(config, s, eos, params, state, max_new)
+  return state["out"]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "s", "eos", "max_new"))
+def _stream_init(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, *,
+                 config, s, eos, max_new):
+  return _sample_init(config, s, eos, max_new, params, tokens, positions, segment_ids,
+                      prompt_lens, active, row_ids, key)[1]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "s", "eos"), donate_argnames=("state",))
+def _stream_steps(params, state, limit, *, config, s, eos):
+  params = {**params, "wpe": params["wpe"][:config.max_len]}
+  return _sample_steps(config, s, eos, params, state, limit)
+
+
+# ---- beam search: a port of transformers' vectorised `_beam_search` ---------------------
+
+
+def _take_beams(x, idx):
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - idx.ndim)), axis=1)
+
+
+def _beam_emit(s: DecodeSettings, eos: int, max_new: int, st, logits):
+  b, k = st["running_scores"].shape
+  k2, v = 2 * k, logits.shape[-1]
+  t = st["step"]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  if s.repetition_penalty != 1.0:
+    log_probs = apply_repetition_penalty(log_probs, st["seen"], s.repetition_penalty)
+  log_probs = (log_probs.reshape(b, k, v) + st["running_scores"][:, :, None]).reshape(b, k * v)
+  topk_lp, topk_idx = jax.lax.top_k(log_probs, k2)
+  parent, ids = topk_idx // v, (topk_idx % v).astype(jnp.int32)
+  topk_seq = _take_beams(st["running_seq"], parent)
+  topk_seq = jnp.where(jnp.arange(max_new) == t, ids[:, :, None], topk_seq)
+  hits = (ids == eos) | (t + 1 >= max_new)
+
+  running_lp = topk_lp + hits.astype(jnp.float32) * _NEG
+  keep = jax.lax.top_k(running_lp, k)[1]
+  new_parent = _take_beams(parent, keep)
+
+  did_finish = hits & (jnp.arange(k2) < k)[None]
+  fin_lp = topk_lp / (jnp.float32(t + 1) ** jnp.float32(s.length_penalty))
+  full = jnp.all(st["finished"], axis=-1, keepdims=True) & (s.early_stopping is True)
+  fin_lp = fin_lp + full.astype(jnp.float32) * _NEG
+  fin_lp = fin_lp + (~st["unsat"]).astype(jnp.float32) * _NEG
+  fin_lp = fin_lp + (~did_finish).astype(jnp.float32) * _NEG
+  merged_scores = jnp.concatenate([st["beam_scores"], fin_lp], axis=1)
+  best = jax.lax.top_k(merged_scores, k)[1]
+  new = dict(st, step=t + 1, running_seq=_take_beams(topk_seq, keep),
+             running_scores=_take_beams(running_lp, keep),
+             sequences=_take_beams(jnp.concatenate([st["sequences"], topk_seq], 1), best),
+             beam_scores=_take_beams(merged_scores, best),
+             finished=_take_beams(jnp.concatenate([st["finished"], did_finish], 1), best))
+
+  flat = (jnp.arange(b)[:, None] * k + new_parent).reshape(-1)
+  new["cache"] = jax.tree.map(lambda x: x if x.ndim < 2 else jnp.take(x, flat, axis=1), st["cache"])
+  if "seen" in st:
+    new_tokens = new["running_seq"][:, :, t].reshape(-1)
+    new["seen"] = st["seen"][flat].at[jnp.arange(b * k), new_tokens].set(True)
+
+  if s.early_stopping == "never" and s.length_penalty > 0:
+    best_len = jnp.float32(max_new)
+  else:
+    best_len = jnp.float32(t + 1)
+  best_running = new["running_scores"][:, :1] / best_len ** jnp.float32(s.length_penalty)
+  worst_finished = jnp.where(new["finished"], jnp.min(new["beam_scores"], 1, keepdims=True), _NEG)
+  new["unsat"] = st["unsat"] & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
+  open_beam = ~(jnp.all(new["finished"]) & (s.early_stopping is True))
+  new["go"] = jnp.any(new["unsat"]) & open_beam & ~jnp.all(hits)
+  return new
+
+
+@functools.partial(jax.jit, static_argnames=("config", "s", "eos", "max_new"))
+def _generate_beam(params, tokens, positions, segment_ids, prompt_lens, active, *, config, s, eos,
+                   max_new):
+  k = s.num_beams
+  params, logits, cache = _prefill(config, params, tokens, positions, segment_ids)
+  b = tokens.shape[0]
+  rep = lambda x: jnp.repeat(x, k, axis=0)
+  st = dict(
+      cache=jax.tree.map(lambda x: x if x.ndim < 2 else jnp.repeat(x, k, axis=1), cache),
+      step=jnp.int32(0), lens=rep(prompt_lens),
+      running_seq=jnp.full((b, k, max_new), eos, jnp.int32),
+      running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(_NEG),
+      beam_scores=jnp.full((b, k), _NEG, jnp.float32),
+      finished=jnp.broadcast_to(~active[:, None], (b, k)),
+      unsat=active[:, None], go=jnp.bool_(True))
+  st["sequences"] = st["running_seq"]
+  if s.repetition_penalty != 1.0:
+    st["seen"] = rep(_seen_mask(tokens, segment_ids, config.vocab_size))
+  st = _beam_emit(s, eos, max_new, st, rep(logits))
+
+  def cond(st):
+    return st["go"] & (st["step"] < max_new)
+
+  def body(st):
+    t = st["step"]
+    prev = st["running_seq"][:, :, t - 1].reshape(-1, 1)
+    logits, cache = _model_step(config, params, st["cache"], prev, (st["lens"] + t - 1)[:, None],
+                                jnp.ones_like(prev))
+    return _beam_emit(s, eos, max_new, dict(st, cache=cache), logits)
+
+  st = jax.lax.while_loop(cond, body, st)
+  return st["sequences"][:, 0], st["beam_scores"][:, 0]
+
+
+# ----------------------------------------------------------------------------------------
+# Host side: validation, padding, batching, sharding.
+
+
+def _bucket(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _check_ids(kind: str, i: int, ids: Any, vocab_size: int, allow_empty: bool = False) -> list[int]:
+  if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+    raise TypeError(f"{kind} {i} must be a list of token ids, got {type(ids).__name__}")
+  ids = [int(t) for t in ids]
+  if not ids and not allow_empty:
+    raise ValueError(f"{kind} {i} is empty: give at least one token")
+  bad = [t for t in ids if not 0 <= t < vocab_size]
+  if bad:
+    raise ValueError(f"{kind} {i} has token ids outside [0, {vocab_size}): {bad[:5]}")
+  return ids
+
+
+def validate_prompts(config: PolyLMConfig, prompts: Sequence[Sequence[int]],
+                     max_new_tokens: int) -> list[list[int]]:
+  """Clear errors for empty prompts, bad ids and prompts that do not fit the positions."""
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+  if max_new_tokens >= config.max_len:
+    raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt: the model "
+                     f"has max_len={config.max_len} positions")
+  out = []
+  for i, p in enumerate(prompts):
+    p = _check_ids("prompt", i, p, config.vocab_size)
+    if len(p) > config.max_len:
+      raise ValueError(f"prompt {i} has {len(p)} tokens, more than the model's max_len="
+                       f"{config.max_len} positions (truncate it, e.g. keep the last tokens)")
+    if len(p) + max_new_tokens > config.max_len:
+      raise ValueError(f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} "
+                       f"that is {len(p) + max_new_tokens} > max_len={config.max_len}: shorten "
+                       f"the prompt to {config.max_len - max_new_tokens} tokens or generate fewer")
+    out.append(p)
+  return out
+
+
+def _left_pad(prompts: list[list[int]], rows: int, width: int):
+  tokens = np.zeros((rows, width), np.int32)
+  positions = np.zeros((rows, width), np.int32)
+  segments = np.zeros((rows, width), np.int32)
+  lens = np.ones((rows,), np.int32)
+  for i in range(rows):
+    p = prompts[i] if i < len(prompts) else [0]  # padding rows: one dummy token, inactive
+    tokens[i, width - len(p):] = p
+    positions[i, width - len(p):] = np.arange(len(p))
+    segments[i, width - len(p):] = 1
+    lens[i] = len(p)
+  active = np.arange(rows) < len(prompts)
+  return tokens, positions, segments, lens, active
+
+
+class _Placement:
+  """Puts params and batches on a mesh (or leaves them alone) and traces under its rules."""
+
+  def __init__(self, config: PolyLMConfig, params: Any, mesh):
+    self.mesh = mesh
+    self.dp = 1 if mesh is None else partitioning.data_parallel_size(mesh)
+    self.params = params
+    if mesh is not None:
+      self.params = jax.device_put(params, partitioning.param_shardings(config, mesh))
+
+  def batch(self, *arrays):
+    if self.mesh is None:
+      return [jnp.asarray(a) for a in arrays]
+    return [jax.device_put(a, partitioning.batch_sharding(self.mesh, a.ndim)) for a in arrays]
+
+  def context(self):
+    import contextlib
+    return contextlib.nullcontext() if self.mesh is None else partitioning.use_mesh(self.mesh)
+
+
+def _chunks(n: int, batch_size: int | None):
+  size = n if not batch_size else batch_size
+  return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _decode_config(config: PolyLMConfig, width: int, max_new: int) -> PolyLMConfig:
+  return config.replace(max_len=min(_bucket(width + max_new, _CACHE_BUCKET), config.max_len))
+
+
+def _trim(row: np.ndarray, eos: int, include_eos: bool) -> list[int]:
+  row = [int(t) for t in row]
+  if eos in row:
+    row = row[:row.index(eos) + (1 if include_eos else 0)]
+  return row
+
+
+def generate(config: PolyLMConfig, params: Any, prompts: Sequence[Sequence[int]],
+             max_new_tokens: int, *, batch_size: int | None = None, mesh=None,
+             include_eos: bool = False, preset: str | None = None,
+             **settings: Any) -> list[list[int]]:
+  """New token ids for each prompt (greedy, sampling or beam search; see DecodeSettings).
+
+  prompts are processed `batch_size` at a time (default: all at once), each batch left-padded
+  to a common length. With `mesh`, params are sharded as in training and batches split over
+  the data axes. Sampling is reproducible from `seed` and independent of batching.
+  """
+  s = make_settings(preset, **settings)
+  eos = config.eos_id if s.eos_id is None else int(s.eos_id)
+  prompts = validate_prompts(config, prompts, max_new_tokens)
+  if not prompts:
+    return []
+  place = _Placement(config, params, mesh)
+  results: list[list[int]] = []
+  statics = dataclasses.replace(s, seed=0)  # the seed is traced, not a compile key
+  for lo, hi in _chunks(len(prompts), batch_size):
+    chunk = prompts[lo:hi]
+    rows = _bucket(hi - lo if not batch_size else batch_size, place.dp)
+    width = min(_bucket(max(map(len, chunk)), _PROMPT_BUCKET), config.max_len - max_new_tokens)
+    tokens, positions, segments, lens, active = _left_pad(chunk, rows, width)
+    row_ids = np.arange(lo, lo + rows, dtype=np.int32)
+    dcfg = _decode_config(config, width, max_new_tokens)
+    with place.context():
+      args = place.batch(tokens, positions, segments, lens, active, row_ids)
+      if s.num_beams > 1:
+        out, _ = _generate_beam(place.params, *args[:5], config=dcfg, s=statics, eos=eos,
+                                max_new=max_new_tokens)
+      else:
+        out = _generate_sample(place.params, *args, jax.random.key(s.seed), config=dcfg,
+                               s=statics, eos=eos, max_new=max_new_tokens)
+    out = np.asarray(jax.device_get(out))
+    results.extend(_trim(out[i], eos, include_eos) for i in range(hi - lo))
+  return results
+
+
+def generate_stream(config: PolyLMConfig, params: Any, prompt: Sequence[int],
+                    max_new_tokens: int, *, chunk_tokens: int = 1, preset: str | None = None,
+                    **settings: Any) -> Iterator[list[int]]:
+  """Yields the new tokens of one prompt in chunks as they are generated (eos not yielded).
+
+  Same tokens as `generate` with the same settings; beam search cannot stream (error).
+  """
+  s = make_settings(preset, **settings)
+  if s.num_beams > 1:
+    raise ValueError("beam search cannot stream: its best hypothesis is only known at the end; "
+                     "use generate() or num_beams=1")
+  if chunk_tokens < 1:
+    raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+  eos = config.eos_id if s.eos_id is None else int(s.eos_id)
+  (prompt,) = validate_prompts(config, [prompt], max_new_tokens)
+  width = min(_bucket(len(prompt), _PROMPT_BUCKET), config.max_len - max_new_tokens)
+  tokens, positions, segments, lens, active = _left_pad([prompt], 1, width)
+  dcfg = _decode_config(config, width, max_new_tokens)
+  statics = dataclasses.replace(s, seed=0)
+  state = _stream_init(params, tokens, positions, segments, lens, active, np.zeros(1, np.int32),
+                       jax.random.key(s.seed), config=dcfg, s=statics, eos=eos,
+                       max_new=max_new_tokens)
+  emitted = 0
+  while True:
+    out, step, done = jax.device_get((state["out"][0], state["step"], state["done"][0]))
+    new = [int(t) for t in out[emitted:step]]
+    emitted = int(step)
+    if eos in new:
+      new = new[:new.index(eos)]
+    if new:
+      yield new
+    if done or emitted >= max_new_tokens:
+      return
+    state = _stream_steps(params, state, jnp.int32(min(emitted + chunk_tokens, max_new_tokens)),
+                          config=dcfg, s=statics, eos=eos)
+
+
+# ----------------------------------------------------------------------------------------
+# Scoring.
+
+
+class Scores(NamedTuple):
+  """Per example: summed and per-token log-likelihood of the continuation, its length, and
+  whether greedy decoding would have produced it exactly."""
+
+  total: np.ndarray
+  per_token: np.ndarray
+  num_tokens: np.ndarray
+  is_greedy: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _score_batch(params, tokens, segments, target_mask, *, config):
+  logits = PolyLM(config).apply({"params": params}, tokens[:, :-1], segment_ids=segments[:, :-1])
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  targets = tokens[:, 1:]
+  token_lp = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  mask = target_mask[:, 1:]
+  greedy = jnp.all((jnp.argmax(logits, -1) == targets) | ~mask, axis=-1)
+  return jnp.sum(jnp.where(mask, token_lp, 0.0), axis=-1), greedy
+
+
+def score(config: PolyLMConfig, params: Any, contexts: Sequence[Sequence[int]],
+          continuations: Sequence[Sequence[int]], *, batch_size: int | None = None,
+          mesh=None) -> Scores:
+  """log p(continuation | context) for each pair, batched (rank classification)."""
+  if len(contexts) != len(continuations):
+    raise ValueError(f"score: {len(contexts)} contexts but {len(continuations)} continuations")
+  rows_in = []
+  for i, (c, x) in enumerate(zip(contexts, continuations)):
+    c = _check_ids("context", i, c, config.vocab_size)
+    x = _check_ids("continuation", i, x, config.vocab_size)
+    if len(c) + len(x) > config.max_len:
+      raise ValueError(f"context {i} + continuation {i} have {len(c) + len(x)} tokens, more than "
+                       f"max_len={config.max_len}")
+    rows_in.append((c, x))
+  n = len(rows_in)
+  total, greedy = np.zeros(n, np.float32), np.zeros(n, bool)
+  lengths = np.array([len(x) for _, x in rows_in], np.int32)
+  place = _Placement(config, params, mesh)
+  for lo, hi in _chunks(n, batch_size):
+    rows = _bucket(hi - lo if not batch_size else batch_size, place.dp)
+    width = min(_bucket(max(len(c) + len(x) for c, x in rows_in[lo:hi]), _PROMPT_BUCKET),
+                config.max_len)
+    tokens = np.zeros((rows, width + 1), np.int32)  # one spare column: inputs are [:, :-1]
+    segments = np.zeros_like(tokens)
+    target = np.zeros(tokens.shape, bool)
+    for r, (c, x) in enumerate(rows_in[lo:hi]):
+      tokens[r, :len(c) + len(x)] = c + x
+      segments[r, :len(c) + len(x)] = 1
+      target[r, len(c):len(c) + len(x)] = True
+    with place.context():
+      t, g = _score_batch(place.params, *place.batch(tokens, segments, target),
+                          config=config)
+    total[lo:hi], greedy[lo:hi] = np.asarray(t)[:hi - lo], np.asarray(g)[:hi - lo]
+  return Scores(total, total / np.maximum(lengths, 1), lengths, greedy)
+
+
+# ----------------------------------------------------------------------------------------
+# Text level.
+
+
+def check_vocab(config: PolyLMConfig, vocab: Any) -> None:
+  """Errors unless the tokenizer and the checkpoint agree on vocabulary size and eos."""
+  size = int(vocab.vocab_size)
+  where = getattr(vocab, "sentencepiece_model_file", type(vocab).__name__)
+  if size != config.vocab_size:
+    raise ValueError(f"vocabulary mismatch: the tokenizer ({where}) has {size} pieces but the "
+                     f"checkpoint's vocab_size is {config.vocab_size}; load the tokenizer the "
+                     f"model was trained with")
+  eos = getattr(vocab, "eos_id", None)
+  if eos is not None and int(eos) != config.eos_id:
+    raise ValueError(f"vocabulary mismatch: the tokenizer ({where}) has eos id {eos} but the "
+                     f"model config says eos_id={config.eos_id}")
+
+
+def _encode(vocab, texts: Sequence[str], what: str) -> list[list[int]]:
+  if isinstance(texts, str):
+    raise TypeError(f"{what} must be a list of strings, got one string")
+  return [list(vocab.encode(t)) for t in texts]
+
+
+def generate_text(config: PolyLMConfig, params: Any, vocab: Any, prompts: Sequence[str],
+                  max_new_tokens: int, **kwargs: Any) -> list[str]:
+  """`generate` on text: encodes with `vocab` (no BOS, as in training), decodes the output."""
+  check_vocab(config, vocab)
+  ids = generate(config, params, _encode(vocab, prompts, "prompts"), max_new_tokens, **kwargs)
+  return [vocab.decode(x) for x in ids]
+
+
+def score_text(config: PolyLMConfig, params: Any, vocab: Any, contexts: Sequence[str],
+               continuations: Sequence[str], **kwargs: Any) -> Scores:
+  """`score` on text; context and continuation are tokenized separately."""
+  check_vocab(config, vocab)
+  return score(config, params, _encode(vocab, contexts, "contexts"),
+               _encode(vocab, continuations, "continuations"), **kwargs)
+
+
+class TextStreamer:
+  """Turns token chunks into printable text increments (waits out partial UTF-8 bytes)."""
+
+  def __init__(self, vocab: Any):
+    self.vocab, self.ids, self.printed = vocab, [], ""
+
+  def push(self, tokens: Sequence[int]) -> str:
+    self.ids.extend(tokens)
+    text = self.vocab.decode(self.ids)
+    if text.endswith("\ufffd"):
+      return ""
+    new, self.printed = text[len(self.printed):], text
+    return new
