@@ -259,7 +259,7 @@ class AlignedTextSource(seqio.DataSource):
     n_src, n_tgt = _count_lines(src), _count_lines(tgt)
     if n_src != n_tgt:
       raise ValueError(f"{where}: parallel files differ in length: {src} has {n_src} lines, "
-                       f"{tgt} has {n_tgt}")
+                       f"{tgt} has {n_tgt} lines")
     ds = tf.data.Dataset.zip(tf.data.TextLineDataset(src), tf.data.TextLineDataset(tgt))
     ds = ds.map(lambda s, t: {"src": s, "tgt": t}).enumerate()
     ds = _split_filter(ds, split, self._holdout_every)
@@ -290,7 +290,8 @@ def assert_nonempty(dataset: tf.data.Dataset, task_name: str, split: str = "") -
     ex, last = item
     return n + tf.cast(tf.logical_not(last), tf.int64), (ex, last, n)
 
-  message = (f"Task {task_name!r}" + (f" split {split!r}" if split else "")
+  # No quotes: TF escapes them in the error text.
+  message = (f"Task {task_name}" + (f" split {split}" if split else "")
              + " yielded no examples: its source is empty or its preprocessors drop all")
 
   def check(ex, last, n):

@@ -1,0 +1,159 @@
+"""Local-file sources: formats, globs and sharding, holdout splits, and the bad-input errors
+(missing/empty file, malformed JSONL in fail and skip modes, misaligned parallel files, a
+task that yields nothing)."""
+
+import json
+
+import pytest
+import seqio
+import tensorflow as tf
+
+from tasks import sources
+
+
+def _texts(ds, key="text"):
+  return [ex[key].decode() for ex in ds.as_numpy_iterator()]
+
+
+def _write(path, text):
+  path.write_text(text, encoding="utf-8")
+  return str(path)
+
+
+def test_text_lines_skip_blanks_and_keep_unicode(tmp_path):
+  _write(tmp_path / "a.txt", "first doc\n\nsecond — doc 二\n   \nthird\n")
+  src = sources.LocalFileSource({"train": str(tmp_path / "*.txt")}, name="t")
+  assert _texts(src.get_dataset("train", shuffle=False)) == ["first doc", "second — doc 二",
+                                                             "third"]
+
+
+def test_jsonl_tsv_and_tfrecord_formats(tmp_path):
+  _write(tmp_path / "a.jsonl", json.dumps({"text": "héllo", "id": 1}) + "\n" +
+         json.dumps({"text": "world"}) + "\n")
+  src = sources.LocalFileSource({"train": str(tmp_path / "a.jsonl")}, fmt="jsonl",
+                                fields={"text": "text"})
+  assert _texts(src.get_dataset("train", shuffle=False)) == ["héllo", "world"]
+
+  _write(tmp_path / "a.tsv", "Guten Tag\tGood day\nDanke\tThanks\textra column\n")
+  src = sources.LocalFileSource({"train": str(tmp_path / "a.tsv")}, fmt="tsv",
+                                fields={0: "src", 1: "tgt"})
+  out = list(src.get_dataset("train", shuffle=False).as_numpy_iterator())
+  assert [(e["src"].decode(), e["tgt"].decode()) for e in out] == [
+      ("Guten Tag", "Good day"), ("Danke", "Thanks")]
+
+  path = str(tmp_path / "a.tfrecord")
+  with tf.io.TFRecordWriter(path) as w:
+    for t in ("uno", "dos"):
+      ex = tf.train.Example(features=tf.train.Features(feature={
+          "content": tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode()]))}))
+      w.write(ex.SerializeToString())
+  src = sources.LocalFileSource({"train": path}, fmt="tfrecord", fields={"content": "text"})
+  assert _texts(src.get_dataset("train", shuffle=False)) == ["uno", "dos"]
+
+
+def test_sharded_files_split_across_hosts_exactly_once(tmp_path):
+  expected = set()
+  for i in range(4):
+    lines = [f"file{i} line{j}" for j in range(5)]
+    expected.update(lines)
+    _write(tmp_path / f"part-{i:05d}.txt", "\n".join(lines) + "\n")
+  src = sources.LocalFileSource({"train": [str(tmp_path / "part-0000[01].txt"),
+                                           str(tmp_path / "part-0000[23].txt")]})
+  assert len(src.list_shards("train")) == 4
+  seen = []
+  for host in range(2):
+    ds = src.get_dataset("train", shuffle=True, seed=7,
+                         shard_info=seqio.ShardInfo(index=host, num_shards=2))
+    seen += _texts(ds)
+  assert sorted(seen) == sorted(expected)
+
+
+def test_holdout_every_splits_deterministically(tmp_path):
+  _write(tmp_path / "a.txt", "".join(f"line {i}\n\n" for i in range(25)))
+  src = sources.LocalFileSource({"train": str(tmp_path / "a.txt"),
+                                 "validation": str(tmp_path / "a.txt")}, holdout_every=10)
+  assert _texts(src.get_dataset("validation", shuffle=False)) == ["line 9", "line 19"]
+  train = _texts(src.get_dataset("train", shuffle=False))
+  assert len(train) == 23 and "line 9" not in train
+
+
+def test_missing_pattern_names_pattern_and_source(tmp_path):
+  src = sources.LocalFileSource({"train": str(tmp_path / "nope-*.txt")}, name="polylm_xx_news")
+  with pytest.raises(FileNotFoundError) as e:
+    src.get_dataset("train")
+  assert "nope-*.txt" in str(e.value) and "polylm_xx_news" in str(e.value)
+
+
+def test_empty_file_is_named(tmp_path):
+  _write(tmp_path / "a.txt", "text\n")
+  empty = _write(tmp_path / "b.txt", "")
+  src = sources.LocalFileSource({"train": str(tmp_path / "*.txt")}, name="news")
+  with pytest.raises(ValueError) as e:
+    src.get_dataset("train")
+  assert "file is empty" in str(e.value) and empty in str(e.value)
+
+
+def _bad_jsonl(tmp_path):
+  return _write(tmp_path / "bad.jsonl", "\n".join([
+      json.dumps({"text": "one"}),
+      '{"text": "two"',                 # line 2: truncated
+      json.dumps({"text": "three"}),
+      json.dumps({"other": "x"}),       # line 4: no "text"
+      json.dumps(["not", "an object"]),  # line 5
+      json.dumps({"text": 5}),          # line 6
+      json.dumps({"text": "seven"}),
+  ]) + "\n")
+
+
+def test_malformed_jsonl_fails_naming_file_and_line(tmp_path):
+  path = _bad_jsonl(tmp_path)
+  src = sources.LocalFileSource({"train": path}, fmt="jsonl", fields={"text": "text"})
+  with pytest.raises(tf.errors.OpError) as e:
+    list(src.get_dataset("train", shuffle=False).as_numpy_iterator())
+  assert f"{path} line 2: invalid JSON" in str(e.value)
+
+
+def test_malformed_jsonl_skip_and_count(tmp_path):
+  path = _bad_jsonl(tmp_path)
+  src = sources.LocalFileSource({"train": path}, fmt="jsonl", fields={"text": "text"},
+                                on_error="skip")
+  assert _texts(src.get_dataset("train", shuffle=False)) == ["one", "three", "seven"]
+  assert src.skipped == {path: 4}
+
+
+def test_malformed_tsv_line_is_named(tmp_path):
+  path = _write(tmp_path / "p.tsv", "a\tb\nonly one column\n")
+  src = sources.LocalFileSource({"train": path}, fmt="tsv", fields={0: "src", 1: "tgt"})
+  with pytest.raises(tf.errors.OpError, match=f"{path} line 2: expected at least 2"):
+    list(src.get_dataset("train", shuffle=False).as_numpy_iterator())
+
+
+def test_bad_options_are_rejected():
+  with pytest.raises(ValueError, match="on_error"):
+    sources.LocalFileSource({"train": "x"}, fmt="jsonl", fields={"t": "text"}, on_error="ignore")
+  with pytest.raises(ValueError, match="format"):
+    sources.LocalFileSource({"train": "x"}, fmt="csv")
+  with pytest.raises(ValueError, match="no such split"):
+    sources.LocalFileSource({"train": "x"}).list_shards("test")
+
+
+def test_aligned_text_source_pairs_lines_and_checks_lengths(tmp_path):
+  de = _write(tmp_path / "de.txt", "Hallo\nDanke\n\nTschüss\n")
+  en = _write(tmp_path / "en.txt", "Hello\nThanks\nPlease\nBye\n")
+  src = sources.AlignedTextSource(de, en)
+  out = [(e["src"].decode(), e["tgt"].decode()) for e in src.get_dataset().as_numpy_iterator()]
+  assert out == [("Hallo", "Hello"), ("Danke", "Thanks"), ("Tschüss", "Bye")]
+  short = _write(tmp_path / "short.txt", "Hello\n")
+  with pytest.raises(ValueError) as e:
+    sources.AlignedTextSource(de, short, name="polylm_bitext_de_en_x").get_dataset()
+  msg = str(e.value)
+  assert de in msg and short in msg and "4 lines" in msg and "1 lines" in msg
+
+
+def test_assert_nonempty_passes_data_and_names_the_task():
+  ds = tf.data.Dataset.from_tensor_slices({"targets": [[1, 2], [3, 4]]})
+  out = sources.assert_nonempty(ds, "polylm_xx_news")
+  assert [list(e["targets"]) for e in out.as_numpy_iterator()] == [[1, 2], [3, 4]]
+  empty = ds.filter(lambda ex: False)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="Task polylm_xx_news yielded no examples"):
+    list(sources.assert_nonempty(empty, "polylm_xx_news").as_numpy_iterator())
