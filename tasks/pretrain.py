@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import functools
 
+import seqio
 import tensorflow as tf
 
 from polylm_jax.tokenizer import SAMPLE_CORPUS_DIR
 from tasks import registry, sources
 from tasks.languages import LANGUAGE_CODES, check_language
-
-import seqio
 
 SAMPLE_HOLDOUT_EVERY = 10
 MC4_TFDS = "c4/multilingual:3.1.0"
