@@ -1,0 +1,336 @@
+"""Orbax checkpoints of a run, and `load`: one entry point for run dirs and HF model dirs.
+
+Layout: MODEL_DIR/checkpoints/<step>/{params, opt_state, meta, model_config, stream_state,
+gin_config}. Orbax writes each step under `<step>.orbax-checkpoint-tmp` and renames it when
+complete, so only finalised steps are ever listed here; `latest_step` reads the directory
+rather than the manager's in-memory list, which already names a step while its async write
+is still running.
+
+Saving is asynchronous: `save` returns once the arrays are copied off the device buffers
+(SPEC 8), so the caller may donate them to the next step right after; it must not call
+`save` with buffers that were already donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, SingleDeviceSharding
+from orbax.checkpoint import checkpoint_managers as ocp_policies
+
+from polylm_jax import hf
+from polylm_jax.config import PolyLMConfig
+from polylm_jax.model import abstract_params
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+FORMAT_VERSION = 1
+ARCH_FIELDS = hf.ARCH_FIELDS
+
+
+class ConfigMismatchError(ValueError):
+  """A checkpoint's model config differs from the one it is restored into."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPolicy:
+  """When to save and what to keep. save_every=0 saves only when forced; keep=None keeps all."""
+
+  save_every: int = 1000
+  keep: int | None = 3
+  async_save: bool = True
+
+  def __post_init__(self):
+    if self.save_every < 0:
+      raise ValueError(f"CheckpointPolicy.save_every must be >= 0, got {self.save_every}")
+    if self.keep is not None and self.keep < 1:
+      raise ValueError(f"CheckpointPolicy.keep must be >= 1 or None, got {self.keep}")
+
+
+@dataclasses.dataclass
+class Restored:
+  """What one checkpoint holds; optional items are None when the step lacks them."""
+
+  step: int
+  config: PolyLMConfig
+  params: Any
+  opt_state: Any = None
+  rng: jax.Array | None = None
+  stream_state: dict[str, Any] | None = None
+  gin_config: str | None = None
+
+
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+  """Finalised steps under `directory`, ascending (temporary step dirs are skipped)."""
+  if not os.path.isdir(directory):
+    return []
+  fmt = ocp.path.step.standard_name_format()
+  return sorted(m.step for m in fmt.find_all(os.path.abspath(directory)))
+
+
+def check_config(saved: PolyLMConfig, requested: PolyLMConfig, where: str) -> None:
+  """Raises ConfigMismatchError naming every architecture field that differs."""
+  diffs = [f for f in ARCH_FIELDS if getattr(saved, f) != getattr(requested, f)]
+  if diffs:
+    details = ", ".join(f"{f}: checkpoint {getattr(saved, f)!r} vs requested "
+                        f"{getattr(requested, f)!r}" for f in diffs)
+    hint = " (a different vocabulary)" if "vocab_size" in diffs else ""
+    raise ConfigMismatchError(f"{where}: model config mismatch{hint}: {details}")
+
+
+def config_from_json(d: dict[str, Any], where: str) -> PolyLMConfig:
+  """A saved config dict; fields this version does not know are dropped with a warning."""
+  known = {f.name for f in dataclasses.fields(PolyLMConfig)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    logging.warning("%s: ignoring unknown model config fields %s", where, unknown)
+  return PolyLMConfig.from_dict({k: v for k, v in d.items() if k in known})
+
+
+def shape_dtype_structs(tree: Any, shardings: Any) -> Any:
+  """Restore targets: the shapes and dtypes of `tree` placed with `shardings`."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def param_structs(config: PolyLMConfig, mesh: Mesh | None = None) -> Any:
+  """Abstract params of `config` sharded over `mesh` (or on the first local device)."""
+  boxed = abstract_params(config)
+  if mesh is None:
+    device = SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, nn.unbox(boxed))
+  else:
+    from polylm_jax import partitioning  # pylint: disable=import-outside-toplevel
+    shardings = partitioning.logical_shardings(boxed, mesh)
+  return shape_dtype_structs(nn.unbox(boxed), shardings)
+
+
+def _rng_to_json(rng: Any) -> dict[str, Any] | None:
+  if rng is None:
+    return None
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    data = np.asarray(jax.random.key_data(rng))
+    return {"impl": str(jax.random.key_impl(rng)), "dtype": str(data.dtype),
+            "data": data.tolist()}
+  data = np.asarray(rng)
+  return {"impl": None, "dtype": str(data.dtype), "data": data.tolist()}
+
+
+def _rng_from_json(d: dict[str, Any] | None) -> jax.Array | None:
+  if d is None:
+    return None
+  data = np.asarray(d["data"], dtype=d["dtype"])
+  if d["impl"] is None:
+    return jax.numpy.asarray(data)
+  return jax.random.wrap_key_data(data, impl=d["impl"])
+
+
+class CheckpointManager:
+  """Saves and restores the state of one run under MODEL_DIR/checkpoints.
+
+  `subdir=""` manages `model_dir` itself as the checkpoint root. Use as a context manager
+  (or call `close`) so the last async save is finished before the process exits.
+  """
+
+  def __init__(self, model_dir: str | os.PathLike, config: PolyLMConfig,
+               policy: CheckpointPolicy = CheckpointPolicy(), *, read_only: bool = False,
+               subdir: str = CHECKPOINTS_SUBDIR):
+    self.config = config
+    self.policy = policy
+    self.directory = os.path.abspath(os.path.join(os.fspath(model_dir), subdir))
+    if not read_only:
+      os.makedirs(self.directory, exist_ok=True)
+    save_policy = (ocp_policies.FixedIntervalPolicy(policy.save_every) if policy.save_every
+                   else ocp_policies.SpecificStepsPolicy(steps=()))
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=save_policy,
+        preservation_policy=ocp_policies.LatestN(policy.keep),
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=policy.async_save,
+        read_only=read_only,
+        create=not read_only)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  # -- steps -----------------------------------------------------------------------------
+
+  def latest_step(self) -> int | None:
+    """The newest completely written step on disk, or None."""
+    steps = complete_steps(self.directory)
+    return steps[-1] if steps else None
+
+  def all_steps(self) -> list[int]:
+    return complete_steps(self.directory)
+
+  def should_save(self, step: int) -> bool:
+    return self._manager.should_save(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    """True once a preemption notice reached every host (save now, with force=True)."""
+    return self._manager.reached_preemption(step)
+
+  # -- save ------------------------------------------------------------------------------
+
+  def save(self, step: int, params: Any, *, opt_state: Any = None, rng: Any = None,
+           stream_state: dict[str, Any] | None = None, gin_config: str | None = None,
+           force: bool = False) -> bool:
+    """Starts saving `step` if the policy (or `force`) says so; returns whether it did.
+
+    Returns once the arrays are copied to host memory; the write finishes in the
+    background. A step that was already saved is left alone.
+    """
+    if step in self._manager.all_steps():
+      logging.info("checkpoint for step %d already exists in %s", step, self.directory)
+      return False
+    items: dict[str, Any] = {
+        "params": ocp.args.StandardSave(params),
+        "meta": ocp.args.JsonSave({"format_version": FORMAT_VERSION, "step": int(step),
+                                   "rng": _rng_to_json(rng)}),
+        "model_config": ocp.args.JsonSave(self.config.to_dict()),
+    }
+    if opt_state is not None:
+      items["opt_state"] = ocp.args.StandardSave(opt_state)
+    if stream_state is not None:
+      items["stream_state"] = ocp.args.JsonSave(stream_state)
+    if gin_config is not None:
+      items["gin_config"] = ocp.args.JsonSave({"text": gin_config})
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  # -- restore ---------------------------------------------------------------------------
+
+  def saved_config(self, step: int) -> PolyLMConfig:
+    where = os.path.join(self.directory, str(step), "model_config")
+    d = self._restore_json(step, "model_config")
+    if d is None:
+      raise FileNotFoundError(f"{where}: missing: not a PolyLM checkpoint step")
+    return config_from_json(d, where)
+
+  def _has(self, step: int, item: str) -> bool:
+    return os.path.isdir(os.path.join(self.directory, str(step), item))
+
+  def _restore_json(self, step: int, item: str) -> Any:
+    if not self._has(step, item):
+      return None
+    out = self._manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
+    return out[item]
+
+  def restore(self, step: int | None = None, *, params_target: Any = None,
+              opt_state_target: Any = None, mesh: Mesh | None = None) -> Restored:
+    """Restores `step` (default: latest complete) onto abstract targets with shardings.
+
+    The saved model config is checked against this manager's config first; a mismatch in
+    any architecture field raises ConfigMismatchError before any array is read. Without
+    `params_target` params land sharded over `mesh` (or on one device). The optimiser state
+    is restored only when `opt_state_target` is given and the step holds one.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"{self.directory}: no complete checkpoint")
+    elif step not in complete_steps(self.directory):
+      raise FileNotFoundError(f"{self.directory}: no complete checkpoint for step {step}; "
+                              f"complete steps: {complete_steps(self.directory)}")
+    where = os.path.join(self.directory, str(step))
+    saved = self.saved_config(step)
+    check_config(saved, self.config, where)
+    if params_target is None:
+      params_target = param_structs(self.config, mesh)
+    items: dict[str, Any] = {"params": ocp.args.StandardRestore(params_target),
+                             "meta": ocp.args.JsonRestore()}
+    if opt_state_target is not None and self._has(step, "opt_state"):
+      items["opt_state"] = ocp.args.StandardRestore(opt_state_target)
+    for name in ("stream_state", "gin_config"):
+      if self._has(step, name):
+        items[name] = ocp.args.JsonRestore()
+    out = self._manager.restore(step, args=ocp.args.Composite(**items))
+    meta = out["meta"]
+    gin = out["gin_config"]["text"] if "gin_config" in items else None
+    return Restored(step=int(meta["step"]), config=self.config, params=out["params"],
+                    opt_state=out["opt_state"] if "opt_state" in items else None,
+                    rng=_rng_from_json(meta.get("rng")),
+                    stream_state=out["stream_state"] if "stream_state" in items else None,
+                    gin_config=gin)
+
+  # -- lifecycle -------------------------------------------------------------------------
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "CheckpointManager":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# polylm_jax.load
+
+
+def _checkpoint_root(path: str, step: int | None) -> tuple[str, int]:
+  """(checkpoint root, step) for a run dir, a checkpoints dir, or one step dir."""
+  for root in (os.path.join(path, CHECKPOINTS_SUBDIR), path):
+    steps = complete_steps(root)
+    if steps:
+      if step is None:
+        return root, steps[-1]
+      if step not in steps:
+        raise FileNotFoundError(f"{root}: no complete checkpoint for step {step}; "
+                                f"complete steps: {steps}")
+      return root, step
+  parent, name = os.path.split(os.path.normpath(path))
+  if name.isdigit() and int(name) in complete_steps(parent):
+    if step is not None and step != int(name):
+      raise ValueError(f"{path} is the checkpoint of step {name}, not step {step}")
+    return parent, int(name)
+  unfinished = [n for d in (path, os.path.join(path, CHECKPOINTS_SUBDIR)) if os.path.isdir(d)
+                for n in os.listdir(d) if ".orbax-checkpoint-tmp" in n]
+  raise FileNotFoundError(
+      f"{path}: neither a Hugging Face model directory ({hf.CONFIG_FILE} with "
+      f"{hf.SAFETENSORS_FILE}, {hf.SAFETENSORS_INDEX}, {hf.BIN_FILE} or {hf.BIN_INDEX}) nor a "
+      f"checkpoint directory (no complete step under {path}/{CHECKPOINTS_SUBDIR} or {path})"
+      + (f"; only unfinished checkpoints: {sorted(unfinished)}" if unfinished else ""))
+
+
+def _device_put_leafwise(tree: dict[str, Any], shardings: Any) -> Any:
+  """Moves a numpy tree to devices one leaf at a time, dropping each host copy as it goes."""
+  leaves, treedef = jax.tree.flatten(tree)
+  tree.clear()
+  targets = treedef.flatten_up_to(shardings)
+  out = []
+  for i, s in enumerate(targets):
+    out.append(jax.device_put(leaves[i], s))
+    leaves[i] = None
+  return jax.tree.unflatten(treedef, out)
+
+
+def load(path: str | os.PathLike, config: PolyLMConfig | None = None, *,
+         step: int | None = None, mesh: Mesh | None = None) -> tuple[PolyLMConfig, Any]:
+  """(config, params) from a run directory, a checkpoint (step) directory or an HF model dir.
+
+  Run/checkpoint directories give the latest complete step (or `step`). With `config`, the
+  checkpoint must have the same architecture (ConfigMismatchError names the field) and the
+  config's numerics settings are used. Params are placed over `mesh`, or on one device.
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such directory")
+  if hf.is_hf_dir(path):
+    if step is not None:
+      raise ValueError(f"{path} is a Hugging Face model directory: it has no steps")
+    cfg, params = hf.import_hf(path, expected=config)
+    target = param_structs(cfg, mesh)
+    return cfg, _device_put_leafwise(params, jax.tree.map(lambda t: t.sharding, target))
+  root, step = _checkpoint_root(path, step)
+  with CheckpointManager(root, config or PolyLMConfig(), read_only=True, subdir="") as manager:
+    if config is None:
+      manager.config = manager.saved_config(step)
+    return manager.config, manager.restore(step, mesh=mesh).params

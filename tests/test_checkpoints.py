@@ -1,0 +1,209 @@
+"""Orbax run checkpoints: sharded round trip, keep-K, never a half-written latest, load()."""
+
+import os
+import shutil
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from polylm_jax import checkpoints as ck
+from polylm_jax import hf
+from polylm_jax import partitioning as pt
+from polylm_jax.config import get_config
+from polylm_jax.model import init_params
+
+CFG = get_config("polylm_tiny")
+SYNC = ck.CheckpointPolicy(save_every=1, keep=None, async_save=False)
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def params():
+  return init_params(CFG, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return pt.make_mesh(data=2, fsdp=2, tensor=2)
+
+
+def test_sharded_round_trip_of_every_item(tmp_path, params, mesh):
+  shardings = pt.param_shardings(CFG, mesh)
+  sharded = pt.shard_params(params, shardings)
+  tx = optax.adamw(1e-3)
+  opt_state = jax.jit(tx.init)(sharded)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), sharded)
+  opt_state = jax.jit(lambda g, s, p: tx.update(g, s, p)[1])(grads, opt_state, sharded)
+  rng = jax.random.key(42)
+  stream = {"position": 1234, "stage": 1, "sources": {"en": [1, 2]}}
+  gin_text = "train.TRAIN_STEPS = 10\n"
+  policy = ck.CheckpointPolicy(save_every=10, keep=3, async_save=True)
+  with ck.CheckpointManager(tmp_path, CFG, policy) as manager:
+    assert manager.save(10, sharded, opt_state=opt_state, rng=rng, stream_state=stream,
+                        gin_config=gin_text)
+  assert ck.complete_steps(tmp_path / "checkpoints") == [10]
+
+  with ck.CheckpointManager(tmp_path, CFG, policy) as manager:
+    assert manager.latest_step() == 10
+    opt_target = ck.shape_dtype_structs(opt_state, jax.tree.map(lambda x: x.sharding, opt_state))
+    restored = manager.restore(mesh=mesh, opt_state_target=opt_target)
+  assert restored.step == 10 and restored.config == CFG
+  assert_trees_equal(restored.params, params)
+  assert_trees_equal(restored.opt_state, opt_state)
+  assert restored.stream_state == stream and restored.gin_config == gin_text
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(rng))
+  # Restored straight onto the mesh: really split, with the requested shardings.
+  qkv = restored.params["layers"]["attn"]["qkv_kernel"]
+  assert qkv.sharding == shardings["layers"]["attn"]["qkv_kernel"]
+  assert qkv.addressable_shards[0].data.shape == (CFG.num_layers, CFG.d_model // 2, 3,
+                                                   CFG.num_heads // 2, CFG.head_dim)
+  mu = restored.opt_state[0].mu["layers"]["mlp"]["fc1_kernel"]
+  assert mu.addressable_shards[0].data.shape == (CFG.num_layers, CFG.d_model // 2, CFG.d_ff // 2)
+
+
+def test_save_policy_and_keep_last_k(tmp_path, params):
+  policy = ck.CheckpointPolicy(save_every=2, keep=2, async_save=True)
+  with ck.CheckpointManager(tmp_path, CFG, policy) as manager:
+    saved = [s for s in range(1, 10) if manager.save(s, params)]
+    assert manager.save(9, params, force=True)  # e.g. on SIGTERM
+  assert saved == [2, 4, 6, 8]
+  assert ck.complete_steps(tmp_path / "checkpoints") == [8, 9]
+
+
+def test_only_forced_saves_when_save_every_is_zero(tmp_path, params):
+  with ck.CheckpointManager(tmp_path, CFG, ck.CheckpointPolicy(save_every=0)) as manager:
+    assert not manager.should_save(1000)
+    assert manager.save(7, params, force=True)
+    assert not manager.save(7, params, force=True)  # an existing step is left alone
+  assert ck.complete_steps(tmp_path / "checkpoints") == [7]
+
+
+def test_half_written_step_is_never_latest(tmp_path, params):
+  with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
+    manager.save(2, params)
+    manager.save(4, jax.tree.map(lambda x: x + 1, params))
+  root = tmp_path / "checkpoints"
+  # What a kill during an async write leaves: Orbax's temporary dir, some items written.
+  tmp_step = root / "6.orbax-checkpoint-tmp"
+  shutil.copytree(root / "4", tmp_step)
+  shutil.rmtree(tmp_step / "meta")
+  (tmp_step / "commit_success.txt").unlink()
+  assert ck.complete_steps(root) == [2, 4]
+  with ck.CheckpointManager(tmp_path, CFG, SYNC, read_only=True) as manager:
+    assert manager.latest_step() == 4
+    assert manager.restore().step == 4
+  config, loaded = ck.load(tmp_path)
+  assert_trees_equal(loaded, jax.tree.map(lambda x: x + 1, params))
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint for step 6"):
+    ck.load(tmp_path, step=6)
+  # A writing manager clears the debris (before its first save).
+  with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
+    manager.save(8, params)
+  assert not tmp_step.exists()
+  assert ck.complete_steps(root) == [2, 4, 8]
+
+
+def test_in_flight_async_save_is_not_latest_and_donation_after_save_is_safe(tmp_path, params):
+  state = jax.tree.map(jnp.copy, params)
+  expected = jax.tree.map(lambda x: np.array(x, copy=True), state)  # no view of the buffers
+  bump = jax.jit(lambda p: jax.tree.map(lambda x: x * 2.0, p), donate_argnums=0)
+  with ck.CheckpointManager(tmp_path, CFG, ck.CheckpointPolicy(save_every=1)) as manager:
+    manager.save(1, params)
+    manager.wait_until_finished()
+    assert manager.save(2, state)
+    # Orbax already lists step 2; only a finished write may count as latest.
+    assert manager.latest_step() in (1, 2)
+    assert manager.latest_step() in ck.complete_steps(manager.directory)
+    donated = state
+    state = bump(state)  # donate the saved buffers right after save() returned
+    assert donated["wte"].is_deleted()
+    manager.wait_until_finished()
+    assert manager.latest_step() == 2
+    assert_trees_equal(manager.restore(2).params, expected)
+
+
+def test_config_mismatch_names_the_field(tmp_path, params):
+  with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
+    manager.save(1, params)
+  for field, value, pattern in (("d_ff", 128, r"d_ff: checkpoint 256 vs requested 128"),
+                                ("vocab_size", 1000, r"different vocabulary.*vocab_size"),
+                                ("num_layers", 3, r"num_layers: checkpoint 2")):
+    with ck.CheckpointManager(tmp_path, CFG.replace(**{field: value}), SYNC,
+                              read_only=True) as manager:
+      with pytest.raises(ck.ConfigMismatchError, match=pattern):
+        manager.restore()
+    with pytest.raises(ck.ConfigMismatchError, match=field):
+      ck.load(tmp_path, CFG.replace(**{field: value}))
+  # Numerics may differ: restore computes in bf16 with the same weights.
+  config, loaded = ck.load(tmp_path, CFG.replace(dtype="bfloat16", remat_policy="full"))
+  assert config.dtype == "bfloat16"
+  assert_trees_equal(loaded, params)
+
+
+def test_params_only_checkpoint_restores_without_opt_state(tmp_path, params):
+  with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
+    manager.save(3, params, rng=jnp.array([0, 7], jnp.uint32))
+  with ck.CheckpointManager(tmp_path, CFG, SYNC, read_only=True) as manager:
+    opt_target = jax.eval_shape(optax.adamw(1e-3).init, params)
+    restored = manager.restore(opt_state_target=opt_target)
+  assert restored.opt_state is None and restored.stream_state is None
+  assert restored.gin_config is None
+  np.testing.assert_array_equal(restored.rng, [0, 7])  # a raw uint32 key stays raw
+  assert restored.rng.dtype == jnp.uint32
+
+
+def test_load_run_checkpoints_and_step_dirs(tmp_path, params):
+  with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
+    manager.save(5, params)
+    manager.save(9, jax.tree.map(lambda x: x * 3, params))
+  for path, factor in ((tmp_path, 3), (tmp_path / "checkpoints", 3),
+                       (tmp_path / "checkpoints" / "5", 1)):
+    config, loaded = ck.load(path)
+    assert config == CFG
+    assert_trees_equal(loaded, jax.tree.map(lambda x, f=factor: x * f, params))
+  config, loaded = ck.load(tmp_path, step=5)
+  assert_trees_equal(loaded, params)
+
+
+def test_load_onto_a_mesh(tmp_path, params, mesh):
+  with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
+    manager.save(1, params)
+  _, loaded = ck.load(tmp_path, mesh=mesh)
+  assert loaded["wte"].sharding == pt.param_shardings(CFG, mesh)["wte"]
+  assert_trees_equal(loaded, params)
+
+
+def test_load_hf_directory(tmp_path, params):
+  hf.export_hf(CFG, params, tmp_path)
+  config, loaded = ck.load(tmp_path)
+  assert config == CFG
+  assert_trees_equal(loaded, params)
+  assert isinstance(loaded["wte"], jax.Array)
+  with pytest.raises(hf.HFFormatError, match="d_ff"):
+    ck.load(tmp_path, CFG.replace(d_ff=128))
+
+
+def test_load_of_something_else_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no such directory"):
+    ck.load(tmp_path / "nope")
+  (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match=r"neither a Hugging Face model directory .* nor "
+                     r"a checkpoint directory.*only unfinished checkpoints"):
+    ck.load(tmp_path)
+
+
+def test_policy_validation():
+  with pytest.raises(ValueError, match="keep"):
+    ck.CheckpointPolicy(keep=0)
+  with pytest.raises(ValueError, match="save_every"):
+    ck.CheckpointPolicy(save_every=-1)
