@@ -4,7 +4,7 @@ seqio mixture rates are per *example*; PolyLM's curriculum is stated in *tokens*
 in stage 1, 60% in the last stage). So a stage mixture here is a set of components (seqio task +
 the language its tokens count toward + a weight) whose token shares are fixed, and
 `TokenScheduler` picks the next document by deficit over tokens so the realised share tracks the
-target to within about one document, whatever the document lengths are.
+target to within a few documents' worth of tokens, whatever the document lengths are.
 
 Language rates follow the usual temperature rule p_i ∝ n_i^(1/T) over token counts n_i, applied
 to the non-English languages only; English then takes exactly 1 - non_english_share.
@@ -19,27 +19,45 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-# SPEC section 4: the 18 PolyLM languages, in this order. `langs` in a batch indexes this tuple.
+# SPEC section 4: the 18 PolyLM languages, in this order. `langs` in a batch indexes this tuple
+# (then `add_language` codes, from index 18 on).
 LANGUAGES: tuple[str, ...] = (
     "zh", "en", "es", "fr", "pt", "ru", "de", "it", "ar",
     "ja", "ko", "th", "vi", "id", "nl", "pl", "tr", "he",
 )
 ENGLISH = "en"
-_LANG_INDEX = {lang: i for i, lang in enumerate(LANGUAGES)}
+_LANGS: list[str] = list(LANGUAGES)
+_LANG_INDEX = {lang: i for i, lang in enumerate(_LANGS)}
+_CODE_RE = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+def languages() -> tuple[str, ...]:
+    """The 18 PolyLM languages, then any added with `add_language`, in index order."""
+    return tuple(_LANGS)
+
+
+def add_language(code: str) -> int:
+    """Give a new language code the next `langs` index (a no-op for a known one)."""
+    if not isinstance(code, str) or not _CODE_RE.match(code) or code == "bitext":
+        raise ValueError(f"language code must be lower-case letters/digits, got {code!r}")
+    if code not in _LANG_INDEX:
+        _LANG_INDEX[code] = len(_LANGS)
+        _LANGS.append(code)
+    return _LANG_INDEX[code]
 
 
 def language_index(lang: str, *, where: str = "") -> int:
-    """Index of `lang` in LANGUAGES; a clear error names `where` it came from."""
+    """Index of `lang` in `languages()`; a clear error names `where` it came from."""
     if lang not in _LANG_INDEX:
         at = f" in {where}" if where else ""
         raise ValueError(
-            f"unknown language code {lang!r}{at}; known: {', '.join(LANGUAGES)} "
-            "(add a language to polylm_jax.mixing.LANGUAGES first)")
+            f"unknown language code {lang!r}{at}; known: {', '.join(_LANGS)} "
+            "(a new language needs polylm_jax.mixing.add_language first)")
     return _LANG_INDEX[lang]
 
 
-_MONO_RE = re.compile(r"^polylm_([a-z]{2})_")
-_BITEXT_RE = re.compile(r"^polylm_bitext_([a-z]{2})_([a-z]{2})_")
+_MONO_RE = re.compile(r"^polylm_([a-z][a-z0-9]*)_")
+_BITEXT_RE = re.compile(r"^polylm_bitext_([a-z][a-z0-9]*)_([a-z][a-z0-9]*)_")
 
 
 def language_of_task(task_name: str) -> Optional[str]:
@@ -245,8 +263,8 @@ class TokenScheduler:
 
     pass_i = (consumed_i + jitter * u_i) / share_i; the smallest pass goes next. u_i comes from
     a CounterRNG row per decision, so ties break at random and the order is not periodic, yet
-    the state is two small integer lists. After any prefix, |consumed_i - share_i * total| is
-    at most about one document plus `jitter` tokens.
+    the state is two small integer lists. After any prefix, |consumed_i - share_i * total| stays
+    within a few documents plus `jitter` tokens: it does not grow with the tokens consumed.
     """
 
     def __init__(self, shares: Sequence[float], key: Sequence[int], jitter: float = 0.0):

@@ -9,7 +9,7 @@ Batch contract (`PackedStream.next()`; every array is [batch, seq_len]):
                     a real token. Training rows are all 1.0 (loss on every token); only eval
                     padding gets 0.0 (its token id is 0 too, but the weight is what counts).
   positions         int32.  segment_ids int32.
-  langs             int32 index into mixing.LANGUAGES of the *target* token's document
+  langs             int32 index into mixing.languages() of the *target* token's document
                     (bitext counts toward its non-English side); -1 = padding or unknown.
 Documents are the tasks' 'targets' (ending in eos, id 2 for PolyLM; appended if missing) joined
 back to back. Released recipe (segment_aware=False): no reset at boundaries, segment_ids all 1,
@@ -102,30 +102,48 @@ class _UnitCache:
 UNIT_CACHE = _UnitCache()
 
 
+def _plan_units(task: seqio.Task, split: str, host: int, hosts: int,
+                unit_bytes: int) -> list[seqio.ShardInfo]:
+    """This host's units: K of them, unit k = ShardInfo(host + k * hosts, K * hosts).
+
+    With n files, K * hosts <= n makes seqio shard at the files, so unit k holds the files
+    i = host + k * hosts (mod K * hosts): together the units of all hosts cover every file
+    once. K grows with the host's bytes (one unit for a small local corpus, so it opens one
+    seqio pipeline per task; about one file per unit for a web-scale corpus). With fewer files
+    than hosts, the single unit is ShardInfo(host, hosts): seqio shards the examples.
+    """
+    files = list(task.source.list_shards(split))
+    n = len(files)
+    if n < hosts or task.source.supports_arbitrary_sharding:
+        return [seqio.ShardInfo(host, hosts)]
+    try:
+        size = sum(tf.io.gfile.stat(f).length for f in files[host::hosts])
+        k = max(1, -(-size // max(1, unit_bytes)))
+    except (tf.errors.OpError, OSError, ValueError):  # not paths (e.g. a function source)
+        k = n // hosts
+    k = min(k, n // hosts)
+    return [seqio.ShardInfo(host + j * hosts, k * hosts) for j in range(k)]
+
+
 class SourceReader:
     """One task's documents for one host, addressed by (epoch, unit, record).
 
-    Units are what seqio can open directly: one input file each (ShardInfo(i, num_files)) when
-    the source has at least as many files as hosts, the host dealt files round-robin; otherwise a
-    single unit, this host's example-level shard (ShardInfo(host, hosts)). Unit order is
-    re-permuted every epoch from a counter RNG; records within a unit keep the source order.
-    Preprocessors run with a fixed seed per unit, so every epoch sees the same documents.
+    Units are what seqio can open directly (see `_plan_units`): groups of the host's input files,
+    about `unit_bytes` each, or this host's example-level shard of a source with fewer files
+    than hosts. A resume skips inside one unit at most. Unit order is re-permuted every epoch
+    from a counter RNG; records within a unit keep the source order. Preprocessors run with a
+    fixed seed per unit, so every epoch sees the same documents.
     """
 
     def __init__(self, task_name: str, split: str = "train", shard_index: int = 0,
                  num_shards: int = 1, seed: int = 0, *, repeat: bool = True,
-                 read_batch: int = 256):
+                 read_batch: int = 256, unit_bytes: int = 64 << 20):
         self.name, self.split, self.repeat = task_name, split, repeat
         self.shard_index, self.num_shards = shard_index, num_shards
         self.task = _get_task(task_name, split)
         vocab = self.task.output_features[FEATURE].vocabulary
         self.eos_id = getattr(vocab, "eos_id", None)
-        n_files = len(self.task.source.list_shards(split))
-        if n_files >= num_shards:
-            self.units = [seqio.ShardInfo(i, n_files)
-                          for i in range(shard_index, n_files, num_shards)]
-        else:
-            self.units = [seqio.ShardInfo(shard_index, num_shards)]
+        self.units = _plan_units(self.task, split, shard_index, num_shards, unit_bytes)
         self._seed = seed
         self._key = (seed, mixing.stable_u64("units", task_name, split, shard_index, num_shards))
         self._read_batch = read_batch
@@ -179,7 +197,13 @@ class SourceReader:
         """Next ragged batch of the open unit; False at its end."""
         try:
             rb = next(self._it)
-        except StopIteration:
+        except (StopIteration, tf.errors.InvalidArgumentError) as e:
+            # a task's own "yielded no examples" check fires on an empty unit (e.g. a file
+            # whose lines all went to another split); emptiness of the whole task is ours
+            if isinstance(e, tf.errors.InvalidArgumentError) and (
+                    "yielded no examples" not in str(e) or self._docs_since_open
+                    or self._opened_at):
+                raise
             rec = self._recording
             if rec is not None:
                 vals = np.concatenate([v for v, _ in rec]) if rec else np.empty(0, np.int32)
@@ -317,7 +341,8 @@ class PackedStream:
     def __init__(self, stages: Sequence[StagePlan], boundaries: Sequence[int] = (0,), *,
                  seq_len: int, batch_size: int, seed: int = 0, shard_index: int = 0,
                  num_shards: int = 1, segment_aware: bool = False, split: str = "train",
-                 name: str = "", jitter_tokens: float = 64.0, read_batch: int = 256):
+                 name: str = "", jitter_tokens: float = 64.0, read_batch: int = 256,
+                 unit_bytes: int = 64 << 20):
         for flag, v in (("seq_len", seq_len), ("batch_size", batch_size),
                         ("num_shards", num_shards)):
             if not isinstance(v, (int, np.integer)) or v <= 0:
@@ -331,7 +356,7 @@ class PackedStream:
         self.seq_len, self.batch_size, self.seed = int(seq_len), int(batch_size), int(seed)
         self.shard_index, self.num_shards = int(shard_index), int(num_shards)
         self.segment_aware, self.split, self.name = bool(segment_aware), split, name
-        self._jitter, self._read_batch = jitter_tokens, read_batch
+        self._jitter, self._read_batch, self._unit_bytes = jitter_tokens, read_batch, unit_bytes
         self._readers: dict[str, SourceReader] = {}
         self.step = 0
         self._stage = -1
@@ -354,7 +379,8 @@ class PackedStream:
         if task not in self._readers:
             self._readers[task] = SourceReader(task, self.split, self.shard_index,
                                                self.num_shards, self.seed,
-                                               read_batch=self._read_batch)
+                                               read_batch=self._read_batch,
+                                               unit_bytes=self._unit_bytes)
         return self._readers[task]
 
     @property
@@ -526,10 +552,10 @@ def eval_tasks(name: str, split: str = "validation") -> dict[str, tuple[str, ...
             if lang < 0 or mixing.is_bitext_task(task):
                 continue
             _get_task(task, split)  # clear error if the split is missing
-            tasks = out.setdefault(mixing.LANGUAGES[lang], [])
+            tasks = out.setdefault(mixing.languages()[lang], [])
             if task not in tasks:
                 tasks.append(task)
-    return {lang: tuple(out[lang]) for lang in mixing.LANGUAGES if lang in out}
+    return {lang: tuple(out[lang]) for lang in mixing.languages() if lang in out}
 
 
 def eval_batches(tasks: Sequence[str], seq_len: int, batch_size: int, *,

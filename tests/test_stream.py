@@ -34,6 +34,7 @@ def _plan(names, shares=(0.5, 0.3, 0.2)):
 
 
 def _stream(names, **kw):
+    kw.setdefault("unit_bytes", 1)  # one unit per file: exercises seeking across units
     kw.setdefault("seq_len", 16)
     kw.setdefault("batch_size", 3)
     return stream.PackedStream([_plan(names)], (0,), name="t", **kw)
@@ -136,10 +137,12 @@ def test_resume_reads_at_most_one_unit(tasks):
 
 def test_two_hosts_yield_each_example_exactly_once(tasks):
     names, docs = tasks
-    for lang, n_units in (("zh", 2), ("en", 1)):  # by whole files, and by examples
+    # by groups of files, by single files, and by examples (a one-'file' function source)
+    for lang, unit_bytes, n_units in (("zh", 1 << 26, 1), ("zh", 1, 2), ("en", 1, 1)):
         seen = []
         for host in range(2):
-            r = stream.SourceReader(names[lang], shard_index=host, num_shards=2, repeat=False)
+            r = stream.SourceReader(names[lang], shard_index=host, num_shards=2, repeat=False,
+                                    unit_bytes=unit_bytes)
             assert len(r.units) == n_units
             while (item := r.next_doc()) is not None:
                 seen.append(tuple(item[0]))
@@ -149,7 +152,7 @@ def test_two_hosts_yield_each_example_exactly_once(tasks):
     got = []
     for host in range(2):
         s = stream.PackedStream([plan], seq_len=8, batch_size=2, shard_index=host,
-                                num_shards=2, name="zh")
+                                num_shards=2, name="zh", unit_bytes=1)
         batches = []
         while s.state()["sources"][names["zh"]][0] == 0:
             batches.append(s.next())
