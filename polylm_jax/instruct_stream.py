@@ -24,6 +24,7 @@ drawn but not yet placed: JSON, O(number of tasks).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Optional
 
@@ -31,6 +32,8 @@ import numpy as np
 import seqio
 
 from polylm_jax import mixing
+from polylm_jax import stream as stream_lib
+from polylm_jax.stream import per_host_batch_size  # noqa: F401  (the trainer's data API)
 
 STATE_VERSION = 1
 BATCH_FIELDS = ("inputs", "targets", "loss_weights", "positions", "segment_ids", "langs")
@@ -194,6 +197,11 @@ class InstructionStream:
     self.split, self.pack, self.name = split, bool(pack), name
     self.readers = [ExampleReader(t, split, shard_index, num_shards, seed) for t in tasks]
     self.langs = [task_lang_index(t) for t in tasks]
+    total = sum(self.rates)
+    # What the trainer reads of a PackedStream: one stage, starting at step 0.
+    self.stages = [stream_lib.StagePlan(name or tasks[0], tuple(tasks),
+                                        tuple(r / total for r in self.rates), tuple(self.langs))]
+    self.boundaries = (0,)
     key = (self.seed, mixing.stable_u64("instruct-mix", name, *tasks, shard_index, num_shards))
     self._sched = mixing.TokenScheduler(self.rates, key, jitter=1.0)
     self.positions = [[0, 0] for _ in tasks]  # (epoch, index) of each task's next example
@@ -201,6 +209,10 @@ class InstructionStream:
     self.step = 0
     self.stats = {"examples": 0, "truncated": 0, "dropped_overlong": 0, "prompt_tokens": 0,
                   "response_tokens": 0}
+
+  @property
+  def stage(self) -> int:
+    return 0
 
   def _draw(self) -> list[int]:
     i = self._sched.choose()
@@ -312,6 +324,16 @@ def build_instruction_stream(name: str, seq_len: int, batch_size: int, *, seed: 
   return InstructionStream(tasks, rates, seq_len=seq_len, batch_size=batch_size, seed=seed,
                            shard_index=shard_index, num_shards=num_shards, split=split,
                            pack=pack, name=name)
+
+
+# polylm_jax.stream's names, so a trainer can use this module in its place.
+build_stream = build_instruction_stream
+
+
+def data_module(mixture_or_task_name: str):
+  """The module whose build_stream / eval_tasks / eval_batches / per_host_batch_size serve
+  `mixture_or_task_name`: this one for instruction data, polylm_jax.stream otherwise."""
+  return sys.modules[__name__] if is_instruction_data(mixture_or_task_name) else stream_lib
 
 
 def eval_tasks(name: str, split: str = "validation") -> dict[str, tuple[str, ...]]:
