@@ -155,7 +155,7 @@ class FilterConfig:
   """Thresholds; lengths in length_units (about-words)."""
 
   rouge_threshold: float = 0.7        # reject when ROUGE-L to any pool instruction >= this
-  near_duplicate_threshold: float = 0.8  # Jaccard of character 3-grams of instruction+input
+  near_duplicate_threshold: float = 0.6  # Jaccard of character 3-grams of instruction+input
   min_instruction_units: float = 2.0
   max_instruction_units: float = 150.0
   max_input_units: float = 400.0
@@ -219,7 +219,8 @@ class InstructionPool:
     return len(self.instructions)
 
   @staticmethod
-  def _key(instruction: str, input_text: str) -> str:
+  def key(instruction: str, input_text: str) -> str:
+    """The exact-duplicate key of a task."""
     return normalize(instruction) + "\x00" + normalize(input_text)
 
   def add(self, instruction: str, input_text: str = "") -> None:
@@ -229,7 +230,7 @@ class InstructionPool:
     self._tokens.append(toks)
     for tok, c in Counter(toks).items():
       self._postings[tok].append((i, c))
-    self._keys.add(self._key(instruction, input_text))
+    self._keys.add(self.key(instruction, input_text))
     sh = shingles(instruction + "\n" + input_text)
     self._shingles.append(sh)
     for s in sh:
@@ -296,7 +297,7 @@ class InstructionPool:
       hit = unservable_match(f"{instruction}\n{input_text}", self.lang)
       if hit:
         return Verdict("unservable", f"mentions {hit!r}")
-    if self._key(instruction, input_text) in self._keys:
+    if self.key(instruction, input_text) in self._keys:
       return Verdict("duplicate", "same instruction and input already in the pool")
     jac, j = self.max_jaccard(instruction, input_text)
     if jac >= cfg.near_duplicate_threshold:
