@@ -10,6 +10,11 @@ from stream_fixtures import (EOS, make_docs, register_file_task, register_int_ta
                              split_docs, stream_tokens)
 
 
+@pytest.fixture(autouse=True)
+def _no_disk_cache(monkeypatch):  # these tasks live in temp dirs: keep them out of the cache
+    monkeypatch.setenv("POLYLM_JAX_UNIT_DISK_CACHE", "0")
+
+
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
     d = tmp_path_factory.mktemp("stream_tasks")
