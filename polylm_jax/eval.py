@@ -1,0 +1,129 @@
+r"""The t5x-style evaluation binary: a checkpoint on benchmark tasks, with a report.
+
+    python -m polylm_jax.eval --gin_file=gin/runs/eval.gin \
+        --gin.CHECKPOINT_PATH=\"runs/demo\" --gin.EVAL_OUTPUT_DIR=\"runs/demo/eval\" \
+        --gin.MIXTURE_OR_TASK_NAME=\"polylm_eval_understanding_0shot\" \
+        --gin.EVAL_DATA_DIR=\"/data/polylm_benchmark\"
+
+CHECKPOINT_PATH: a run dir, a checkpoint (step) dir or a Hugging Face model dir
+(`polylm_jax.checkpoints.load`). MIXTURE_OR_TASK_NAME: benchmark tasks and/or mixtures,
+comma-separated (tasks/benchmark.py lists the names). Writes the per-example predictions,
+results.{md,csv,json}, results.png (polylm_jax/eval_report.py) and the operative gin config
+to EVAL_OUTPUT_DIR.
+
+`evaluate_checkpoint()` is a plain function; gin binds it as `evaluate` at this edge. The
+evaluation itself is `polylm_jax.evaluation.evaluate`, which the trainer calls too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import gin
+import jax
+
+from polylm_jax import checkpoints, eval_report, evaluation, gin_utils, partitioning
+from polylm_jax import vocab as vocab_lib
+
+
+def _vocabulary(vocab_path: str | None, checkpoint_path: str):
+  if vocab_path:
+    if not os.path.isfile(vocab_path):
+      raise FileNotFoundError(f"VOCAB_PATH={vocab_path}: no such file")
+    return vocab_lib.get_vocabulary(vocab_path)
+  beside = os.path.join(checkpoint_path, "tokenizer.model")
+  if os.path.isfile(beside):
+    return vocab_lib.get_vocabulary(beside)
+  return vocab_lib.get_vocabulary()
+
+
+def evaluate_checkpoint(
+    *,
+    checkpoint_path: str,
+    output_dir: str,
+    mixture_or_task_name: str | Sequence[str],
+    vocab_path: str | None = None,
+    data_dir: str | None = None,
+    tfds_data_dir: str | None = None,
+    paths: Mapping[str, str] | None = None,
+    step: int | None = None,
+    shot_seed: int = 0,
+    max_examples: int | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int | Mapping[str, int] | None = None,
+    decode_settings: Mapping[str, Any] | None = None,
+    template_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    bleu_tokenizers: Mapping[str, str] | None = None,
+    prefix_eos: bool = True,
+    mesh_data: int = -1,
+    mesh_fsdp: int = 1,
+    mesh_tensor: int = 1,
+    plot: bool = True,
+    print_fn: Callable[..., None] = print,
+) -> evaluation.EvalResults:
+  """Loads a checkpoint, evaluates it, writes the report; returns the results.
+
+  vocab_path: the SentencePiece model (default: tokenizer.model beside the checkpoint, else
+  the project's default vocabulary). data_dir / paths / tfds_data_dir: where the benchmark
+  data lives (tasks/benchmark_data.py). With one device no mesh is built; with several the
+  params are sharded over a (data, fsdp, tensor) mesh and batches split over data.
+  """
+  from tasks import benchmark, templates  # seqio/TensorFlow: only once the binary runs
+
+  if not checkpoint_path:
+    raise ValueError("CHECKPOINT_PATH is empty: pass --gin.CHECKPOINT_PATH=\\\"/path\\\"")
+  if not output_dir:
+    raise ValueError("EVAL_OUTPUT_DIR is empty: pass --gin.EVAL_OUTPUT_DIR=\\\"/path\\\"")
+  templates.apply_overrides(template_overrides or {})
+  benchmark.configure(data_dir=data_dir, tfds_data_dir=tfds_data_dir, shot_seed=shot_seed,
+                      paths=dict(paths) if paths else None)
+  task_names = benchmark.resolve_all(mixture_or_task_name)  # unknown names fail before loading
+  mesh = None
+  if len(jax.devices()) > 1:
+    mesh = partitioning.make_mesh(mesh_data, mesh_fsdp, mesh_tensor)
+  config, params = checkpoints.load(checkpoint_path, step=step, mesh=mesh)
+  vocab = _vocabulary(vocab_path, checkpoint_path)
+  logging.info("evaluating %s on %d tasks", checkpoint_path, len(task_names))
+  results = evaluation.evaluate(config, params, vocab, task_names, max_examples=max_examples,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                decode_settings=decode_settings, mesh=mesh,
+                                prefix_eos=prefix_eos, bleu_tokenizers=bleu_tokenizers)
+  eval_report.write_report(results, output_dir, plot=plot)
+  gin_utils.write_operative_config(output_dir)  # the gin settings of this run, if any
+  for t in results.tasks:
+    print_fn(f"{t.task}: " + ", ".join(f"{k} {v:.2f}" for k, v in t.metrics.items())
+             + f" ({t.num_examples} examples)")
+  print_fn(f"report: {os.path.join(output_dir, 'results.md')}")
+  return results
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    sys.exit(f"unexpected arguments {argv[1:]} (gin settings go in --gin.KEY=VALUE)")
+  try:
+    gin_utils.parse_from_flags()
+    gin_evaluate()
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    logging.debug("evaluation failed", exc_info=True)
+    sys.exit(f"error: {e}")
+  except TypeError as e:  # a required argument with no gin binding
+    if "required" not in str(e) or "argument" not in str(e):
+      raise
+    sys.exit(f"error: {e} (bind it in a gin file or with --gin.evaluate.NAME=VALUE)")
+
+
+def _register_gin() -> Callable[..., evaluation.EvalResults]:
+  try:
+    return gin.external_configurable(evaluate_checkpoint, name="evaluate")
+  except ValueError:  # registered already (module imported twice, e.g. runpy)
+    return gin.get_configurable("evaluate")
+
+
+gin_evaluate = _register_gin()
+
+if __name__ == "__main__":
+  gin_utils.run(main)
