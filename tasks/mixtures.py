@@ -77,8 +77,9 @@ def stage_components(recipe: StageRecipe, languages: Sequence[str],
                      for src, w in recipe.bitext.items()
                      if bitext_task_name(lang, "en", src) in registered]
         if not mine:
+            looked = [mono_task_name(lang, src) for src in recipe.mono]
             raise ValueError(f"{where}: language {lang!r} has no registered task for sources "
-                             f"{sorted(recipe.mono)} (e.g. {mono_task_name(lang, 'SOURCE')})")
+                             f"{sorted(recipe.mono)} (looked for {', '.join(looked)})")
         comps += mine
     return tuple(comps)
 
