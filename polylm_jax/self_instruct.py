@@ -248,10 +248,12 @@ class SelfInstruct:
     for w in [*self._kept_writer.values(), self._rejected_writer]:
       w.close()
 
-  def _demos(self, lang: str, rng: random.Random) -> list[dict[str, str]]:
+  def _demos(self, lang: str, rnd: int, rng: random.Random) -> list[dict[str, str]]:
+    """Seed and generated demonstrations; generated ones only from earlier rounds, so a
+    round's prompts do not depend on how far it got before an interruption."""
     cfg = self.config
     generated = [{"instruction": r["instruction"], "input": r.get("input") or "",
-                  "output": r["output"]} for r in self.kept[lang]]
+                  "output": r["output"]} for r in self.kept[lang] if int(r["round"]) < rnd]
     n_gen = min(cfg.num_generated_demos, len(generated))
     n_seed = min(len(self.seeds[lang]), cfg.num_seed_demos + cfg.num_generated_demos - n_gen)
     demos = rng.sample(self.seeds[lang], n_seed) + rng.sample(generated, n_gen)
@@ -274,7 +276,7 @@ class SelfInstruct:
     counts: Counter = Counter()
     prompts, firsts = [], []
     for i in range(cfg.requests_per_round):
-      demos = self._demos(lang, _rng(cfg.random_seed, lang, rnd, i))
+      demos = self._demos(lang, rnd, _rng(cfg.random_seed, lang, rnd, i))
       prompts.append(build_prompt(lang, demos, cfg.tasks_per_request))
       firsts.append(len(demos) + 1)
     replies = self.teacher.complete_batch(prompts)
