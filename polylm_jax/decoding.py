@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {"greedy": {}, "sampling": DEMO_SAMPLING, "
 
 _NEG = -1.0e9  # HF's "impossible" beam score; kept identical so ranking matches.
 _PROMPT_BUCKET = 16  # prompt and score lengths are padded to multiples of this (fewer compiles)
-_CACHE_BUCKET = 64
+_CACHE_BUCKET = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,17 +124,34 @@ def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
   return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
-def process_logits(logits: jax.Array, seen: jax.Array | None, s: DecodeSettings) -> jax.Array:
+def process_logits(logits: jax.Array, seen: jax.Array | None, s: DecodeSettings,
+                   knobs: dict[str, jax.Array] | None = None) -> jax.Array:
+  """`s` decides which processors run; their values come from `knobs` (traced) if given."""
+  k = knobs if knobs is not None else _knobs(s, 0)
   if s.repetition_penalty != 1.0:
-    logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
+    logits = apply_repetition_penalty(logits, seen, k["repetition_penalty"])
   if not s.do_sample:
     return logits
-  logits = logits / s.temperature
+  logits = logits / k["temperature"]
   if s.top_k > 0:
     logits = top_k_filter(logits, s.top_k)
   if s.top_p < 1.0:
-    logits = top_p_filter(logits, s.top_p)
+    logits = top_p_filter(logits, k["top_p"])
   return logits
+
+
+def _knobs(s: DecodeSettings, eos: int) -> dict[str, Any]:
+  """The values that are traced, so that changing them does not recompile."""
+  return dict(eos=np.int32(eos), temperature=np.float32(s.temperature if s.do_sample else 1.0),
+              top_p=np.float32(s.top_p), repetition_penalty=np.float32(s.repetition_penalty))
+
+
+def _compile_key(s: DecodeSettings) -> DecodeSettings:
+  """Only what changes the program: which processors run, top_k, and the beam settings."""
+  return dataclasses.replace(
+      s, seed=0, eos_id=None, temperature=1.0 if s.do_sample else 0.0,
+      top_p=0.5 if s.top_p < 1.0 else 1.0,
+      repetition_penalty=2.0 if s.repetition_penalty != 1.0 else 1.0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -170,10 +187,10 @@ def _row_keys(seed_key, row_ids, step):
   return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(seed_key, r), step))(row_ids)
 
 
-def _emit(s: DecodeSettings, eos: int, state, logits):
+def _emit(s: DecodeSettings, state, logits):
   """Picks one token per row from `logits`, records it, advances the step."""
-  step = state["step"]
-  logits = process_logits(logits, state.get("seen"), s)
+  step, eos = state["step"], state["knobs"]["eos"]
+  logits = process_logits(logits, state.get("seen"), s, state["knobs"])
   if s.do_sample:
     keys = _row_keys(state["key"], state["row_ids"], step)
     token = jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
@@ -187,18 +204,18 @@ def _emit(s: DecodeSettings, eos: int, state, logits):
   return new
 
 
-def _sample_init(config, s, eos, max_new, params, tokens, positions, segment_ids, prompt_lens,
-                 active, row_ids, key):
+def _sample_init(config, s, max_new, params, tokens, positions, segment_ids, prompt_lens,
+                 active, row_ids, key, knobs):
   params, logits, cache = _prefill(config, params, tokens, positions, segment_ids)
   b = tokens.shape[0]
   state = dict(cache=cache, step=jnp.int32(0), done=~active, row_ids=row_ids, key=key,
-               lens=prompt_lens, out=jnp.full((b, max_new), eos, jnp.int32))
+               lens=prompt_lens, knobs=knobs, out=jnp.full((b, max_new), knobs["eos"], jnp.int32))
   if s.repetition_penalty != 1.0:
     state["seen"] = _seen_mask(tokens, segment_ids, config.vocab_size)
-  return params, _emit(s, eos, state, logits)
+  return params, _emit(s, state, logits)
 
 
-def _sample_steps(config, s, eos, params, state, limit):
+def _sample_steps(config, s, params, state, limit):
   def cond(st):
     return (st["step"] < limit) & ~jnp.all(st["done"])
 
@@ -207,31 +224,31 @@ def _sample_steps(config, s, eos, params, state, limit):
     prev = jax.lax.dynamic_slice_in_dim(st["out"], step - 1, 1, axis=1)
     logits, cache = _model_step(config, params, st["cache"], prev, (st["lens"] + step - 1)[:, None],
                                 jnp.ones_like(prev))
-    return _emit(s, eos, dict(st, cache=cache), logits)
+    return _emit(s, dict(st, cache=cache), logits)
 
   return jax.lax.while_loop(cond, body, state)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "s", "eos", "max_new"))
-def _generate_sample(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, *,
-                     config, s, eos, max_new):
-  params, state = _sample_init(config, s, eos, max_new, params, tokens, positions, segment_ids,
-                               prompt_lens, active, row_ids, key)
-  state = _sample_steps(config, s, eos, params, state, max_new)
+@functools.partial(jax.jit, static_argnames=("config", "s", "max_new"))
+def _generate_sample(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key,
+                     knobs, *, config, s, max_new):
+  params, state = _sample_init(config, s, max_new, params, tokens, positions, segment_ids,
+                               prompt_lens, active, row_ids, key, knobs)
+  state = _sample_steps(config, s, params, state, max_new)
   return state["out"]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "s", "eos", "max_new"))
-def _stream_init(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, *,
-                 config, s, eos, max_new):
-  return _sample_init(config, s, eos, max_new, params, tokens, positions, segment_ids,
-                      prompt_lens, active, row_ids, key)[1]
+@functools.partial(jax.jit, static_argnames=("config", "s", "max_new"))
+def _stream_init(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, knobs,
+                 *, config, s, max_new):
+  return _sample_init(config, s, max_new, params, tokens, positions, segment_ids,
+                      prompt_lens, active, row_ids, key, knobs)[1]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "s", "eos"), donate_argnames=("state",))
-def _stream_steps(params, state, limit, *, config, s, eos):
+@functools.partial(jax.jit, static_argnames=("config", "s"), donate_argnames=("state",))
+def _stream_steps(params, state, limit, *, config, s):
   params = {**params, "wpe": params["wpe"][:config.max_len]}
-  return _sample_steps(config, s, eos, params, state, limit)
+  return _sample_steps(config, s, params, state, limit)
 
 
 # ---- beam search: a port of transformers' vectorised `_beam_search` ---------------------
@@ -241,13 +258,14 @@ def _take_beams(x, idx):
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - idx.ndim)), axis=1)
 
 
-def _beam_emit(s: DecodeSettings, eos: int, max_new: int, st, logits):
+def _beam_emit(s: DecodeSettings, max_new: int, st, logits):
   b, k = st["running_scores"].shape
+  eos = st["knobs"]["eos"]
   k2, v = 2 * k, logits.shape[-1]
   t = st["step"]
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   if s.repetition_penalty != 1.0:
-    log_probs = apply_repetition_penalty(log_probs, st["seen"], s.repetition_penalty)
+    log_probs = apply_repetition_penalty(log_probs, st["seen"], st["knobs"]["repetition_penalty"])
   log_probs = (log_probs.reshape(b, k, v) + st["running_scores"][:, :, None]).reshape(b, k * v)
   topk_lp, topk_idx = jax.lax.top_k(log_probs, k2)
   parent, ids = topk_idx // v, (topk_idx % v).astype(jnp.int32)
@@ -291,17 +309,17 @@ def _beam_emit(s: DecodeSettings, eos: int, max_new: int, st, logits):
   return new
 
 
-@functools.partial(jax.jit, static_argnames=("config", "s", "eos", "max_new"))
-def _generate_beam(params, tokens, positions, segment_ids, prompt_lens, active, *, config, s, eos,
-                   max_new):
+@functools.partial(jax.jit, static_argnames=("config", "s", "max_new"))
+def _generate_beam(params, tokens, positions, segment_ids, prompt_lens, active, knobs, *, config,
+                   s, max_new):
   k = s.num_beams
   params, logits, cache = _prefill(config, params, tokens, positions, segment_ids)
   b = tokens.shape[0]
   rep = lambda x: jnp.repeat(x, k, axis=0)
   st = dict(
       cache=jax.tree.map(lambda x: x if x.ndim < 2 else jnp.repeat(x, k, axis=1), cache),
-      step=jnp.int32(0), lens=rep(prompt_lens),
-      running_seq=jnp.full((b, k, max_new), eos, jnp.int32),
+      step=jnp.int32(0), lens=rep(prompt_lens), knobs=knobs,
+      running_seq=jnp.full((b, k, max_new), knobs["eos"], jnp.int32),
       running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(_NEG),
       beam_scores=jnp.full((b, k), _NEG, jnp.float32),
       finished=jnp.broadcast_to(~active[:, None], (b, k)),
@@ -309,7 +327,7 @@ def _generate_beam(params, tokens, positions, segment_ids, prompt_lens, active, 
   st["sequences"] = st["running_seq"]
   if s.repetition_penalty != 1.0:
     st["seen"] = rep(_seen_mask(tokens, segment_ids, config.vocab_size))
-  st = _beam_emit(s, eos, max_new, st, rep(logits))
+  st = _beam_emit(s, max_new, st, rep(logits))
 
   def cond(st):
     return st["go"] & (st["step"] < max_new)
@@ -319,7 +337,7 @@ def _generate_beam(params, tokens, positions, segment_ids, prompt_lens, active, 
     prev = st["running_seq"][:, :, t - 1].reshape(-1, 1)
     logits, cache = _model_step(config, params, st["cache"], prev, (st["lens"] + t - 1)[:, None],
                                 jnp.ones_like(prev))
-    return _beam_emit(s, eos, max_new, dict(st, cache=cache), logits)
+    return _beam_emit(s, max_new, dict(st, cache=cache), logits)
 
   st = jax.lax.while_loop(cond, body, st)
   return st["sequences"][:, 0], st["beam_scores"][:, 0]
@@ -435,7 +453,7 @@ def generate(config: PolyLMConfig, params: Any, prompts: Sequence[Sequence[int]]
     return []
   place = _Placement(config, params, mesh)
   results: list[list[int]] = []
-  statics = dataclasses.replace(s, seed=0)  # the seed is traced, not a compile key
+  statics, knobs = _compile_key(s), _knobs(s, eos)
   for lo, hi in _chunks(len(prompts), batch_size):
     chunk = prompts[lo:hi]
     rows = _bucket(hi - lo if not batch_size else batch_size, place.dp)
@@ -446,11 +464,11 @@ def generate(config: PolyLMConfig, params: Any, prompts: Sequence[Sequence[int]]
     with place.context():
       args = place.batch(tokens, positions, segments, lens, active, row_ids)
       if s.num_beams > 1:
-        out, _ = _generate_beam(place.params, *args[:5], config=dcfg, s=statics, eos=eos,
+        out, _ = _generate_beam(place.params, *args[:5], knobs, config=dcfg, s=statics,
                                 max_new=max_new_tokens)
       else:
-        out = _generate_sample(place.params, *args, jax.random.key(s.seed), config=dcfg,
-                               s=statics, eos=eos, max_new=max_new_tokens)
+        out = _generate_sample(place.params, *args, jax.random.key(s.seed), knobs, config=dcfg,
+                               s=statics, max_new=max_new_tokens)
     out = np.asarray(jax.device_get(out))
     results.extend(_trim(out[i], eos, include_eos) for i in range(hi - lo))
   return results
@@ -474,9 +492,9 @@ def generate_stream(config: PolyLMConfig, params: Any, prompt: Sequence[int],
   width = min(_bucket(len(prompt), _PROMPT_BUCKET), config.max_len - max_new_tokens)
   tokens, positions, segments, lens, active = _left_pad([prompt], 1, width)
   dcfg = _decode_config(config, width, max_new_tokens)
-  statics = dataclasses.replace(s, seed=0)
+  statics = _compile_key(s)
   state = _stream_init(params, tokens, positions, segments, lens, active, np.zeros(1, np.int32),
-                       jax.random.key(s.seed), config=dcfg, s=statics, eos=eos,
+                       jax.random.key(s.seed), _knobs(s, eos), config=dcfg, s=statics,
                        max_new=max_new_tokens)
   emitted = 0
   while True:
@@ -490,7 +508,7 @@ def generate_stream(config: PolyLMConfig, params: Any, prompt: Sequence[int],
     if done or emitted >= max_new_tokens:
       return
     state = _stream_steps(params, state, jnp.int32(min(emitted + chunk_tokens, max_new_tokens)),
-                          config=dcfg, s=statics, eos=eos)
+                          config=dcfg, s=statics)
 
 
 # ----------------------------------------------------------------------------------------
