@@ -372,6 +372,12 @@ def resolve(name: str) -> list[str]:
   if name in seqio.MixtureRegistry.names():
     return [t.name for t in seqio.get_mixture_or_task(name).tasks]
   if name not in seqio.TaskRegistry.names():
+    body = _NAME.match(name).group("body") if _NAME.match(name) else ""
+    for family in sorted(FAMILIES, key=len, reverse=True):
+      if body.startswith(family + "_"):
+        lang = body[len(family) + 1:].replace("_", "-")
+        raise ValueError(f"unknown task {name!r}: benchmark {family} has no language {lang!r}; "
+                         f"languages: {', '.join(FAMILIES[family].languages)}")
     raise ValueError(f"unknown task or mixture {name!r}; families: {sorted(FAMILIES)}, "
                      f"groups: {sorted(GROUPS)}")
   return [name]

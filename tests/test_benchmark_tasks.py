@@ -82,6 +82,9 @@ def test_zero_and_k_shot_variants_are_registered(demo_root):
     benchmark.resolve("polylm_eval_nosuch_0shot")
   with pytest.raises(ValueError, match="unknown task or mixture 'xnli'"):
     benchmark.resolve("xnli")
+  with pytest.raises(ValueError, match="benchmark mtg_story has no language 'it'; languages: "
+                                       "en, de, fr, es"):
+    benchmark.resolve("polylm_eval_mtg_story_it_0shot")
 
 
 # -- rendering ---------------------------------------------------------------------------
