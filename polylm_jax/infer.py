@@ -1,0 +1,253 @@
+r"""The t5x-style inference binary: prompts in, JSONL generations out.
+
+    python -m polylm_jax.infer --gin_file=gin/runs/infer.gin \
+        --gin.CHECKPOINT_PATH=\"runs/demo\" --gin.INFER_OUTPUT_DIR=\"runs/demo/infer\" \
+        --gin.INFER_INPUT_FILE=\"prompts.jsonl\"
+
+Prompts come from a JSONL file (one object per line: {"prompt": ...}, optionally with "id";
+or {"instruction", "input"} formatted with the prompt style) or from a SeqIO task or mixture
+(MIXTURE_OR_TASK_NAME, split; the prompt is its "inputs" feature, a trailing eos dropped).
+CHECKPOINT_PATH is a run dir, a checkpoint (step) dir or a Hugging Face PolyLM directory
+(`checkpoints.load`). Writes INFER_OUTPUT_DIR/outputs.jsonl ({"id", "prompt", "output",
+"num_tokens", and "target" when the task has one}) atomically, plus the operative config.
+
+Long prompts are an error naming the record, unless `infer.truncate_prompts = True`, which
+keeps the last max_len - max_new_tokens tokens (the end of a prompt is what the model
+continues). `run_inference()` is a plain function; gin binds it as `infer` at this edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import gin
+import jax
+import numpy as np
+
+from polylm_jax import checkpoints, decoding, gin_utils, partitioning, prompts as prompts_lib
+from polylm_jax.config import PolyLMConfig
+
+OUTPUT_FILE = "outputs.jsonl"
+
+
+def _vocabulary(vocab_path: str | None, checkpoint_path: str):
+  from polylm_jax import vocab as vocab_lib  # seqio/TensorFlow: only when the binary runs
+  if vocab_path:
+    if not os.path.isfile(vocab_path):
+      raise FileNotFoundError(f"VOCAB_PATH={vocab_path}: no such file")
+    return vocab_lib.get_vocabulary(vocab_path)
+  beside = os.path.join(checkpoint_path, "tokenizer.model")
+  if os.path.isfile(beside):
+    return vocab_lib.get_vocabulary(beside)
+  return vocab_lib.get_vocabulary()
+
+
+def read_jsonl_prompts(path: str, style: str = "plain") -> list[dict[str, Any]]:
+  """Records {"id", "prompt"} from a JSONL file; errors name the file and line."""
+  prompts_lib.check_style(style, "infer.prompt_style")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"INFER_INPUT_FILE={path}: no such file")
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{n}"
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+      if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+      if isinstance(obj.get("prompt"), str):
+        text = prompts_lib.wrap_message(obj["prompt"], style)
+      elif isinstance(obj.get("instruction"), str):
+        text = prompts_lib.format_prompt(obj["instruction"], obj.get("input"),
+                                         "multialpaca" if style == "plain" else style)
+      else:
+        raise ValueError(f"{where}: needs a string field 'prompt' (or 'instruction' and "
+                         f"optional 'input'); got keys {sorted(obj)}")
+      records.append({"id": obj.get("id", len(records)), "prompt": text})
+  if not records:
+    raise ValueError(f"INFER_INPUT_FILE={path}: no prompts in the file")
+  return records
+
+
+def read_task_prompts(name: str, split: str, vocab: Any, feature: str = "inputs",
+                      task_feature_lengths: Mapping[str, int] | None = None,
+                      max_examples: int | None = None) -> list[dict[str, Any]]:
+  """Records {"id", "prompt", "ids", "target"?} from a SeqIO task or mixture."""
+  import seqio
+  import tasks  # noqa: F401  (registers the project's tasks)
+  try:
+    task = seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    raise ValueError(f"MIXTURE_OR_TASK_NAME={name!r}: {e}") from None
+  if feature not in task.output_features:
+    raise ValueError(f"task {name!r} has no feature {feature!r} to use as the prompt (it has "
+                     f"{sorted(task.output_features)}); set infer.prompt_feature")
+  ds = task.get_dataset(sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,
+                        split=split, shuffle=False, use_cached=False, num_epochs=1)
+  if max_examples is not None:
+    ds = ds.take(max_examples)
+  eos = getattr(vocab, "eos_id", None)
+  records = []
+  for i, ex in enumerate(ds.as_numpy_iterator()):
+    ids = [int(t) for t in np.asarray(ex[feature]).reshape(-1)]
+    if ids and ids[-1] == eos:
+      ids = ids[:-1]  # a prompt is continued, not ended
+    text = ex.get(f"{feature}_pretokenized")
+    record = {"id": i, "ids": ids,
+              "prompt": text.decode("utf-8") if isinstance(text, bytes) else vocab.decode(ids)}
+    target = ex.get("targets_pretokenized")
+    if isinstance(target, bytes) and feature != "targets":
+      record["target"] = target.decode("utf-8")
+    records.append(record)
+  if not records:
+    raise ValueError(f"task {name!r} split {split!r} gave no examples")
+  return records
+
+
+def _fit(config: PolyLMConfig, records: list[dict[str, Any]], max_new_tokens: int,
+         truncate: bool) -> int:
+  """Checks prompt lengths (or left-truncates them); returns how many were truncated."""
+  limit = config.max_len - max_new_tokens
+  if limit < 1:
+    raise ValueError(f"infer.max_new_tokens={max_new_tokens} leaves no room for a prompt "
+                     f"(max_len={config.max_len})")
+  truncated = 0
+  for r in records:
+    if not r["ids"]:
+      raise ValueError(f"record {r['id']!r}: the prompt is empty after tokenization")
+    if len(r["ids"]) > limit:
+      if not truncate:
+        raise ValueError(
+            f"record {r['id']!r}: the prompt has {len(r['ids'])} tokens; with max_new_tokens="
+            f"{max_new_tokens} at most {limit} fit in max_len={config.max_len}. Shorten it, "
+            f"lower INFER_MAX_NEW_TOKENS or set infer.truncate_prompts = True")
+      r["ids"] = r["ids"][-limit:]
+      truncated += 1
+  return truncated
+
+
+def _write_jsonl_atomic(path: str, rows: Sequence[dict[str, Any]]) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+
+
+def run_inference(
+    *,
+    checkpoint_path: str,
+    output_dir: str,
+    input_file: str | None = None,
+    mixture_or_task_name: str | None = None,
+    split: str = "validation",
+    prompt_feature: str = "inputs",
+    task_feature_lengths: Mapping[str, int] | None = None,
+    prompt_style: str = "plain",
+    vocab_path: str | None = None,
+    step: int | None = None,
+    max_examples: int | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    preset: str = "greedy",
+    decode_settings: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    truncate_prompts: bool = False,
+    mesh_data: int = -1,
+    mesh_fsdp: int = 1,
+    mesh_tensor: int = 1,
+    print_fn: Callable[..., None] = print,
+) -> str:
+  """Generates for every prompt; returns the path of the JSONL written.
+
+  Exactly one of input_file / mixture_or_task_name. preset: 'greedy', 'sampling' (the demo's
+  top_p 0.8, temperature 0.7, repetition_penalty 1.02) or 'beam' (4 beams, early stopping);
+  decode_settings override single values (see decoding.DecodeSettings).
+  """
+  if not checkpoint_path:
+    raise ValueError("CHECKPOINT_PATH is empty: pass --gin.CHECKPOINT_PATH=\\\"/path\\\"")
+  if not output_dir:
+    raise ValueError("INFER_OUTPUT_DIR is empty: pass --gin.INFER_OUTPUT_DIR=\\\"/path\\\"")
+  if bool(input_file) == bool(mixture_or_task_name):
+    raise ValueError("give exactly one prompt source: INFER_INPUT_FILE (JSONL) or "
+                     f"MIXTURE_OR_TASK_NAME (got {input_file!r} and {mixture_or_task_name!r})")
+  if batch_size < 1:
+    raise ValueError(f"infer.batch_size must be >= 1, got {batch_size}")
+  settings = decoding.make_settings(preset, seed=seed, **dict(decode_settings or {}))
+  records = (read_jsonl_prompts(input_file, prompt_style) if input_file else None)
+  if records is not None and max_examples is not None:
+    records = records[:max_examples]
+
+  mesh = None
+  if len(jax.devices()) > 1:
+    mesh = partitioning.make_mesh(mesh_data, mesh_fsdp, mesh_tensor)
+  config, params = checkpoints.load(checkpoint_path, step=step, mesh=mesh)
+  vocab = _vocabulary(vocab_path, checkpoint_path)
+  decoding.check_vocab(config, vocab)
+  if records is None:
+    records = read_task_prompts(mixture_or_task_name, split, vocab, prompt_feature,
+                                task_feature_lengths, max_examples)
+  for r in records:
+    if "ids" not in r:
+      r["ids"] = list(vocab.encode(r["prompt"]))
+  truncated = _fit(config, records, max_new_tokens, truncate_prompts)
+  if truncated:
+    logging.warning("left-truncated %d prompts to %d tokens", truncated,
+                    config.max_len - max_new_tokens)
+
+  # Longest first, so each batch pads little; outputs go back to input order.
+  order = sorted(range(len(records)), key=lambda i: -len(records[i]["ids"]))
+  outputs = decoding.generate(config, params, [records[i]["ids"] for i in order], max_new_tokens,
+                              batch_size=batch_size, mesh=mesh, **dataclasses.asdict(settings))
+  rows: list[dict[str, Any]] = [{}] * len(records)
+  for j, i in enumerate(order):
+    r = records[i]
+    row = {"id": r["id"], "prompt": r["prompt"], "output": vocab.decode(outputs[j]),
+           "num_tokens": len(outputs[j])}
+    if "target" in r:
+      row["target"] = r["target"]
+    rows[i] = row
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, OUTPUT_FILE)
+  _write_jsonl_atomic(path, rows)
+  gin_utils.write_operative_config(output_dir)
+  print_fn(f"wrote {len(rows)} generations to {path}")
+  return path
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    sys.exit(f"unexpected arguments {argv[1:]} (gin settings go in --gin.KEY=VALUE)")
+  try:
+    gin_utils.parse_from_flags()
+    gin_infer()
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    logging.debug("inference failed", exc_info=True)
+    sys.exit(f"error: {e}")
+  except TypeError as e:  # a required argument with no gin binding
+    if "required" not in str(e) or "argument" not in str(e):
+      raise
+    sys.exit(f"error: {e} (bind it in a gin file or with --gin.infer.NAME=VALUE)")
+
+
+def _register_gin() -> Callable[..., str]:
+  try:
+    return gin.external_configurable(run_inference, name="infer")
+  except ValueError:  # registered already (module imported twice, e.g. runpy)
+    return gin.get_configurable("infer")
+
+
+gin_infer = _register_gin()
+
+if __name__ == "__main__":
+  gin_utils.run(main)
