@@ -625,3 +625,9 @@ class TextStreamer:
       return ""
     new, self.printed = text[len(self.printed):], text
     return new
+
+  def flush(self) -> str:
+    """Whatever is still held back (an incomplete character at the very end)."""
+    text = self.vocab.decode(self.ids)
+    new, self.printed = text[len(self.printed):], text
+    return new
