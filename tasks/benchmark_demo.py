@@ -11,6 +11,7 @@ test sets, other lines the demonstrations; the rank-classification items are wri
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -45,9 +46,15 @@ _WINO = [
 HOLDOUT_EVERY = 10
 
 
-def sample_lines(lang: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _read_sample(lang: str) -> tuple[str, ...]:
   with open(SAMPLE_CORPUS_DIR / "parallel" / f"{lang}.txt", encoding="utf-8") as f:
-    return [line.strip() for line in f.read().splitlines()]
+    return tuple(line.strip() for line in f.read().splitlines())
+
+
+def sample_lines(lang: str) -> list[str]:
+  """The aligned sentences of the sample corpus in one language (160 lines)."""
+  return list(_read_sample(lang))
 
 
 def _split_lines(lines: list[str], n: int) -> tuple[list[str], list[str]]:
