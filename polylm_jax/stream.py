@@ -140,7 +140,8 @@ class PackedStream:
                 "seed": self.seed, "shard_index": self.shard_index,
                 "num_shards": self.num_shards, "segment_aware": self.segment_aware,
                 "split": self.split,
-                "stages": [s.fingerprint() for s in self.stages]}
+                "stages": [f"{s.name}:{mixing.stable_u64(s.fingerprint()):016x}"
+                           for s in self.stages]}
 
     def _reader(self, task: str) -> SourceReader:
         if task not in self._readers:
