@@ -1,6 +1,8 @@
 """End to end: gin/runs/finetune.gin fine-tunes a tiny model from an init checkpoint on fixture
-MultiAlpaca JSONL (loss on responses only), and the result answers MultiAlpaca-format prompts."""
+MultiAlpaca JSONL (loss on responses only), and then the chat binary's loop answers in the
+MultiAlpaca format."""
 
+import io
 import json
 import types
 
@@ -109,5 +111,11 @@ def test_finetune_gin_then_answers_in_multialpaca_format(tmp_path, monkeypatch):
   # the fine-tuned model answers the (unseen) prompt with the response and stops at eos
   out = decoding.generate(cfg, params, [list(vocab.encode(question))], 8, include_eos=True)[0]
   assert vocab.decode(out[:-1]) == ANSWER and out[-1] == vocab_lib.EOS_ID
-  chat_prompt = prompts.format_prompt("Was ist ein Berg?", "Ein Berg ist hoch.")
-  assert decoding.generate_text(cfg, params, vocab, [chat_prompt], 8)[0] == ANSWER
+  # ... and so does the chat binary's loop, which formats what is typed the same way
+  from polylm_jax import chat
+  stdout = io.StringIO()
+  transcript = chat.chat_loop(cfg, params, vocab, style="multialpaca", max_new_tokens=8,
+                              preset="greedy", stdin=io.StringIO("Was ist ein Berg?\n/quit\n"),
+                              stdout=stdout)
+  assert transcript == [("Was ist ein Berg?", ANSWER)]
+  assert f"> {ANSWER}\n" in stdout.getvalue()
