@@ -123,10 +123,14 @@ def parse_record(line: str, where: str) -> dict[str, str]:
       got = "missing" if value is None else f"a {type(value).__name__}"
       raise sources.MalformedLine(f"{where}: field {key!r} must be a string"
                                   f"{' or null' if nullable else ''}, is {got}")
-    if not nullable and not value.strip():
-      raise sources.MalformedLine(f"{where}: field {key!r} is blank")
     out[key] = value
   return out
+
+
+def is_blank(record: dict[str, str]) -> bool:
+  """A well-formed record with nothing to learn: blank instruction or output (the released
+  ja.jsonl has one). Such records are dropped and counted, whatever on_error says."""
+  return not record["instruction"].strip() or not record["output"].strip()
 
 
 class InstructionSource(seqio.DataSource):
@@ -134,7 +138,8 @@ class InstructionSource(seqio.DataSource):
 
   `patterns` is a glob / list of globs, or a zero-argument callable returning them (resolved
   on first use). on_error "fail" raises on a malformed line naming file and line; "skip"
-  drops it and counts it in `skipped` ({file: count}). Every `holdout_every`-th record of a
+  drops it and counts it in `skipped` ({file: count}). Records with a blank instruction or
+  output are dropped either way and counted in `blank`. Every `holdout_every`-th record of a
   file (counting well-formed records) is "validation", the rest "train".
   """
 
@@ -154,6 +159,7 @@ class InstructionSource(seqio.DataSource):
     self._on_error = on_error
     self._name = name
     self.skipped: dict[str, int] = {}
+    self.blank: dict[str, int] = {}
     super().__init__(splits=("train", "validation") if holdout_every else ("train",))
 
   def __repr__(self):
@@ -196,6 +202,12 @@ class InstructionSource(seqio.DataSource):
           n = self.skipped[path] = self.skipped.get(path, 0) + 1
           if n <= _MAX_LOGGED_SKIPS:
             logging.warning("skipping malformed instruction record (%d in this file): %s", n, e)
+          continue
+        if is_blank(record):
+          n = self.blank[path] = self.blank.get(path, 0) + 1
+          if n <= _MAX_LOGGED_SKIPS:
+            logging.warning("dropping an instruction record with a blank instruction or "
+                            "output: %s line %d", path, lineno)
           continue
         index += 1
         if self._holdout_every is None or split not in ("train", "validation"):

@@ -92,7 +92,6 @@ def test_malformed_lines_fail_or_skip(tmp_path):
   with pytest.raises(Exception, match=r"fr.jsonl line 3: field 'input' must be a string or null"):
     task_examples(name)
   for bad, why in [("{not json", "invalid JSON"), ('["a"]', "expected a JSON object"),
-                   ('{"instruction": "a", "output": "  "}', "field 'output' is blank"),
                    ('{"input": "a", "output": "b"}', "field 'instruction' must be a string")]:
     with pytest.raises(instructions.sources.MalformedLine, match=why):
       instructions.parse_record(bad, "f line 1")
@@ -100,6 +99,16 @@ def test_malformed_lines_fail_or_skip(tmp_path):
                                                 holdout_every=None)
   assert len(task_examples(name)) == 2
   assert seqio.get_mixture_or_task(name).source.skipped == {path: 1}
+
+
+def test_blank_records_are_dropped_and_counted(tmp_path):
+  path = write_jsonl(tmp_path / "ja.jsonl", RECORDS[:2] + [
+      {"instruction": "質問", "input": None, "output": ""},
+      {"instruction": "  ", "input": "x", "output": "y"}])
+  name = instructions.register_instruction_task("ja", path, source_name="blank",
+                                                holdout_every=None)
+  assert len(task_examples(name)) == 2
+  assert seqio.get_mixture_or_task(name).source.blank == {path: 2}
 
 
 def test_missing_data_dir_and_files_are_clear(tmp_path, monkeypatch):
