@@ -112,17 +112,16 @@ def _by_length(lengths: Sequence[int]) -> np.ndarray:
 def _rank_task(config, params, vocab, task, examples, *, batch_size, mesh, prefix_eos):
   template = templates.get_template(task.family.template)
   start = [config.eos_id] if prefix_eos else []
-  contexts, conts, owners, truncated = [], [], [], np.zeros(len(examples), bool)
+  contexts, conts, truncated = [], [], np.zeros(len(examples), bool)
   for i, ex in enumerate(examples):
     prompt_ids = list(vocab.encode(ex.prompt)) if ex.prompt else []
     for choice in ex.choices:
       ctx, cont = split_encode(vocab, ex.prompt, choice, prompt_ids)
-      ctx, cont, cut = _fit(start + ctx if (start or ctx) else [config.eos_id], cont,
-                            config.max_len)
+      # score() needs a context token: an empty prompt without prefix_eos still gets eos.
+      ctx, cont, cut = _fit(start + ctx or [config.eos_id], cont, config.max_len)
       truncated[i] |= cut
       contexts.append(ctx)
       conts.append(cont)
-      owners.append(i)
   order = _by_length([len(c) + len(x) for c, x in zip(contexts, conts)])
   scores = decoding.score(config, params, [contexts[j] for j in order], [conts[j] for j in order],
                           batch_size=batch_size, mesh=mesh)
