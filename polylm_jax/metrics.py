@@ -88,7 +88,9 @@ def format_duration(seconds: float) -> str:
 def progress_line(step: int, total_steps: int, values: Mapping[str, Any]) -> str:
   """`step 120/400 | loss 5.432 | 12,345 tok/s | MFU 23.1% | lr 3.0e-04 | gnorm 1.23 | ...`."""
   parts = [f"step {step}/{total_steps}"]
-  if "loss" in values:
+  if "loss_avg" in values:  # the mean since the last line: single steps are noisy
+    parts.append(f"loss {float(values['loss_avg']):.4f}")
+  elif "loss" in values:
     parts.append(f"loss {float(values['loss']):.4f}")
   if values.get("tokens_per_second") is not None:
     parts.append(f"{float(values['tokens_per_second']):,.0f} tok/s")
@@ -184,8 +186,8 @@ class MetricsWriter:
   def _writer(self, kind: str):
     if kind not in self._writers:
       from clu import metric_writers  # imports TensorFlow's summary ops: only when writing
-      self._writers[kind] = metric_writers.create_default_writer(
-          os.path.join(self.model_dir, kind), just_logging=False, asynchronous=True)
+      self._writers[kind] = metric_writers.AsyncWriter(
+          metric_writers.SummaryWriter(os.path.join(self.model_dir, kind)))
     return self._writers[kind]
 
   def log(self, message: str) -> None:

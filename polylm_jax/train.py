@@ -229,6 +229,7 @@ def train(
 
   batch_size is global (sequences per step, over all hosts); eval_steps is the number of
   held-out batches per language (None: all held-out data, single host only);
+  checkpoint_period: save every N steps and at the end (0: never, except on SIGTERM).
   init_checkpoint (CHECKPOINT_PATH) gives the starting params of a fresh run: a run dir,
   checkpoint dir or Hugging Face dir. debug_nonfinite_batches: stream batch indices whose
   loss weights are set to NaN, to exercise the non-finite guard. devices: default all.
@@ -411,12 +412,14 @@ def train(
     throughput = metrics_lib.Throughput(tokens_per_step, train_steps)
     pending: tuple[int, Any, dict] | None = None
     timing = {"started": False}
+    period_losses: list[float] = []
     preempted = False
     nan_batches = set(int(i) for i in debug_nonfinite_batches)
     stream_state = stream.state()
 
-    def consume(pending) -> bool:
-      """Host side of a finished step: logs it; True when the skip streak calls for action."""
+    def consume(pending) -> int:
+      """Host side of a finished step: logs it; its step when the skip streak calls for action
+      (else 0)."""
       at_step, dev_metrics, info = pending
       m = jax.device_get(dev_metrics)
       losses[at_step] = float(m["loss"])
@@ -426,11 +429,15 @@ def train(
       trainer["consecutive_skips"] = int(m["consecutive_skips"])
       record = {k: v for k, v in m.items() if np.ndim(v) == 0}
       record.update(info)
+      period_losses.append(losses[at_step])
       if m["skipped"]:
         out.log(f"step {at_step}: non-finite loss/gradients: update skipped "
                 f"({int(m['consecutive_skips'])} in a row, {int(m['skipped_steps'])} in all)")
       if at_step % log_period == 0 or at_step == train_steps:
         record.update(throughput.measure(at_step))
+        finite = [x for x in period_losses if np.isfinite(x)]
+        record["loss_avg"] = float(np.mean(finite)) if finite else float("nan")
+        period_losses.clear()
         tps = record.get("tokens_per_second")
         record["mfu"] = metrics_lib.mfu(tps, fpt, mesh.size, peak) if tps else None
         if record["mfu"] is None:
@@ -444,7 +451,7 @@ def train(
       if not timing["started"]:  # time from the first finished step: compilation excluded
         throughput.start(at_step)
         timing["started"] = True
-      return int(m["consecutive_skips"]) >= max_consecutive_skips
+      return at_step if int(m["consecutive_skips"]) >= max_consecutive_skips else 0
 
     try:
       while step < train_steps:
@@ -459,7 +466,7 @@ def train(
         step += 1
         # The host reads step s-1's metrics while step s runs (no stall), except where it
         # must wait anyway: the last step and eval steps.
-        streak = consume(pending) if pending is not None else False
+        streak = consume(pending) if pending is not None else 0
         pending = (step, dev_metrics, info)
         eval_due = bool(eval_period) and (step % eval_period == 0 or step == train_steps)
         if step == train_steps or eval_due:
@@ -468,11 +475,13 @@ def train(
         if streak:
           pending = None
           state, step = _handle_streak(nonfinite_policy, manager, restore, trainer, step,
-                                       max_rollbacks, out, state)
+                                       streak, max_rollbacks, out, state)
           throughput.start(step)
+          period_losses.clear()
           continue
         preempted = stop["sigterm"] or (num_hosts > 1 and manager.reached_preemption(step))
-        if save(step, stream_state, force=preempted or step == train_steps):
+        final = step == train_steps and checkpoint_period > 0
+        if save(step, stream_state, force=preempted or final):
           out.log(f"step {step}: checkpoint {'(preemption) ' if preempted else ''}-> "
                   f"{manager.directory}/{step}")
         if preempted:
@@ -504,9 +513,11 @@ def train(
                        preempted=preempted, rollbacks=int(trainer["rollbacks"]))
 
 
-def _handle_streak(policy, manager, restore, trainer, step, max_rollbacks, out, state):
-  """After `limit` consecutive skipped steps: roll back, stop or go on, loudly."""
-  what = f"{trainer['consecutive_skips']} consecutive non-finite steps (to step {step})"
+def _handle_streak(policy, manager, restore, trainer, step, last_bad, max_rollbacks, out,
+                   state):
+  """After `max_consecutive_skips` skipped steps in a row: roll back, stop or go on, loudly."""
+  n = trainer["consecutive_skips"]
+  what = f"{n} consecutive non-finite steps (steps {last_bad - n + 1}-{last_bad})"
   if policy == "continue":
     out.log(f"WARNING: {what}; nonfinite_policy='continue': going on")
     return state, step
@@ -584,7 +595,10 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"unexpected arguments {argv[1:]} (gin settings go in --gin.KEY=VALUE)")
   from absl import flags
+  from absl import logging as absl_logging
   from polylm_jax import gin_utils
+  if not flags.FLAGS["verbosity"].present:  # Orbax and TF log every file at INFO
+    absl_logging.set_verbosity(absl_logging.WARNING)
   maybe_initialize_distributed(flags.FLAGS.distributed)
   try:
     gin_utils.parse_from_flags()
