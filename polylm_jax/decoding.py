@@ -28,16 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from polylm_jax import partitioning
+from polylm_jax import beam_search, decode_stack, logits_processors, partitioning
 from polylm_jax.config import PolyLMConfig
-from polylm_jax.model import PolyLM, init_cache
+from polylm_jax.decode_stack import DecodeStack
+from polylm_jax.model import PolyLM
 
 # The released demos' settings (SPEC section 5).
 DEMO_SAMPLING = dict(top_p=0.8, temperature=0.7, repetition_penalty=1.02)
 DEMO_BEAM = dict(num_beams=4, early_stopping=True)
 PRESETS: dict[str, dict[str, Any]] = {"greedy": {}, "sampling": DEMO_SAMPLING, "beam": DEMO_BEAM}
 
-_NEG = -1.0e9  # HF's "impossible" beam score; kept identical so ranking matches.
 _PROMPT_BUCKET = 16  # prompt and score lengths are padded to multiples of this (fewer compiles)
 _CACHE_BUCKET = 32
 
@@ -97,47 +97,17 @@ def make_settings(preset: str | None = None, **settings: Any) -> DecodeSettings:
   return DecodeSettings(**{**base, **settings})
 
 
-# ----------------------------------------------------------------------------------------
-# Logits processors (HF order: repetition penalty, temperature, top-k, top-p).
-
-
-def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
-  """Divides positive / multiplies negative logits of already-seen tokens (HF semantics)."""
-  penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
-  return jnp.where(seen, penalised, logits)
-
-
-def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
-  k = min(k, logits.shape[-1])
-  kth = jax.lax.top_k(logits, k)[0][..., -1:]
-  return jnp.where(logits < kth, -jnp.inf, logits)
-
-
-def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
-  """Nucleus filter: drops the low tail whose cumulative probability is <= 1 - top_p."""
-  ascending = jnp.sort(logits, axis=-1)
-  cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
-  removed = cumulative <= (1.0 - top_p)
-  removed = removed.at[..., -1].set(False)  # keep at least one token
-  # The removed set is a prefix of the ascending order, so a threshold reproduces it.
-  threshold = jnp.take_along_axis(ascending, jnp.sum(removed, -1, keepdims=True), axis=-1)
-  return jnp.where(logits < threshold, -jnp.inf, logits)
+# Re-exported: the processors live in logits_processors.py (beam_search.py uses them too).
+apply_repetition_penalty = logits_processors.apply_repetition_penalty
+top_k_filter = logits_processors.top_k_filter
+top_p_filter = logits_processors.top_p_filter
 
 
 def process_logits(logits: jax.Array, seen: jax.Array | None, s: DecodeSettings,
-                   knobs: dict[str, jax.Array] | None = None) -> jax.Array:
-  """`s` decides which processors run; their values come from `knobs` (traced) if given."""
-  k = knobs if knobs is not None else _knobs(s, 0)
-  if s.repetition_penalty != 1.0:
-    logits = apply_repetition_penalty(logits, seen, k["repetition_penalty"])
-  if not s.do_sample:
-    return logits
-  logits = logits / k["temperature"]
-  if s.top_k > 0:
-    logits = top_k_filter(logits, s.top_k)
-  if s.top_p < 1.0:
-    logits = top_p_filter(logits, k["top_p"])
-  return logits
+                   knobs: dict[str, Any] | None = None) -> jax.Array:
+  """HF's processor chain for settings `s`; values from `knobs` (traced) if given."""
+  return logits_processors.process_logits(logits, seen, s, knobs if knobs is not None else
+                                          _knobs(s, 0))
 
 
 def _knobs(s: DecodeSettings, eos: int) -> dict[str, Any]:
@@ -156,31 +126,6 @@ def _compile_key(s: DecodeSettings) -> DecodeSettings:
 
 # ----------------------------------------------------------------------------------------
 # The jitted core. `config` here is the decode config: max_len = the cache length.
-
-
-def _model_step(config, params, cache, tokens, positions, segment_ids):
-  logits, variables = PolyLM(config).apply(
-      {"params": params, "cache": cache}, tokens, positions, segment_ids, decode=True,
-      mutable=["cache"])
-  return logits[:, -1], variables["cache"]
-
-
-def _prefill(config, params, tokens, positions, segment_ids):
-  """Fills the cache with the prompts; returns the logits after each row's last token."""
-  params = {**params, "wpe": params["wpe"][:config.max_len]}
-  cache = init_cache(config, tokens.shape[0])
-  if tokens.shape[1] > 1:  # all but the last column; XLA drops their unused logits
-    _, cache = _model_step(config, params, cache, tokens[:, :-1], positions[:, :-1],
-                           segment_ids[:, :-1])
-  logits, cache = _model_step(config, params, cache, tokens[:, -1:], positions[:, -1:],
-                              segment_ids[:, -1:])
-  return params, logits, cache
-
-
-def _seen_mask(tokens, segment_ids, vocab_size):
-  rows = jnp.arange(tokens.shape[0])[:, None]
-  seen = jnp.zeros((tokens.shape[0], vocab_size), jnp.int32).at[rows, tokens].max(segment_ids)
-  return seen > 0
 
 
 def _row_keys(seed_key, row_ids, step):
@@ -204,143 +149,63 @@ def _emit(s: DecodeSettings, state, logits):
   return new
 
 
-def _sample_init(config, s, max_new, params, tokens, positions, segment_ids, prompt_lens,
-                 active, row_ids, key, knobs):
-  params, logits, cache = _prefill(config, params, tokens, positions, segment_ids)
+def _sample_init(stack, s, max_new, tokens, positions, segment_ids, prompt_lens, active, row_ids,
+                 key, knobs):
+  logits, cache = stack.prefill(tokens, positions, segment_ids)
   b = tokens.shape[0]
   state = dict(cache=cache, step=jnp.int32(0), done=~active, row_ids=row_ids, key=key,
                lens=prompt_lens, knobs=knobs, out=jnp.full((b, max_new), knobs["eos"], jnp.int32))
   if s.repetition_penalty != 1.0:
-    state["seen"] = _seen_mask(tokens, segment_ids, config.vocab_size)
-  return params, _emit(s, state, logits)
+    state["seen"] = logits_processors.seen_mask(tokens, segment_ids, stack.config.vocab_size)
+  return _emit(s, state, logits)
 
 
-def _sample_steps(config, s, params, state, limit):
+def _sample_steps(stack, s, state, limit):
   def cond(st):
     return (st["step"] < limit) & ~jnp.all(st["done"])
 
   def body(st):
     step = st["step"]
     prev = jax.lax.dynamic_slice_in_dim(st["out"], step - 1, 1, axis=1)
-    logits, cache = _model_step(config, params, st["cache"], prev, (st["lens"] + step - 1)[:, None],
-                                jnp.ones_like(prev))
+    logits, cache = stack(st["cache"], prev, (st["lens"] + step - 1)[:, None], jnp.ones_like(prev))
     return _emit(s, dict(st, cache=cache), logits)
 
   return jax.lax.while_loop(cond, body, state)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "s", "max_new"))
+_STATICS = ("config", "s", "max_new", "layer_loop")
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS)
 def _generate_sample(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key,
-                     knobs, *, config, s, max_new):
-  params, state = _sample_init(config, s, max_new, params, tokens, positions, segment_ids,
-                               prompt_lens, active, row_ids, key, knobs)
-  state = _sample_steps(config, s, params, state, max_new)
-  return state["out"]
+                     knobs, *, config, s, max_new, layer_loop):
+  stack = DecodeStack(config, params, layer_loop)
+  state = _sample_init(stack, s, max_new, tokens, positions, segment_ids, prompt_lens, active,
+                       row_ids, key, knobs)
+  return _sample_steps(stack, s, state, max_new)["out"]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "s", "max_new"))
-def _stream_init(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, knobs,
-                 *, config, s, max_new):
-  return _sample_init(config, s, max_new, params, tokens, positions, segment_ids,
-                      prompt_lens, active, row_ids, key, knobs)[1]
-
-
-@functools.partial(jax.jit, static_argnames=("config", "s"), donate_argnames=("state",))
-def _stream_steps(params, state, limit, *, config, s):
-  params = {**params, "wpe": params["wpe"][:config.max_len]}
-  return _sample_steps(config, s, params, state, limit)
-
-
-# ---- beam search: a port of transformers' vectorised `_beam_search` ---------------------
-
-
-def _take_beams(x, idx):
-  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - idx.ndim)), axis=1)
-
-
-def _beam_emit(s: DecodeSettings, max_new: int, st, logits):
-  b, k = st["running_scores"].shape
-  eos = st["knobs"]["eos"]
-  k2, v = 2 * k, logits.shape[-1]
-  t = st["step"]
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  if s.repetition_penalty != 1.0:
-    log_probs = apply_repetition_penalty(log_probs, st["seen"], st["knobs"]["repetition_penalty"])
-  log_probs = (log_probs.reshape(b, k, v) + st["running_scores"][:, :, None]).reshape(b, k * v)
-  topk_lp, topk_idx = jax.lax.top_k(log_probs, k2)
-  parent, ids = topk_idx // v, (topk_idx % v).astype(jnp.int32)
-  topk_seq = _take_beams(st["running_seq"], parent)
-  topk_seq = jnp.where(jnp.arange(max_new) == t, ids[:, :, None], topk_seq)
-  hits = (ids == eos) | (t + 1 >= max_new)
-
-  running_lp = topk_lp + hits.astype(jnp.float32) * _NEG
-  keep = jax.lax.top_k(running_lp, k)[1]
-  new_parent = _take_beams(parent, keep)
-
-  did_finish = hits & (jnp.arange(k2) < k)[None]
-  fin_lp = topk_lp / (jnp.float32(t + 1) ** jnp.float32(s.length_penalty))
-  full = jnp.all(st["finished"], axis=-1, keepdims=True) & (s.early_stopping is True)
-  fin_lp = fin_lp + full.astype(jnp.float32) * _NEG
-  fin_lp = fin_lp + (~st["unsat"]).astype(jnp.float32) * _NEG
-  fin_lp = fin_lp + (~did_finish).astype(jnp.float32) * _NEG
-  merged_scores = jnp.concatenate([st["beam_scores"], fin_lp], axis=1)
-  best = jax.lax.top_k(merged_scores, k)[1]
-  new = dict(st, step=t + 1, running_seq=_take_beams(topk_seq, keep),
-             running_scores=_take_beams(running_lp, keep),
-             sequences=_take_beams(jnp.concatenate([st["sequences"], topk_seq], 1), best),
-             beam_scores=_take_beams(merged_scores, best),
-             finished=_take_beams(jnp.concatenate([st["finished"], did_finish], 1), best))
-
-  flat = (jnp.arange(b)[:, None] * k + new_parent).reshape(-1)
-  new["cache"] = jax.tree.map(lambda x: x if x.ndim < 2 else jnp.take(x, flat, axis=1), st["cache"])
-  if "seen" in st:
-    new_tokens = new["running_seq"][:, :, t].reshape(-1)
-    new["seen"] = st["seen"][flat].at[jnp.arange(b * k), new_tokens].set(True)
-
-  if s.early_stopping == "never" and s.length_penalty > 0:
-    best_len = jnp.float32(max_new)
-  else:
-    best_len = jnp.float32(t + 1)
-  best_running = new["running_scores"][:, :1] / best_len ** jnp.float32(s.length_penalty)
-  worst_finished = jnp.where(new["finished"], jnp.min(new["beam_scores"], 1, keepdims=True), _NEG)
-  new["unsat"] = st["unsat"] & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
-  open_beam = ~(jnp.all(new["finished"]) & (s.early_stopping is True))
-  new["go"] = jnp.any(new["unsat"]) & open_beam & ~jnp.all(hits)
-  return new
-
-
-@functools.partial(jax.jit, static_argnames=("config", "s", "max_new"))
+@functools.partial(jax.jit, static_argnames=_STATICS)
 def _generate_beam(params, tokens, positions, segment_ids, prompt_lens, active, knobs, *, config,
-                   s, max_new):
-  k = s.num_beams
-  params, logits, cache = _prefill(config, params, tokens, positions, segment_ids)
-  b = tokens.shape[0]
-  rep = lambda x: jnp.repeat(x, k, axis=0)
-  st = dict(
-      cache=jax.tree.map(lambda x: x if x.ndim < 2 else jnp.repeat(x, k, axis=1), cache),
-      step=jnp.int32(0), lens=rep(prompt_lens), knobs=knobs,
-      running_seq=jnp.full((b, k, max_new), knobs["eos"], jnp.int32),
-      running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(_NEG),
-      beam_scores=jnp.full((b, k), _NEG, jnp.float32),
-      finished=jnp.broadcast_to(~active[:, None], (b, k)),
-      unsat=active[:, None], go=jnp.bool_(True))
-  st["sequences"] = st["running_seq"]
-  if s.repetition_penalty != 1.0:
-    st["seen"] = rep(_seen_mask(tokens, segment_ids, config.vocab_size))
-  st = _beam_emit(s, max_new, st, rep(logits))
+                   s, max_new, layer_loop):
+  return beam_search.beam_search(DecodeStack(config, params, layer_loop), s, max_new, knobs,
+                                 tokens, positions, segment_ids, prompt_lens, active)
 
-  def cond(st):
-    return st["go"] & (st["step"] < max_new)
 
-  def body(st):
-    t = st["step"]
-    prev = st["running_seq"][:, :, t - 1].reshape(-1, 1)
-    logits, cache = _model_step(config, params, st["cache"], prev, (st["lens"] + t - 1)[:, None],
-                                jnp.ones_like(prev))
-    return _beam_emit(s, max_new, dict(st, cache=cache), logits)
+@functools.partial(jax.jit, static_argnames=_STATICS)
+def _stream_init(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, knobs,
+                 *, config, s, max_new, layer_loop):
+  return _sample_init(DecodeStack(config, params, layer_loop), s, max_new, tokens, positions,
+                      segment_ids, prompt_lens, active, row_ids, key, knobs)
 
-  st = jax.lax.while_loop(cond, body, st)
-  return st["sequences"][:, 0], st["beam_scores"][:, 0]
+
+_prepare_params = jax.jit(decode_stack.prepare_params, static_argnums=(0, 2))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "s", "layer_loop"),
+                   donate_argnames=("state",))
+def _stream_steps(params, state, limit, *, config, s, layer_loop):
+  return _sample_steps(DecodeStack(config, params, layer_loop), s, state, limit)
 
 
 # ----------------------------------------------------------------------------------------
@@ -439,14 +304,16 @@ def _trim(row: np.ndarray, eos: int, include_eos: bool) -> list[int]:
 def generate(config: PolyLMConfig, params: Any, prompts: Sequence[Sequence[int]],
              max_new_tokens: int, *, batch_size: int | None = None, mesh=None,
              include_eos: bool = False, preset: str | None = None,
-             **settings: Any) -> list[list[int]]:
+             layer_loop: str = "unrolled", **settings: Any) -> list[list[int]]:
   """New token ids for each prompt (greedy, sampling or beam search; see DecodeSettings).
 
   prompts are processed `batch_size` at a time (default: all at once), each batch left-padded
   to a common length. With `mesh`, params are sharded as in training and batches split over
   the data axes. Sampling is reproducible from `seed` and independent of batching.
+  layer_loop: "unrolled" (fast) or "scan" (no extra copy of the weights); see decode_stack.
   """
   s = make_settings(preset, **settings)
+  decode_stack.check_layer_loop(layer_loop)
   eos = config.eos_id if s.eos_id is None else int(s.eos_id)
   prompts = validate_prompts(config, prompts, max_new_tokens)
   if not prompts:
@@ -465,10 +332,10 @@ def generate(config: PolyLMConfig, params: Any, prompts: Sequence[Sequence[int]]
       args = place.batch(tokens, positions, segments, lens, active, row_ids)
       if s.num_beams > 1:
         out, _ = _generate_beam(place.params, *args[:5], knobs, config=dcfg, s=statics,
-                                max_new=max_new_tokens)
+                                max_new=max_new_tokens, layer_loop=layer_loop)
       else:
         out = _generate_sample(place.params, *args, jax.random.key(s.seed), knobs, config=dcfg,
-                               s=statics, max_new=max_new_tokens)
+                               s=statics, max_new=max_new_tokens, layer_loop=layer_loop)
     out = np.asarray(jax.device_get(out))
     results.extend(_trim(out[i], eos, include_eos) for i in range(hi - lo))
   return results
@@ -476,7 +343,7 @@ def generate(config: PolyLMConfig, params: Any, prompts: Sequence[Sequence[int]]
 
 def generate_stream(config: PolyLMConfig, params: Any, prompt: Sequence[int],
                     max_new_tokens: int, *, chunk_tokens: int = 1, preset: str | None = None,
-                    **settings: Any) -> Iterator[list[int]]:
+                    layer_loop: str = "unrolled", **settings: Any) -> Iterator[list[int]]:
   """Yields the new tokens of one prompt in chunks as they are generated (eos not yielded).
 
   Same tokens as `generate` with the same settings; beam search cannot stream (error).
@@ -487,15 +354,17 @@ def generate_stream(config: PolyLMConfig, params: Any, prompt: Sequence[int],
                      "use generate() or num_beams=1")
   if chunk_tokens < 1:
     raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+  decode_stack.check_layer_loop(layer_loop)
   eos = config.eos_id if s.eos_id is None else int(s.eos_id)
   (prompt,) = validate_prompts(config, [prompt], max_new_tokens)
   width = min(_bucket(len(prompt), _PROMPT_BUCKET), config.max_len - max_new_tokens)
   tokens, positions, segments, lens, active = _left_pad([prompt], 1, width)
   dcfg = _decode_config(config, width, max_new_tokens)
   statics = _compile_key(s)
+  params = _prepare_params(dcfg, params, layer_loop)  # once, not per chunk
   state = _stream_init(params, tokens, positions, segments, lens, active, np.zeros(1, np.int32),
                        jax.random.key(s.seed), _knobs(s, eos), config=dcfg, s=statics,
-                       max_new=max_new_tokens)
+                       max_new=max_new_tokens, layer_loop=layer_loop)
   emitted = 0
   while True:
     out, step, done = jax.device_get((state["out"][0], state["step"], state["done"][0]))
@@ -508,7 +377,7 @@ def generate_stream(config: PolyLMConfig, params: Any, prompt: Sequence[int],
     if done or emitted >= max_new_tokens:
       return
     state = _stream_steps(params, state, jnp.int32(min(emitted + chunk_tokens, max_new_tokens)),
-                          config=dcfg, s=statics)
+                          config=dcfg, s=statics, layer_loop=layer_loop)
 
 
 # ----------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polylm_jax import decoding, partitioning
+from polylm_jax import decode_stack, decoding, partitioning
 from polylm_jax.config import get_config
-from polylm_jax.model import PolyLM, init_cache, init_params
+from polylm_jax.model import PolyLM, init_params
 
 CFG = get_config("polylm_tiny")
 # Different lengths, all within one 16-token padding bucket (fewer compiles).
@@ -40,7 +40,8 @@ def full_logits(params, row):
 # ---- cache parity -----------------------------------------------------------------------
 
 
-def test_cached_decoding_matches_full_forward_at_every_position(params):
+@pytest.mark.parametrize("layer_loop", decode_stack.LAYER_LOOPS)
+def test_cached_decoding_matches_full_forward_at_every_position(params, layer_loop):
   """Left-padded prefill of different-length prompts, then one token at a time."""
   rng = np.random.RandomState(0)
   rows = [list(rng.randint(0, CFG.vocab_size, n)) for n in (4, 9, 1)]
@@ -49,21 +50,29 @@ def test_cached_decoding_matches_full_forward_at_every_position(params):
   tokens, positions, segments, lens, _ = decoding._left_pad(rows, 3, width)
   dcfg = decoding._decode_config(CFG, width, extra.shape[1])  # the short-cache path
   assert dcfg.max_len < CFG.max_len
-  p = {**params, "wpe": params["wpe"][:dcfg.max_len]}
-  apply = jax.jit(lambda p, c, *a: PolyLM(dcfg).apply(
-      {"params": p, "cache": c}, *a, decode=True, mutable=["cache"]))
-  logits, v = apply(p, init_cache(dcfg, 3), tokens, positions, segments)
-  got = [[np.asarray(logits[i, width - len(r) + j]) for j in range(len(r))] for i, r in enumerate(rows)]
-  cache = v["cache"]
-  for t in range(extra.shape[1]):
-    step, v = apply(p, cache, jnp.asarray(extra[:, t:t + 1]), jnp.asarray(lens[:, None] + t),
-                    jnp.ones((3, 1), jnp.int32))
-    cache = v["cache"]
-    for i in range(3):
-      got[i].append(np.asarray(step[i, 0]))
+
+  @jax.jit
+  def run(params, tokens, positions, segments, extra):
+    stack = decode_stack.DecodeStack(dcfg, params, layer_loop)
+    logits, cache = stack(stack.init_cache(3), tokens, positions, segments, last_only=False)
+    steps = []
+    for t in range(extra.shape[1]):
+      step, cache = stack(cache, extra[:, t:t + 1], lens[:, None] + t, jnp.ones((3, 1), jnp.int32))
+      steps.append(step)
+    return logits, jnp.stack(steps, 1)
+
+  prefill, steps = map(np.asarray, run(params, tokens, positions, segments, extra))
   for i, r in enumerate(rows):
-    ref = full_logits(params, r + list(extra[i]))
-    np.testing.assert_allclose(np.stack(got[i]), ref, atol=1e-5, rtol=0)
+    got = np.concatenate([prefill[i, width - len(r):], steps[i]])
+    np.testing.assert_allclose(got, full_logits(params, r + list(extra[i])), atol=1e-5, rtol=0)
+
+
+def test_layer_loops_generate_the_same(params):
+  for settings in (dict(), decoding.DEMO_BEAM):
+    assert (decoding.generate(CFG, params, PROMPTS, 6, layer_loop="scan", **settings)
+            == decoding.generate(CFG, params, PROMPTS, 6, **settings))
+  with pytest.raises(ValueError, match="layer_loop"):
+    decoding.generate(CFG, params, PROMPTS, 6, layer_loop="fast")
 
 
 def test_greedy_matches_step_by_step_argmax(params):
