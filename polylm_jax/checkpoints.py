@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -30,6 +30,9 @@ from polylm_jax.config import PolyLMConfig
 from polylm_jax.model import abstract_params
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+_ARRAY_ITEMS = ("params", "opt_state")
+_JSON_ITEMS = ("meta", "model_config", "stream_state", "gin_config")
+_SMALL_FILE_BYTES = 16 << 20
 FORMAT_VERSION = 1
 ARCH_FIELDS = hf.ARCH_FIELDS
 
@@ -134,14 +137,22 @@ def _rng_from_json(d: dict[str, Any] | None) -> jax.Array | None:
 class CheckpointManager:
   """Saves and restores the state of one run under MODEL_DIR/checkpoints.
 
+  `config` is the model being saved or restored into; None (for reading only) takes each
+  step's saved config as it is.
   `subdir=""` manages `model_dir` itself as the checkpoint root. Use as a context manager
   (or call `close`) so the last async save is finished before the process exits.
   """
 
-  def __init__(self, model_dir: str | os.PathLike, config: PolyLMConfig,
+  def __init__(self, model_dir: str | os.PathLike, config: PolyLMConfig | None,
                policy: CheckpointPolicy = CheckpointPolicy(), *, read_only: bool = False,
-               subdir: str = CHECKPOINTS_SUBDIR):
+               subdir: str = CHECKPOINTS_SUBDIR, copy_host_arrays: bool = True):
     self.config = config
+    # Orbax deep-copies numpy leaves before writing, and TensorStore holds each encoded
+    # array until it is written: together another whole model in memory. The converter saves
+    # numpy params synchronously and never touches them meanwhile, so it turns the copy off
+    # and caps OCDBT data files (hence chunks in flight) at _SMALL_FILE_BYTES. The format
+    # on disk is the standard one either way.
+    self._copy_host_arrays = copy_host_arrays
     self.policy = policy
     self.directory = os.path.abspath(os.path.join(os.fspath(model_dir), subdir))
     if not read_only:
@@ -155,7 +166,20 @@ class CheckpointManager:
         enable_async_checkpointing=policy.async_save,
         read_only=read_only,
         create=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # Array items use PyTreeCheckpointHandler (what StandardSave wraps) so that one manager
+    # can restore a whole tree onto shardings and single leaves to host memory alike.
+    registry = None
+    if not copy_host_arrays:
+      handlers = [(ty, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)
+                   if ty is np.ndarray else ocp.type_handlers.get_type_handler(ty))
+                  for ty in ocp.type_handlers.supported_types()]
+      registry = ocp.type_handlers.create_type_handler_registry(*handlers)
+    item_handlers: dict[str, Any] = {
+        name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry) if registry
+        else ocp.PyTreeCheckpointHandler() for name in _ARRAY_ITEMS}
+    item_handlers.update({name: ocp.JsonCheckpointHandler() for name in _JSON_ITEMS})
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=item_handlers)
 
   # -- steps -----------------------------------------------------------------------------
 
@@ -188,20 +212,30 @@ class CheckpointManager:
       logging.info("checkpoint for step %d already exists in %s", step, self.directory)
       return False
     items: dict[str, Any] = {
-        "params": ocp.args.StandardSave(params),
+        "params": self._save_arrays(params),
         "meta": ocp.args.JsonSave({"format_version": FORMAT_VERSION, "step": int(step),
                                    "rng": _rng_to_json(rng)}),
-        "model_config": ocp.args.JsonSave(self.config.to_dict()),
+        "model_config": ocp.args.JsonSave(self._config_for_save().to_dict()),
     }
     if opt_state is not None:
-      items["opt_state"] = ocp.args.StandardSave(opt_state)
+      items["opt_state"] = self._save_arrays(opt_state)
     if stream_state is not None:
       items["stream_state"] = ocp.args.JsonSave(stream_state)
     if gin_config is not None:
       items["gin_config"] = ocp.args.JsonSave({"text": gin_config})
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
+  def _save_arrays(self, tree: Any) -> ocp.args.CheckpointArgs:
+    if self._copy_host_arrays:
+      return ocp.args.PyTreeSave(tree)
+    return ocp.args.PyTreeSave(tree, ocdbt_target_data_file_size=_SMALL_FILE_BYTES)
+
   # -- restore ---------------------------------------------------------------------------
+
+  def _restore_arrays(self, target: Any) -> ocp.args.CheckpointArgs:
+    """Restore args onto a tree of ShapeDtypeStructs (with shardings), cast to their dtypes."""
+    return ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
   def saved_config(self, step: int) -> PolyLMConfig:
     where = os.path.join(self.directory, str(step), "model_config")
@@ -209,6 +243,19 @@ class CheckpointManager:
     if d is None:
       raise FileNotFoundError(f"{where}: missing: not a PolyLM checkpoint step")
     return config_from_json(d, where)
+
+  def _checked_config(self, step: int) -> PolyLMConfig:
+    """This manager's config after checking it against the step's, or the step's own."""
+    saved = self.saved_config(step)
+    if self.config is None:
+      return saved
+    check_config(saved, self.config, os.path.join(self.directory, str(step)))
+    return self.config
+
+  def _config_for_save(self) -> PolyLMConfig:
+    if self.config is None:
+      raise ValueError(f"{self.directory}: a CheckpointManager without a config cannot save")
+    return self.config
 
   def _has(self, step: int, item: str) -> bool:
     return os.path.isdir(os.path.join(self.directory, str(step), item))
@@ -220,13 +267,15 @@ class CheckpointManager:
     return out[item]
 
   def restore(self, step: int | None = None, *, params_target: Any = None,
-              opt_state_target: Any = None, mesh: Mesh | None = None) -> Restored:
+              opt_state_target: Any = None, mesh: Mesh | None = None,
+              on_host: bool = False) -> Restored:
     """Restores `step` (default: latest complete) onto abstract targets with shardings.
 
     The saved model config is checked against this manager's config first; a mismatch in
     any architecture field raises ConfigMismatchError before any array is read. Without
-    `params_target` params land sharded over `mesh` (or on one device). The optimiser state
-    is restored only when `opt_state_target` is given and the step holds one.
+    `params_target` params land sharded over `mesh` (or on one device); `on_host=True`
+    gives numpy params instead (one copy in host memory, e.g. for export). The optimiser
+    state is restored only when `opt_state_target` is given and the step holds one.
     """
     if step is None:
       step = self.latest_step()
@@ -235,26 +284,60 @@ class CheckpointManager:
     elif step not in complete_steps(self.directory):
       raise FileNotFoundError(f"{self.directory}: no complete checkpoint for step {step}; "
                               f"complete steps: {complete_steps(self.directory)}")
-    where = os.path.join(self.directory, str(step))
-    saved = self.saved_config(step)
-    check_config(saved, self.config, where)
-    if params_target is None:
-      params_target = param_structs(self.config, mesh)
-    items: dict[str, Any] = {"params": ocp.args.StandardRestore(params_target),
-                             "meta": ocp.args.JsonRestore()}
+    config = self._checked_config(step)
+    items: dict[str, Any] = {"meta": ocp.args.JsonRestore()}
+    if on_host:  # leaf by leaf: Orbax's whole-tree read holds ~1.5x the model at its peak
+      read = self._leaf_reader(step, config)
+      params: dict[str, Any] = {}
+      for path in hf.param_shapes(config):
+        node = params
+        for key in path[:-1]:
+          node = node.setdefault(key, {})
+        node[path[-1]] = read(path)
+    else:
+      items["params"] = self._restore_arrays(params_target if params_target is not None
+                                             else param_structs(config, mesh))
     if opt_state_target is not None and self._has(step, "opt_state"):
-      items["opt_state"] = ocp.args.StandardRestore(opt_state_target)
+      items["opt_state"] = self._restore_arrays(opt_state_target)
     for name in ("stream_state", "gin_config"):
       if self._has(step, name):
         items[name] = ocp.args.JsonRestore()
     out = self._manager.restore(step, args=ocp.args.Composite(**items))
     meta = out["meta"]
     gin = out["gin_config"]["text"] if "gin_config" in items else None
-    return Restored(step=int(meta["step"]), config=self.config, params=out["params"],
+    if not on_host:
+      params = out["params"]
+    return Restored(step=int(meta["step"]), config=config, params=params,
                     opt_state=out["opt_state"] if "opt_state" in items else None,
                     rng=_rng_from_json(meta.get("rng")),
                     stream_state=out["stream_state"] if "stream_state" in items else None,
                     gin_config=gin)
+
+  def host_param_reader(self, step: int) -> Callable[[tuple[str, ...]], np.ndarray]:
+    """A function path -> one stacked param leaf as numpy, read alone from `step`.
+
+    Exporting leaf by leaf keeps one leaf in memory instead of the whole model. The saved
+    config is checked against this manager's config first.
+    """
+    return self._leaf_reader(step, self._checked_config(step))
+
+  def _leaf_reader(self, step: int,
+                   config: PolyLMConfig) -> Callable[[tuple[str, ...]], np.ndarray]:
+    dtype = hf.np_dtype(config.param_dtype)
+    shapes = hf.param_shapes(config)
+
+    def read(path: tuple[str, ...]) -> np.ndarray:
+      item: Any = jax.ShapeDtypeStruct(shapes[path], dtype)
+      args: Any = ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)
+      for key in reversed(path):
+        item, args = {key: item}, {key: args}
+      out = self._manager.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
+          item=item, restore_args=args, partial_restore=True)))["params"]
+      for key in path:
+        out = out[key]
+      return out
+
+    return read
 
   # -- lifecycle -------------------------------------------------------------------------
 
@@ -275,8 +358,12 @@ class CheckpointManager:
 # polylm_jax.load
 
 
-def _checkpoint_root(path: str, step: int | None) -> tuple[str, int]:
-  """(checkpoint root, step) for a run dir, a checkpoints dir, or one step dir."""
+def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> tuple[str, int]:
+  """(checkpoint root, step) for a run dir, a checkpoints dir, or one step dir.
+
+  The step defaults to the latest complete one; errors say what was looked for.
+  """
+  path = os.fspath(path)
   for root in (os.path.join(path, CHECKPOINTS_SUBDIR), path):
     steps = complete_steps(root)
     if steps:
@@ -313,12 +400,14 @@ def _device_put_leafwise(tree: dict[str, Any], shardings: Any) -> Any:
 
 
 def load(path: str | os.PathLike, config: PolyLMConfig | None = None, *,
-         step: int | None = None, mesh: Mesh | None = None) -> tuple[PolyLMConfig, Any]:
+         step: int | None = None, mesh: Mesh | None = None,
+         on_host: bool = False) -> tuple[PolyLMConfig, Any]:
   """(config, params) from a run directory, a checkpoint (step) directory or an HF model dir.
 
   Run/checkpoint directories give the latest complete step (or `step`). With `config`, the
   checkpoint must have the same architecture (ConfigMismatchError names the field) and the
-  config's numerics settings are used. Params are placed over `mesh`, or on one device.
+  config's numerics settings are used. Params are placed over `mesh`, or on one device, or
+  with `on_host=True` returned as numpy arrays.
   """
   path = os.fspath(path)
   if not os.path.isdir(path):
@@ -327,10 +416,11 @@ def load(path: str | os.PathLike, config: PolyLMConfig | None = None, *,
     if step is not None:
       raise ValueError(f"{path} is a Hugging Face model directory: it has no steps")
     cfg, params = hf.import_hf(path, expected=config)
+    if on_host:
+      return cfg, params
     target = param_structs(cfg, mesh)
     return cfg, _device_put_leafwise(params, jax.tree.map(lambda t: t.sharding, target))
-  root, step = _checkpoint_root(path, step)
-  with CheckpointManager(root, config or PolyLMConfig(), read_only=True, subdir="") as manager:
-    if config is None:
-      manager.config = manager.saved_config(step)
-    return manager.config, manager.restore(step, mesh=mesh).params
+  root, step = resolve_checkpoint(path, step)
+  with CheckpointManager(root, config, read_only=True, subdir="") as manager:
+    restored = manager.restore(step, mesh=mesh, on_host=on_host)
+  return restored.config, restored.params

@@ -71,7 +71,8 @@ def import_hf_to_checkpoint(hf_dir: str, model_dir: str, *, step: int = 0,
   config, params = hf.import_hf(hf_dir, expected=get_config(expected) if expected else None,
                                 param_dtype=param_dtype)
   policy = checkpoints.CheckpointPolicy(save_every=0, keep=None, async_save=False)
-  with checkpoints.CheckpointManager(model_dir, config, policy) as manager:
+  with checkpoints.CheckpointManager(model_dir, config, policy,
+                                     copy_host_arrays=False) as manager:
     if not manager.save(step, params, force=True):
       raise RuntimeError(f"{model_dir}: step {step} was not saved")
   return ConvertReport("import", hf_dir, os.path.join(manager.directory, str(step)),
@@ -85,9 +86,12 @@ def export_checkpoint_to_hf(source: str, hf_dir: str, *, step: int | None = None
   start = time.time()
   if os.path.exists(os.path.join(hf_dir, hf.CONFIG_FILE)):
     raise FileExistsError(f"{hf_dir}: already holds a model ({hf.CONFIG_FILE})")
-  config, params = checkpoints.load(source, get_config(expected) if expected else None,
-                                    step=step)
-  hf.export_hf(config, params, hf_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+  root, step = checkpoints.resolve_checkpoint(source, step)
+  with checkpoints.CheckpointManager(root, get_config(expected) if expected else None,
+                                     read_only=True, subdir="") as manager:
+    config = manager.config or manager.saved_config(step)
+    hf.export_hf(config, manager.host_param_reader(step), hf_dir, dtype=dtype,
+                 max_shard_bytes=max_shard_bytes)
   return ConvertReport("export", source, hf_dir, count_params(config), dtype,
                        time.time() - start, peak_rss_bytes())
 

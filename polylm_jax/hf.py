@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -425,36 +425,43 @@ def _check_tied(src: Any, name: str, wte: np.ndarray, model_dir: str,
 # Export
 
 
-def _hf_tensors(config: PolyLMConfig, params: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
-  """(HF name, array-like of the HF shape) for every tensor; slices are taken lazily."""
+def _export_order(config: PolyLMConfig) -> list[tuple[str, tuple[str, ...], tuple, int | None]]:
+  """(HF name, project path, HF shape, layer) grouped by project leaf.
+
+  Safetensors does not care about order, and grouping lets a lazy param source hold one
+  stacked leaf in memory at a time.
+  """
+  by_leaf: dict[tuple[str, ...], list] = {}
   for name, (path, shape, layer) in hf_tensor_names(config).items():
-    leaf = _get(params, path)
-    yield name, (leaf, layer, shape)
+    by_leaf.setdefault(path, []).append((name, path, shape, layer))
+  return [t for path in param_shapes(config) for t in by_leaf[path]]
 
 
-def _materialise(leaf: Any, layer: int | None, shape: tuple[int, ...], dtype: np.dtype):
-  """One tensor as a host numpy array of the HF shape (works for numpy and jax arrays)."""
-  value = np.asarray(leaf if layer is None else leaf[layer])
-  return np.ascontiguousarray(value.reshape(shape), dtype=dtype)
-
-
-def export_hf(config: PolyLMConfig, params: Mapping[str, Any], out_dir: str | os.PathLike,
-              dtype: str = "float32", max_shard_bytes: int | None = None) -> list[str]:
+def export_hf(config: PolyLMConfig,
+              params: Mapping[str, Any] | Callable[[tuple[str, ...]], Any],
+              out_dir: str | os.PathLike, dtype: str = "float32",
+              max_shard_bytes: int | None = None) -> list[str]:
   """Writes config.json and safetensors that transformers.GPT2LMHeadModel loads.
 
-  Tensors are written one at a time; above `max_shard_bytes` the weights are split into
-  model-0000i-of-0000N.safetensors plus an index, as `save_pretrained` does. Returns the
-  files written.
+  `params` is the project tree (numpy or jax arrays), or a function path -> stacked leaf,
+  called once per leaf in turn (see CheckpointManager.host_param_reader), so only one leaf
+  need be in memory. Tensors are written one at a time; above `max_shard_bytes` the weights
+  are split into model-0000i-of-0000N.safetensors plus an index, as `save_pretrained` does.
+  Returns the files written.
   """
   out_dir = os.fspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
   st_dtype = {v: k for k, v in _ST_DTYPES.items()}.get(dtype)
   if st_dtype is None or dtype not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"export dtype must be float32, bfloat16 or float16, got {dtype!r}")
   np_dt = np_dtype(dtype)
-  _check_tree(config, params)
-  tensors = list(_hf_tensors(config, params))
-  sizes = [int(np.prod(spec[2])) * np_dt.itemsize for _, spec in tensors]
+  if callable(params):
+    get = params
+  else:
+    _check_tree(config, params)
+    get = lambda path: _get(params, path)
+  os.makedirs(out_dir, exist_ok=True)
+  order = _export_order(config)
+  sizes = [int(np.prod(shape)) * np_dt.itemsize for _, _, shape, _ in order]
 
   shards: list[list[int]] = [[]]
   total = 0
@@ -469,13 +476,28 @@ def export_hf(config: PolyLMConfig, params: Mapping[str, Any], out_dir: str | os
   else:
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
 
+  expected = param_shapes(config)
+  held: dict[tuple[str, ...], Any] = {}
+
+  def tensor(path: tuple[str, ...], layer: int | None, shape: tuple[int, ...]) -> np.ndarray:
+    if path not in held:
+      held.clear()  # drop the previous leaf before fetching the next
+      leaf = get(path)
+      if tuple(leaf.shape) != expected[path]:
+        raise ValueError(f"params: {'/'.join(path)} has shape {tuple(leaf.shape)} but the "
+                         f"config implies {expected[path]}")
+      held[path] = leaf
+    leaf = held[path]
+    value = np.asarray(leaf if layer is None else leaf[layer])
+    return np.ascontiguousarray(value.reshape(shape), dtype=np_dt)
+
   written = []
   weight_map = {}
   for file_name, members in zip(names, shards):
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for i in members:
-      name, (_, _, shape) = tensors[i]
+      name, _, shape, _ = order[i]
       header[name] = {"dtype": st_dtype, "shape": list(shape),
                       "data_offsets": [offset, offset + sizes[i]]}
       offset += sizes[i]
@@ -483,14 +505,19 @@ def export_hf(config: PolyLMConfig, params: Mapping[str, Any], out_dir: str | os
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-(8 + len(blob)) % 8)  # data starts 8-byte aligned
     path = os.path.join(out_dir, file_name)
-    with open(path + ".tmp", "wb") as f:
-      f.write(len(blob).to_bytes(8, "little"))
-      f.write(blob)
-      for i in members:
-        _, spec = tensors[i]
-        f.write(memoryview(_materialise(*spec, np_dt).reshape(-1).view(np.uint8)))
+    try:
+      with open(path + ".tmp", "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for i in members:
+          _, leaf_path, shape, layer = order[i]
+          f.write(memoryview(tensor(leaf_path, layer, shape).reshape(-1).view(np.uint8)))
+    except BaseException:
+      os.remove(path + ".tmp")
+      raise
     os.replace(path + ".tmp", path)
     written.append(path)
+  held.clear()
   if len(shards) > 1:
     index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
     path = os.path.join(out_dir, SAFETENSORS_INDEX)

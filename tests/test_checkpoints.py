@@ -132,6 +132,21 @@ def test_in_flight_async_save_is_not_latest_and_donation_after_save_is_safe(tmp_
     assert_trees_equal(manager.restore(2).params, expected)
 
 
+def test_saving_host_arrays_without_a_copy(tmp_path, params):
+  host = jax.tree.map(lambda x: np.array(x, copy=True), params)
+  opt_state = optax.adam(1e-3).init(host)
+  with ck.CheckpointManager(tmp_path, CFG, SYNC, copy_host_arrays=False) as manager:
+    assert manager.save(1, host, opt_state=opt_state, stream_state={"a": 1})
+    opt_target = jax.eval_shape(optax.adam(1e-3).init, params)
+    restored = manager.restore(1, opt_state_target=opt_target)
+  assert_trees_equal(restored.params, params)
+  assert_trees_equal(restored.opt_state, opt_state)
+  assert restored.stream_state == {"a": 1}
+  # The on-disk format is the standard one.
+  with ck.CheckpointManager(tmp_path, CFG, SYNC, read_only=True) as manager:
+    assert_trees_equal(manager.restore(1).params, params)
+
+
 def test_config_mismatch_names_the_field(tmp_path, params):
   with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
     manager.save(1, params)
@@ -173,6 +188,24 @@ def test_load_run_checkpoints_and_step_dirs(tmp_path, params):
     assert_trees_equal(loaded, jax.tree.map(lambda x, f=factor: x * f, params))
   config, loaded = ck.load(tmp_path, step=5)
   assert_trees_equal(loaded, params)
+
+
+def test_load_on_host_gives_numpy(tmp_path, params):
+  with ck.CheckpointManager(tmp_path / "bf16", CFG.replace(param_dtype="bfloat16"), SYNC) as m:
+    m.save(1, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
+  config, loaded = ck.load(tmp_path / "bf16", on_host=True)
+  assert isinstance(loaded["layers"]["attn"]["qkv_kernel"], np.ndarray)
+  assert loaded["wte"].dtype == hf.np_dtype("bfloat16") and config.param_dtype == "bfloat16"
+  assert_trees_equal(loaded, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
+  # One manager serves host reads (PyTree restore) and device restores (Standard) alike.
+  with ck.CheckpointManager(tmp_path / "bf16", None, read_only=True) as manager:
+    read = manager.host_param_reader(1)
+    fc1 = read(("layers", "mlp", "fc1_kernel"))
+    assert isinstance(fc1, np.ndarray) and fc1.shape == params["layers"]["mlp"]["fc1_kernel"].shape
+    assert manager.restore(on_host=True).config.param_dtype == "bfloat16"
+    restored = manager.restore()
+    assert isinstance(restored.params["wte"], jax.Array)
+    assert_trees_equal(restored.params, loaded)
 
 
 def test_load_onto_a_mesh(tmp_path, params, mesh):

@@ -302,6 +302,27 @@ def test_directory_without_weights_or_config(hf_dir, tmp_path):
   assert not hf.is_hf_dir(tmp_path) and hf.is_hf_dir(hf_dir)
 
 
+def test_export_from_a_leaf_function_fetches_each_leaf_once(imported, tmp_path):
+  config, params = imported
+  calls = []
+
+  def read(path):
+    calls.append(path)
+    return hf._get(params, path)  # pylint: disable=protected-access
+
+  hf.export_hf(config, read, tmp_path / "ok")
+  assert sorted(calls) == sorted(hf.param_shapes(config)) and len(set(calls)) == len(calls)
+  assert_trees_equal(hf.import_hf(tmp_path / "ok")[1], params)
+
+  def bad(path):
+    leaf = hf._get(params, path)  # pylint: disable=protected-access
+    return leaf[:, :-1] if path[-1] == "fc2_kernel" else leaf
+
+  with pytest.raises(ValueError, match=r"layers/mlp/fc2_kernel has shape \(3, 255, 64\)"):
+    hf.export_hf(config, bad, tmp_path / "bad")
+  assert not os.listdir(tmp_path / "bad")  # no half-written file left behind
+
+
 def test_export_refuses_params_of_another_config(imported, tmp_path):
   config, params = imported
   with pytest.raises(ValueError, match="layers/mlp/fc1_kernel has shape"):
