@@ -8,9 +8,9 @@ ROUGE-L uses rouge-score with a multilingual tokenizer: its default tokenizer ke
 [a-z0-9] and so sees nothing in Thai, Japanese, Arabic or Russian. Ours lower-cases (NFKC)
 and makes one token per Han, kana, Hangul or Thai character and one per word elsewhere.
 The maximum over the pool is exact but cheap: an inverted index gives each pool instruction's
-token-multiset overlap with the candidate, 2 * overlap / (m + n) bounds its ROUGE-L F-measure
-(LCS <= overlap), and exact scores are computed in bound order until the bound falls below the
-best so far.
+token-multiset overlap with the candidate (vectorised), 2 * overlap / (m + n) bounds its
+ROUGE-L F-measure (LCS <= overlap), and exact scores are computed in bound order until the
+bound falls below the best so far. Near duplicates use the same index over character 3-grams.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 from rouge_score import rouge_scorer
 
 from polylm_jax import langid
@@ -203,17 +204,57 @@ def check_format(instruction: str, input_text: str, output: str) -> str | None:
   return None
 
 
+class _Growable:
+  """An append-only int32 array with amortised O(1) appends and free slicing."""
+
+  def __init__(self):
+    self.data, self.n = np.zeros(4, np.int32), 0
+
+  def append(self, x: int) -> None:
+    if self.n == len(self.data):
+      self.data = np.concatenate([self.data, np.zeros_like(self.data)])
+    self.data[self.n] = x
+    self.n += 1
+
+  @property
+  def values(self) -> np.ndarray:
+    return self.data[:self.n]
+
+
+class _Index:
+  """Inverted index term -> (entry ids, counts), vectorised overlap with a query."""
+
+  def __init__(self):
+    self._ids: dict[str, _Growable] = defaultdict(_Growable)
+    self._counts: dict[str, _Growable] = defaultdict(_Growable)
+    self.sizes = _Growable()  # number of terms (with multiplicity) of each entry
+
+  def add(self, terms: Counter) -> None:
+    i = self.sizes.n
+    for term, c in terms.items():
+      self._ids[term].append(i)
+      self._counts[term].append(c)
+    self.sizes.append(sum(terms.values()))
+
+  def overlap(self, terms: Counter) -> np.ndarray:
+    """Multiset intersection size of `terms` with every entry."""
+    out = np.zeros(self.sizes.n, np.int32)
+    for term, c in terms.items():
+      if term in self._ids:
+        ids = self._ids[term].values
+        out[ids] += np.minimum(self._counts[term].values, c)
+    return out
+
+
 class InstructionPool:
   """One language's instructions so far, with the indexes the duplicate filters need."""
 
   def __init__(self, lang: str, config: FilterConfig = FilterConfig()):
     self.lang, self.config = lang, config
     self.instructions: list[str] = []
-    self._tokens: list[tuple[str, ...]] = []
-    self._postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
     self._keys: set[str] = set()
-    self._shingles: list[frozenset[str]] = []
-    self._shingle_index: dict[str, list[int]] = defaultdict(list)
+    self._tokens = _Index()    # ROUGE tokens of each instruction
+    self._shingles = _Index()  # character 3-grams of each instruction + input
 
   def __len__(self) -> int:
     return len(self.instructions)
@@ -224,17 +265,10 @@ class InstructionPool:
     return normalize(instruction) + "\x00" + normalize(input_text)
 
   def add(self, instruction: str, input_text: str = "") -> None:
-    i = len(self.instructions)
     self.instructions.append(instruction)
-    toks = tuple(tokenize(instruction))
-    self._tokens.append(toks)
-    for tok, c in Counter(toks).items():
-      self._postings[tok].append((i, c))
+    self._tokens.add(Counter(tokenize(instruction)))
     self._keys.add(self.key(instruction, input_text))
-    sh = shingles(instruction + "\n" + input_text)
-    self._shingles.append(sh)
-    for s in sh:
-      self._shingle_index[s].append(i)
+    self._shingles.add(Counter(shingles(instruction + "\n" + input_text)))
 
   def extend(self, items: Iterable[tuple[str, str]]) -> None:
     for instruction, input_text in items:
@@ -245,35 +279,27 @@ class InstructionPool:
     toks = tokenize(instruction)
     if not toks or not self.instructions:
       return 0.0, -1
-    overlap: Counter = Counter()
-    for tok, c in Counter(toks).items():
-      for i, ci in self._postings.get(tok, ()):
-        overlap[i] += min(c, ci)
-    bounds = sorted(((2.0 * o / (len(toks) + len(self._tokens[i])), i)
-                     for i, o in overlap.items()), reverse=True)
+    overlap = self._tokens.overlap(Counter(toks))
+    bounds = 2.0 * overlap / (len(toks) + self._tokens.sizes.values)
+    order = np.argsort(-bounds, kind="stable")
     best, best_i = 0.0, -1
-    for bound, i in bounds:
-      if bound <= best:
+    for i in order:
+      if bounds[i] <= best:
         break
       score = rouge_l(self.instructions[i], instruction)
       if score > best:
-        best, best_i = score, i
+        best, best_i = score, int(i)
     return best, best_i
 
   def max_jaccard(self, instruction: str, input_text: str) -> tuple[float, int]:
+    """(highest Jaccard of character 3-grams of instruction + input, index; -1)."""
     sh = shingles(instruction + "\n" + input_text)
-    if not sh:
+    if not sh or not self.instructions:
       return 0.0, -1
-    common: Counter = Counter()
-    for s in sh:
-      for i in self._shingle_index.get(s, ()):
-        common[i] += 1
-    best, best_i = 0.0, -1
-    for i, c in common.items():
-      j = c / (len(sh) + len(self._shingles[i]) - c)
-      if j > best:
-        best, best_i = j, i
-    return best, best_i
+    common = self._shingles.overlap(Counter(sh))
+    jaccard = common / (len(sh) + self._shingles.sizes.values - common)
+    i = int(np.argmax(jaccard))
+    return (float(jaccard[i]), i) if jaccard[i] > 0 else (0.0, -1)
 
   def check(self, instruction: str, input_text: str, output: str) -> Verdict:
     """The first failed filter (in REASONS order), or a keep; does not add to the pool."""
