@@ -138,8 +138,7 @@ class CheckpointManager:
   """Saves and restores the state of one run under MODEL_DIR/checkpoints.
 
   `config` is the model being saved or restored into; None (for reading only) takes each
-  step's saved config as it is.
-  `subdir=""` manages `model_dir` itself as the checkpoint root. Use as a context manager
+  step's saved config as it is. `subdir=""` manages `model_dir` itself as the checkpoint root. Use as a context manager
   (or call `close`) so the last async save is finished before the process exits.
   """
 
@@ -168,15 +167,15 @@ class CheckpointManager:
         create=not read_only)
     # Array items use PyTreeCheckpointHandler (what StandardSave wraps) so that one manager
     # can restore a whole tree onto shardings and single leaves to host memory alike.
-    registry = None
+    handlers = [(ty, ocp.type_handlers.get_type_handler(ty))
+                for ty in ocp.type_handlers.supported_types()]
     if not copy_host_arrays:
       handlers = [(ty, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)
-                   if ty is np.ndarray else ocp.type_handlers.get_type_handler(ty))
-                  for ty in ocp.type_handlers.supported_types()]
-      registry = ocp.type_handlers.create_type_handler_registry(*handlers)
+                   if ty is np.ndarray else h) for ty, h in handlers]
+    registry = ocp.type_handlers.create_type_handler_registry(*handlers)
     item_handlers: dict[str, Any] = {
-        name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry) if registry
-        else ocp.PyTreeCheckpointHandler() for name in _ARRAY_ITEMS}
+        name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+        for name in _ARRAY_ITEMS}
     item_handlers.update({name: ocp.JsonCheckpointHandler() for name in _JSON_ITEMS})
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=item_handlers)

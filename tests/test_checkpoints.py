@@ -2,6 +2,9 @@
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -111,6 +114,37 @@ def test_half_written_step_is_never_latest(tmp_path, params):
     manager.save(8, params)
   assert not tmp_step.exists()
   assert ck.complete_steps(root) == [2, 4, 8]
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+import jax, numpy as np
+from polylm_jax import checkpoints as ck
+from polylm_jax.config import get_config
+from polylm_jax.model import init_params
+config = get_config("polylm_tiny", vocab_size=200_000)  # ~50 MB: the write takes a while
+params = init_params(config, jax.random.key(0))
+with ck.CheckpointManager(sys.argv[1], config, ck.CheckpointPolicy(save_every=1)) as manager:
+  manager.save(1, params)
+  manager.wait_until_finished()
+  manager.save(2, jax.tree.map(lambda x: x + 1, params))
+  os.kill(os.getpid(), signal.SIGKILL)  # dies while step 2 is being written
+"""
+
+
+def test_killed_during_async_save_keeps_the_previous_step(tmp_path):
+  done = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+  root = tmp_path / "checkpoints"
+  leftovers = [p.name for p in root.iterdir() if ".orbax-checkpoint-tmp" in p.name]
+  steps = ck.complete_steps(root)
+  assert steps == [1, 2] or (steps == [1] and leftovers == ["2.orbax-checkpoint-tmp"]), (
+      steps, leftovers)
+  config, params = ck.load(tmp_path)
+  expected = init_params(config, jax.random.key(0))
+  offset = 1.0 if steps[-1] == 2 else 0.0
+  assert_trees_equal(params, jax.tree.map(lambda x: x + offset, expected))
 
 
 def test_in_flight_async_save_is_not_latest_and_donation_after_save_is_safe(tmp_path, params):
