@@ -40,7 +40,12 @@ def parse_args(argv=None):
   p.add_argument("--runs", type=int, default=7, help="timed runs per side and batch")
   p.add_argument("--beams", type=int, default=1, help="num_beams (1: greedy)")
   p.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
+  p.add_argument("--layer_loop", default="unrolled", choices=["unrolled", "scan"],
+                 help="how decoding goes over the layers (polylm_jax/decode_stack.py)")
   p.add_argument("--gpu", action="store_true", help="polylm_1_7b bf16 on one GPU, project only")
+  p.add_argument("--gpu_config", default="polylm_1_7b", help="preset shape in --gpu mode")
+  p.add_argument("--dry_run", action="store_true",
+                 help="run the --gpu code path on any device (e.g. --gpu_config=polylm_tiny)")
   return p.parse_args(argv)
 
 
@@ -68,7 +73,7 @@ def run_cpu(a) -> None:
   torch.set_num_threads(a.threads)
   config = get_config(a.config)
   print(f"model: {a.config}: {describe(config)}; prompt {a.prompt_len}, {a.new_tokens} new "
-        f"tokens, {'greedy' if a.beams == 1 else f'{a.beams} beams'}, fp32, "
+        f"tokens, {'greedy' if a.beams == 1 else f'{a.beams} beams'}, fp32, {a.layer_loop} layers, "
         f"{os.cpu_count()} CPUs, jax {jax.__version__}, torch {torch.__version__}")
   params = init_params(config, jax.random.key(0))
   with tempfile.TemporaryDirectory() as d:
@@ -83,7 +88,8 @@ def run_cpu(a) -> None:
     mask = torch.ones_like(ids)
 
     def ours():
-      return decoding.generate(config, params, prompts.tolist(), a.new_tokens, **settings)
+      return decoding.generate(config, params, prompts.tolist(), a.new_tokens,
+                               layer_loop=a.layer_loop, **settings)
 
     def theirs():
       with torch.no_grad():
@@ -119,22 +125,23 @@ def run_gpu(a) -> None:
   from polylm_jax.model import init_params
 
   device = jax.devices()[0]
-  if device.platform != "gpu":
-    raise SystemExit(f"--gpu needs a GPU; JAX sees {device.platform}")
+  if device.platform != "gpu" and not a.dry_run:
+    raise SystemExit(f"--gpu needs a GPU; JAX sees {device.platform} (--dry_run runs anyway)")
   kind = device.device_kind
   bandwidth = next((bw for k, bw in HBM_BANDWIDTH.items() if k in kind), None)
-  config = get_config("polylm_1_7b", dtype="bfloat16", param_dtype="bfloat16")
+  config = get_config(a.gpu_config, dtype="bfloat16", param_dtype="bfloat16")
   params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
   jax.block_until_ready(params)
   n = count_params(config)
   # Per token every weight is read once, except the position table (one row).
   weight_bytes = (n - config.max_len * config.d_model) * 2
-  print(f"device: {kind}; polylm_1_7b bf16, {n:,} params; prompt {a.prompt_len}, "
-        f"{a.new_tokens} new tokens, greedy")
+  print(f"device: {kind}; {a.gpu_config} bf16, {n:,} params; prompt {a.prompt_len}, "
+        f"{a.new_tokens} new tokens, greedy, {a.layer_loop} layers")
   rng = np.random.RandomState(0)
   for batch in [int(b) for b in a.batches.split(",")]:
     prompts = rng.randint(3, config.vocab_size, (batch, a.prompt_len)).tolist()
-    run = lambda: decoding.generate(config, params, prompts, a.new_tokens, eos_id=-1)
+    run = lambda: decoding.generate(config, params, prompts, a.new_tokens, eos_id=-1,
+                                    layer_loop=a.layer_loop)
     t0 = time.perf_counter()
     run()
     compile_s = time.perf_counter() - t0
@@ -162,6 +169,8 @@ def main(argv=None) -> None:
       a.new_tokens = 256
     if a.prompt_len == parse_args([]).prompt_len:
       a.prompt_len = 128
+    if a.dry_run:
+      a.new_tokens, a.prompt_len, a.runs = min(a.new_tokens, 16), min(a.prompt_len, 16), 2
     run_gpu(a)
   else:
     run_cpu(a)
