@@ -27,28 +27,26 @@ Multi-host: `jax.distributed.initialize()` runs when the environment says so (se
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import logging
 import os
 import signal
 import sys
 import time
-import zlib
 from typing import Any, Callable, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from polylm_jax import checkpoints as ckpt_lib
 from polylm_jax import metrics as metrics_lib
 from polylm_jax import optim, partitioning
 from polylm_jax import train_step as step_lib
 from polylm_jax.config import PolyLMConfig, describe, flops_per_token
-from polylm_jax.model import abstract_params, init_params
+from polylm_jax.train_setup import (StepFunctions, check_batch_layout,  # noqa: F401
+                                    check_model_dir, check_shardable, fingerprint,
+                                    make_step_functions, maybe_initialize_distributed, to_global,
+                                    vocabulary_fingerprint)
 
 NONFINITE_POLICIES = ("rollback", "stop", "continue")
 TRAINER_STATE_VERSION = 1
@@ -68,114 +66,6 @@ class TrainResult:
   checkpoint_dir: str
   preempted: bool = False
   rollbacks: int = 0
-
-
-# -- multi-host --------------------------------------------------------------------------------
-
-
-def maybe_initialize_distributed(mode: str = "auto") -> bool:
-  """Calls jax.distributed.initialize() for multi-host runs; returns whether it did.
-
-  'auto' initialises when the environment names a multi-process job: $JAX_COORDINATOR_ADDRESS
-  (with $JAX_NUM_PROCESSES and $JAX_PROCESS_ID), Slurm (SLURM_NTASKS > 1), Open MPI
-  (OMPI_COMM_WORLD_SIZE > 1) or a multi-host Cloud TPU slice (TPU_WORKER_HOSTNAMES with
-  several hosts). 'on' always initialises (JAX detects the cluster), 'off' never.
-  """
-  if mode not in ("auto", "on", "off"):
-    raise ValueError(f"--distributed must be auto, on or off, got {mode!r}")
-  env = os.environ
-  multi = (bool(env.get("JAX_COORDINATOR_ADDRESS"))
-           or int(env.get("JAX_NUM_PROCESSES", "1")) > 1
-           or int(env.get("SLURM_NTASKS", "1")) > 1
-           or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-           or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
-  if mode == "off" or (mode == "auto" and not multi):
-    return False
-  kwargs = {}
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
-    if "JAX_NUM_PROCESSES" in env:
-      kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
-    if "JAX_PROCESS_ID" in env:
-      kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
-  jax.distributed.initialize(**kwargs)
-  return True
-
-
-# -- checks that run before any compute --------------------------------------------------------
-
-
-def check_model_dir(model_dir: str) -> str:
-  """Creates MODEL_DIR and proves it writable (a probe file), or fails naming it."""
-  if not model_dir:
-    raise ValueError("MODEL_DIR is empty: pass --gin.MODEL_DIR=\\\"/path/to/run\\\"")
-  model_dir = os.path.abspath(os.path.expanduser(model_dir))
-  try:
-    os.makedirs(model_dir, exist_ok=True)
-    probe = os.path.join(model_dir, f".write_probe.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(f"MODEL_DIR={model_dir!r} is not writable: {e}") from e
-  return model_dir
-
-
-def check_shardable(config: PolyLMConfig, mesh: jax.sharding.Mesh) -> None:
-  """Every sharded parameter dimension must divide by its mesh axes (names the parameter)."""
-  structs = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(config)))[0]
-  shardings = jax.tree.leaves(partitioning.param_shardings(config, mesh),
-                              is_leaf=lambda x: isinstance(x, NamedSharding))
-  for (path, struct), sharding in zip(structs, shardings):
-    for dim, axes in zip(struct.shape, sharding.spec):
-      if axes is None:
-        continue
-      axes = (axes,) if isinstance(axes, str) else tuple(axes)
-      n = int(np.prod([mesh.shape[a] for a in axes]))
-      if dim % n:
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        raise ValueError(f"parameter {name} of shape {tuple(struct.shape)} cannot be split over "
-                         f"mesh axes {axes} of size {n} ({dim} is not a multiple of {n}): "
-                         "change train.mesh_fsdp / train.mesh_tensor")
-
-
-def check_batch_layout(batch_size: int, mesh: jax.sharding.Mesh, num_microbatches: int,
-                       num_hosts: int) -> None:
-  dp = partitioning.data_parallel_size(mesh)
-  if num_microbatches < 1:
-    raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
-  if batch_size <= 0 or batch_size % num_hosts:
-    raise ValueError(f"BATCH_SIZE={batch_size} must be a positive multiple of the number of "
-                     f"hosts ({num_hosts})")
-  if batch_size % (dp * num_microbatches):
-    raise ValueError(
-        f"BATCH_SIZE={batch_size} is not divisible by the data shards times the microbatches: "
-        f"{dp} data shards (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}) x "
-        f"num_microbatches={num_microbatches} = {dp * num_microbatches}")
-
-
-def vocabulary_fingerprint(vocab: Any) -> str:
-  """Names a vocabulary by content: a SentencePiece model's hash, else its type and size."""
-  path = getattr(vocab, "sentencepiece_model_file", None)
-  if path:
-    with open(path, "rb") as f:
-      digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    return f"sentencepiece:{digest}:{vocab.vocab_size}"
-  return f"{type(vocab).__name__}:{vocab.vocab_size}:eos={getattr(vocab, 'eos_id', None)}"
-
-
-# -- batches -------------------------------------------------------------------------------------
-
-
-def fingerprint(batch: Mapping[str, np.ndarray]) -> int:
-  """crc32 of a host batch's inputs: tests compare which batches a run consumed."""
-  return zlib.crc32(np.ascontiguousarray(batch["inputs"]).tobytes())
-
-
-def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
-  """This host's rows -> global arrays split over the data axes (no host holds the rest)."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(batch[k]))
-          for k in step_lib.BATCH_FIELDS}
 
 
 # -- the trainer ---------------------------------------------------------------------------------
@@ -293,10 +183,11 @@ def train(
   schedule = optim.learning_rate_schedule(peak_learning_rate, min_learning_rate, warmup_steps,
                                           decay_steps)
   optimizer = optim.make_optimizer(schedule, adam_b1, adam_b2, adam_eps, weight_decay, clip_norm)
-  state_sh = step_lib.train_state_shardings(model_config, optimizer, mesh)
+  fns = make_step_functions(model_config, mesh, optimizer, schedule,
+                            num_microbatches=num_microbatches, z_loss=z_loss,
+                            label_smoothing=label_smoothing, num_languages=len(languages))
+  state_sh, batch_sh, replicated = fns.state_shardings, fns.batch_shardings, fns.replicated
   abstract_state = step_lib.abstract_train_state(model_config, optimizer, state_sh)
-  batch_sh = {k: partitioning.batch_sharding(mesh) for k in step_lib.BATCH_FIELDS}
-  replicated = NamedSharding(mesh, P())
   manager = ckpt_lib.CheckpointManager(
       model_dir, model_config,
       ckpt_lib.CheckpointPolicy(checkpoint_period, keep_checkpoints, async_checkpoints))
@@ -340,24 +231,13 @@ def train(
       origin = f"restored step {latest} from {manager.directory}"
     elif init_checkpoint:
       _, params = ckpt_lib.load(init_checkpoint, model_config, mesh=mesh)
-      state = jax.jit(lambda p: step_lib.init_train_state(p, optimizer),
-                      out_shardings=state_sh)(params)
+      state = fns.from_params(params)
       origin = f"params from {init_checkpoint} (fresh optimizer, step 0)"
     else:
-      state = jax.jit(lambda r: step_lib.init_train_state(init_params(model_config, r), optimizer),
-                      out_shardings=state_sh)(init_rng)
+      state = fns.init(init_rng)
       origin = f"random init (seed {random_seed})"
     step = int(jax.device_get(state.step))
-
-    p_step = jax.jit(
-        functools.partial(step_lib.train_step, config=model_config, optimizer=optimizer,
-                          schedule=schedule, num_microbatches=num_microbatches, z_loss=z_loss,
-                          label_smoothing=label_smoothing, num_languages=len(languages)),
-        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-        donate_argnums=(0,))
-    p_eval = jax.jit(
-        functools.partial(step_lib.eval_step, config=model_config, num_languages=len(languages)),
-        in_shardings=(state_sh.params, batch_sh), out_shardings=replicated)
+    p_step, p_eval = fns.train_step, fns.eval_step
 
     tokens_per_step = batch_size * seq_len
     fpt = flops_per_token(model_config, seq_len)
