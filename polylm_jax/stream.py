@@ -125,6 +125,7 @@ class PackedStream:
         self.segment_aware, self.split, self.name = bool(segment_aware), split, name
         self._jitter, self._read_batch, self._unit_bytes = jitter_tokens, read_batch, unit_bytes
         self._readers: dict[str, SourceReader] = {}
+        self._config_cache: Optional[dict] = None
         self.step = 0
         self._stage = -1
         self._sched: Optional[mixing.TokenScheduler] = None
@@ -136,6 +137,11 @@ class PackedStream:
                 self._reader(t)
 
     def _config(self) -> dict:
+        if self._config_cache is None:
+            self._config_cache = self._make_config()
+        return dict(self._config_cache)
+
+    def _make_config(self) -> dict:
         return {"name": self.name, "seq_len": self.seq_len, "batch_size": self.batch_size,
                 "seed": self.seed, "shard_index": self.shard_index,
                 "num_shards": self.num_shards, "segment_aware": self.segment_aware,

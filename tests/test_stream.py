@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import seqio
 
 from polylm_jax import mixing, stream
 from stream_fixtures import (EOS, make_docs, register_file_task, register_int_task,
@@ -175,6 +176,28 @@ def test_hosts_differ_and_are_deterministic(tasks):
     again = _stream(names, shard_index=0, num_shards=2).next()
     assert not np.array_equal(a0["inputs"], a1["inputs"])
     np.testing.assert_array_equal(a0["inputs"], again["inputs"])
+
+
+def test_seqio_mixture_rates_are_token_shares_and_a_task_is_one_source(tasks):
+    names, _ = tasks
+    seqio.MixtureRegistry.remove("streamtest_mix")
+    seqio.MixtureRegistry.add("streamtest_mix", [(names["en"], 3.0), (names["de"], 1.0)])
+    stages, bounds = stream.resolve("streamtest_mix")
+    assert bounds == (0,)
+    plan = stages[0]
+    assert dict(zip(plan.tasks, plan.shares)) == pytest.approx({names["en"]: 0.75,
+                                                               names["de"]: 0.25})
+    assert dict(zip(plan.tasks, plan.langs)) == {names["en"]: mixing.language_index("en"),
+                                                 names["de"]: mixing.language_index("de")}
+    s = stream.build_stream("streamtest_mix", seq_len=64, batch_size=4)
+    langs = np.concatenate([s.next()["langs"].reshape(-1) for _ in range(40)])
+    assert abs((langs == mixing.language_index("de")).mean() - 0.25) < 0.02
+    stages, _ = stream.resolve(names["zh"])
+    assert stages[0].tasks == (names["zh"],) and stages[0].shares == (1.0,)
+    seqio.MixtureRegistry.remove("streamtest_bad")
+    seqio.MixtureRegistry.add("streamtest_bad", [(names["en"], 0.0), (names["de"], 0.0)])
+    with pytest.raises(ValueError, match="seqio mixture 'streamtest_bad': rates must be"):
+        stream.resolve("streamtest_bad")
 
 
 def test_eval_batches_are_finite_padded_and_complete(tasks):
