@@ -81,6 +81,10 @@ def normalize(text: str) -> str:
   return "".join(ch for ch in text if ch.isalnum())
 
 
+def _squash(text: str) -> str:
+  return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
 def shingles(text: str, n: int = 3) -> frozenset[str]:
   key = normalize(text)
   if len(key) <= n:
@@ -117,7 +121,7 @@ UNSERVABLE: dict[str, str] = {
           r"url|сайт\w*|веб-страниц\w*|скриншот\w*",
     "ar": r"(?:[وفبلك]?(?:ال)?)(?:صورة|صور|رسمة|ارسم|مخطط|خريطة|فيديو|ملف|ملفات|مرفق|رابط|"
           r"روابط)|رسم بياني|تسجيل صوتي|موقع ويب|الموقع الإلكتروني|لقطة شاشة",
-    "ja": "画像|写真|イラスト|描いて|描け|図表|グラフ|チャート|地図|動画|ビデオ|音声|録音|"
+    "ja": "画像|写真|イラスト|描いて|描け|図表|(?<!パラ)グラフ|チャート|地図|動画|ビデオ|音声|録音|"
           "ファイル|添付|リンク|URL|ウェブサイト|サイト|スクリーンショット",
     "ko": "이미지|사진|그림|그려|그래프|차트|도표|다이어그램|동영상|비디오|영상|오디오|음성|"
           "녹음|파일|첨부|링크|URL|웹사이트|사이트|스크린샷",
@@ -198,8 +202,10 @@ def check_format(instruction: str, input_text: str, output: str) -> str | None:
   first = instruction.strip()[0]
   if unicodedata.category(first)[0] in "PS" and first not in "¿¡\"'«「『“(":
     return f"instruction starts with {first!r}"
-  if normalize(output) == normalize(instruction) or (
-      input_text.strip() and normalize(output) == normalize(input_text)):
+  # Copies are compared with case and punctuation kept: "add a comma", "write it in capitals"
+  # and "split into words" are real tasks whose answers differ from the input only so.
+  out = _squash(output)
+  if out == _squash(instruction) or (input_text.strip() and out == _squash(input_text)):
     return "output copies the instruction or input"
   return None
 
@@ -320,7 +326,9 @@ class InstructionPool:
       return Verdict("language", f"instruction reads as {langid.identify(instruction).lang!r}, "
                                  f"not {self.lang!r}")
     if cfg.check_unservable:
-      hit = unservable_match(f"{instruction}\n{input_text}", self.lang)
+      # Words in the instruction only (an input text may well tell of a photo); links anywhere.
+      link = _URL_RE.search(input_text)
+      hit = unservable_match(instruction, self.lang) or (link.group(0) if link else None)
       if hit:
         return Verdict("unservable", f"mentions {hit!r}")
     if self.key(instruction, input_text) in self._keys:

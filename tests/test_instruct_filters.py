@@ -92,8 +92,8 @@ def keep_case(pool):
     ("Explain why the sea is salty.", "", "Rivers carry salts.", "language", "reads as 'en'"),
     ("海がしょっぱいのはなぜですか？", "", "川が塩を運ぶからです。", "language", "reads as 'ja'"),
     ("Describe la imagen adjunta en tres frases.", "", "Una casa.", "unservable", "imagen"),
-    ("Resume el artículo del enlace.", "https://example.com/a", "Un resumen.", "unservable",
-     "https://"),
+    ("Resume el artículo del enlace.", "", "Un resumen.", "unservable", "enlace"),
+    ("Resume el artículo.", "https://example.com/a", "Un resumen.", "unservable", "https://"),
     ("Resume el archivo que te envié.", "", "Un resumen.", "unservable", "archivo"),
     ("Mira este video y dime de qué trata.", "", "De gatos.", "unservable", "video"),
     ("EXPLICA por qué el mar es salado", "", "Otra respuesta.", "duplicate", "same instruction"),
@@ -110,6 +110,18 @@ def test_each_filter_rejects_what_it_should(instruction, input_text, output, rea
   assert verdict.reason == reason, verdict
   assert detail in verdict.detail
   assert not verdict.kept
+
+
+@pytest.mark.parametrize("instruction,input_text,output", [
+    ("Agrega una coma donde haga falta.", "Voy a casa pero antes compro pan.",
+     "Voy a casa, pero antes compro pan."),
+    ("Escribe la frase en mayúsculas.", "la casa es verde", "LA CASA ES VERDE"),
+    ("文を単語に区切ってください。", "あなたが好きです", "あなた が 好き です"),
+])
+def test_format_keeps_tasks_that_change_only_case_punctuation_or_spacing(
+    instruction, input_text, output):
+  assert F.check_format(instruction, input_text, output) is None
+  assert F.check_format(instruction, input_text, " " + input_text + "\n") is not None
 
 
 def test_kept_candidate_reports_its_rouge():
@@ -136,9 +148,18 @@ def test_unservable_in_every_language(lang, text):
     ("th", "สภาพอากาศวันนี้เป็นอย่างไร"),                  # สภาพ contains ภาพ
     ("ar", "تصور أنك تعيش في القرن الماضي."),            # تصور contains صور
     ("es", "Explica la fotosíntesis."),                  # foto- as a prefix
+    ("ja", "次のパラグラフを要約してください。"),              # パラグラフ = paragraph
 ])
 def test_unservable_avoids_false_positives(lang, text):
   assert F.unservable_match(text, lang) is None
+
+
+def test_unservable_words_count_in_the_instruction_links_anywhere():
+  pool = F.InstructionPool("es")
+  story = "Ayer saqué una foto del mar y la guardé en un archivo."
+  assert pool.check("Resume el texto en una frase.", story, "Hizo una foto del mar.").kept
+  verdict = pool.check("Resume el texto en una frase.", "Lee www.ejemplo.com/nota", "Nada.")
+  assert verdict.reason == "unservable" and "www.ejemplo.com" in verdict.detail
 
 
 def test_config_checks():
