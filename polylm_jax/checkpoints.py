@@ -159,6 +159,7 @@ class CheckpointManager:
     save_policy = (ocp_policies.FixedIntervalPolicy(policy.save_every) if policy.save_every
                    else ocp_policies.SpecificStepsPolicy(steps=()))
     options = ocp.CheckpointManagerOptions(
+        save_interval_steps=0 if read_only else 1,  # unused (save_decision_policy rules)
         save_decision_policy=save_policy,
         preservation_policy=ocp_policies.LatestN(policy.keep),
         cleanup_tmp_directories=not read_only,
