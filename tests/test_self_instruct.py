@@ -228,19 +228,6 @@ def test_killed_run_resumes_without_duplicates_or_losses(tmp_path, monkeypatch, 
   assert "cut a partial last line" in logs and "resuming in" in logs
 
 
-def test_truncated_last_line_is_cut_and_damage_elsewhere_is_an_error(tmp_path):
-  path = tmp_path / "x.jsonl"
-  path.write_text('{"a": 1}\n{"b": 2}\n{"c": ')
-  assert store.repair_jsonl(str(path)) == len('{"c": ')
-  assert store.read_jsonl(str(path)) == [{"a": 1}, {"b": 2}]
-  path.write_text('{"a": 1}\n{"b": \n')  # complete line, but not JSON: also the last one
-  assert store.repair_jsonl(str(path)) == len('{"b": \n')
-  path.write_text('{"a": 1}\n{oops}\n{"b": 2}\n')
-  assert store.repair_jsonl(str(path)) == 0
-  with pytest.raises(ValueError, match=r"x.jsonl line 2: invalid JSON"):
-    store.read_jsonl(str(path))
-
-
 # -- bad input ----------------------------------------------------------------------------
 
 
