@@ -199,7 +199,10 @@ def _plan_units(task: seqio.Task, split: str, host: int, hosts: int,
     seqio pipeline per task; about one file per unit for a web-scale corpus). With fewer files
     than hosts, the single unit is ShardInfo(host, hosts): seqio shards the examples.
     """
-    files = list(task.source.list_shards(split))
+    try:
+        files = list(task.source.list_shards(split))
+    except Exception:  # e.g. TFDS metadata not available (mock data): let seqio decide
+        return [seqio.ShardInfo(host, hosts)]
     n = len(files)
     if n < hosts or task.source.supports_arbitrary_sharding:
         return [seqio.ShardInfo(host, hosts)]
@@ -279,7 +282,8 @@ class SourceReader:
         ds = self.task.get_dataset(
             sequence_length=None, split=self.split, use_cached=False, shuffle=False,
             seed=int(mixing.stable_u64(self._seed, self.name, shard.index) % 2**31),
-            shard_info=shard, num_epochs=1, trim_output_features=False, try_in_mem_cache=False)
+            shard_info=shard if shard.num_shards > 1 else None, num_epochs=1,
+            trim_output_features=False, try_in_mem_cache=False)
         ds = ds.map(_targets)
         if record:
             ds = ds.skip(record)
