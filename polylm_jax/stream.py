@@ -15,7 +15,8 @@ Documents are the tasks' 'targets' (ending in eos, id 2 for PolyLM; appended if 
 back to back. Released recipe (segment_aware=False): no reset at boundaries, segment_ids all 1,
 positions 0..T-1. segment_aware=True: each eos *input* token starts the next document's segment
 (it plays bos), as does every row start; positions restart at 0 and segment ids count 1, 2, ...
-per row, so attention can be masked across documents.
+per row, so attention can be masked across documents. At a stage boundary the unfinished
+document is dropped, so every target of the first batch of a stage comes from that stage.
 
 State (`state()`, JSON-serialisable, O(number of sources)): step, stage, the scheduler's token
 counts and decision counter, every source's (epoch, unit, record) position, the document being
