@@ -1,6 +1,6 @@
 """PolyLM in JAX: the public API.
 
-`load`, `generate` and `score` are imported lazily: they pull in Orbax and the decoding
+`load`, `generate`, `score` and `evaluate` are imported lazily: they pull in Orbax and the decoding
 code, which model-only users (and `import polylm_jax`) should not pay for.
 """
 
@@ -14,6 +14,7 @@ _LAZY = {
     "load": "polylm_jax.checkpoints",
     "generate": "polylm_jax.decoding",
     "score": "polylm_jax.decoding",
+    "evaluate": "polylm_jax.evaluation",
 }
 
 __all__ = ["PolyLMConfig", "PolyLM", "count_params", "get_config", "init_params", *_LAZY]
