@@ -105,13 +105,16 @@ def shape_dtype_structs(tree: Any, shardings: Any) -> Any:
 def param_structs(config: PolyLMConfig, mesh: Mesh | None = None) -> Any:
   """Abstract params of `config` sharded over `mesh` (or on the first local device)."""
   boxed = abstract_params(config)
+  # nn.unbox would add sharding constraints, which fail on ShapeDtypeStructs inside a mesh.
+  structs = jax.tree.map(lambda b: b.unbox(apply_constraint=False), boxed,
+                         is_leaf=lambda x: isinstance(x, nn.Partitioned))
   if mesh is None:
     device = SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, nn.unbox(boxed))
+    shardings = jax.tree.map(lambda _: device, structs)
   else:
     from polylm_jax import partitioning  # pylint: disable=import-outside-toplevel
     shardings = partitioning.logical_shardings(boxed, mesh)
-  return shape_dtype_structs(nn.unbox(boxed), shardings)
+  return shape_dtype_structs(structs, shardings)
 
 
 def _rng_to_json(rng: Any) -> dict[str, Any] | None:

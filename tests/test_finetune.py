@@ -6,7 +6,6 @@ import io
 import json
 import types
 
-import flax.linen as nn
 import gin
 import jax
 import numpy as np
@@ -50,26 +49,6 @@ def use_instruction_data(monkeypatch):
   monkeypatch.setattr(polylm_jax, "stream", api)
 
 
-def unbox_without_constraints(monkeypatch):
-  """Work-around for a bug outside this feature: train.py loads `init_checkpoint` inside
-  `partitioning.use_mesh`, where checkpoints.param_structs' `nn.unbox` applies sharding
-  constraints to ShapeDtypeStructs and fails (TypeError: "The sharding on the input must be a
-  NamedSharding"). Reported to the lead; this patch goes once param_structs unboxes with
-  apply_constraint=False."""
-  real = ckpt_lib.param_structs
-
-  def param_structs(config, mesh=None):
-    if mesh is None:
-      return real(config, mesh)
-    from polylm_jax import partitioning
-    from polylm_jax.model import abstract_params
-    boxed = abstract_params(config)
-    values = jax.tree.map(lambda b: b.unbox(apply_constraint=False), boxed,
-                          is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    return ckpt_lib.shape_dtype_structs(values, partitioning.logical_shardings(boxed, mesh))
-  monkeypatch.setattr(ckpt_lib, "param_structs", param_structs)
-
-
 @pytest.mark.slow
 def test_finetune_gin_then_answers_in_multialpaca_format(tmp_path, monkeypatch):
   from polylm_jax import train as train_lib
@@ -82,7 +61,6 @@ def test_finetune_gin_then_answers_in_multialpaca_format(tmp_path, monkeypatch):
   with ckpt_lib.CheckpointManager(init_dir, config) as manager:
     manager.save(0, init_params(config, jax.random.key(0)), force=True)
   use_instruction_data(monkeypatch)
-  unbox_without_constraints(monkeypatch)
   question = prompts.format_prompt("¿Qué es una montaña?")  # not in the data
   _, before = ckpt_lib.load(str(init_dir))
   assert decoding.generate_text(config, before, vocab, [question], 6)[0] != ANSWER
