@@ -183,7 +183,7 @@ def run_inference(
                      f"MIXTURE_OR_TASK_NAME (got {input_file!r} and {mixture_or_task_name!r})")
   if batch_size < 1:
     raise ValueError(f"infer.batch_size must be >= 1, got {batch_size}")
-  settings = decoding.make_settings(preset, seed=seed, **dict(decode_settings or {}))
+  settings = decoding.make_settings(preset, **{"seed": seed, **dict(decode_settings or {})})
   records = (read_jsonl_prompts(input_file, prompt_style) if input_file else None)
   if records is not None and max_examples is not None:
     records = records[:max_examples]
