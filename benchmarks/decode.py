@@ -117,7 +117,6 @@ def run_cpu(a) -> None:
 
 def run_gpu(a) -> None:
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   from polylm_jax import decoding

@@ -62,7 +62,7 @@ def test_chat_format_and_sampling_seeds(model, vocab):
   config, params = model
   turns = chat.chat_loop(config, params, vocab, style="chat", max_new_tokens=5, seed=3,
                          stdin=io.StringIO("Hi\nAgain\n"), stdout=io.StringIO())
-  first = f"<|user|>\nHi\n<|assistant|>\n"
+  first = "<|user|>\nHi\n<|assistant|>\n"
   r1 = decoding.generate_text(config, params, vocab, [first], 5, preset="sampling", seed=3)[0]
   second = f"{first}{r1}\n<|user|>\nAgain\n<|assistant|>\n"
   r2 = decoding.generate_text(config, params, vocab, [second], 5, preset="sampling", seed=4)[0]
