@@ -69,8 +69,9 @@ class Attention(nn.Module):
     # The HF c_attn output dim is Q|K|V, each heads x head_dim: hence (embed, 3, heads, kv).
     w_qkv = _param(self, "qkv_kernel", (d, 3, h, dh), (EMBED, QKV, HEADS, KV), cfg.init_std)
     b_qkv = _param(self, "qkv_bias", (3, h, dh), (QKV, HEADS, KV), None)
-    qkv = jnp.einsum("btd,dnhk->nbthk", x, w_qkv.astype(dtype)) + b_qkv.astype(dtype)[:, None, None]
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    # Batch-major output: "nbthk" would make XLA transpose the whole kernel at every decode step.
+    qkv = jnp.einsum("btd,dnhk->btnhk", x, w_qkv.astype(dtype)) + b_qkv.astype(dtype)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q = _constrain(q, (BATCH, LENGTH, HEADS, KV))
     k = _constrain(k, (BATCH, LENGTH, HEADS, KV))
     v = _constrain(v, (BATCH, LENGTH, HEADS, KV))
