@@ -35,6 +35,12 @@ def parse_args(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the JAX side")
   p.add_argument("--only", choices=["both", "jax", "torch"], default="both")
+  p.add_argument("--ab_option", default="",
+                 help="NAME=VALUE: also time the project step compiled with this XLA option "
+                      "(e.g. xla_cpu_use_xnnpack=true), alternating in the same process")
+  p.add_argument("--with_lean", action="store_true",
+                 help="also time a minimal JAX step (loss, grad, optax update; no guard, no "
+                      "metrics) to measure what the project step's extras cost")
   return p.parse_args(argv)
 
 
@@ -47,10 +53,11 @@ import functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from polylm_jax import optim, train_step as ts
 from polylm_jax.config import PolyLMConfig
-from polylm_jax.model import init_params
+from polylm_jax.model import PolyLM, init_params
 
 LR, WD, BETAS, EPS, CLIP = 6e-5, 1e-4, (0.9, 0.95), 1e-8, 1.0
 
@@ -61,7 +68,7 @@ def make_config(a) -> PolyLMConfig:
                       max_len=a.seq, dtype="float32")
 
 
-def jax_side(cfg: PolyLMConfig, tokens: np.ndarray):
+def jax_side(cfg: PolyLMConfig, tokens: np.ndarray, compiler_options: dict | None = None):
   optimizer = optim.make_optimizer(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WD,
                                    clip_norm=CLIP)
   state = ts.init_train_state(init_params(cfg, jax.random.key(0)), optimizer)
@@ -72,12 +79,37 @@ def jax_side(cfg: PolyLMConfig, tokens: np.ndarray):
   batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   batch["loss_weights"] = jnp.ones((b, t), jnp.float32)
   step = jax.jit(functools.partial(ts.train_step, config=cfg, optimizer=optimizer),
-                 donate_argnums=0)
+                 donate_argnums=0).lower(state, batch).compile(compiler_options)
   holder = {"state": state}
 
   def run() -> float:
     holder["state"], metrics = step(holder["state"], batch)
     return float(metrics["loss"])  # blocks until the step is done
+  return run
+
+
+def jax_lean_side(cfg: PolyLMConfig, tokens: np.ndarray):
+  """value_and_grad of the mean cross entropy + the same optax update, nothing else."""
+  optimizer = optim.make_optimizer(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WD,
+                                   clip_norm=CLIP)
+  params = init_params(cfg, jax.random.key(0))
+  inputs, targets = jnp.asarray(tokens[:, :-1], jnp.int32), jnp.asarray(tokens[:, 1:], jnp.int32)
+
+  def loss(p):
+    logits = PolyLM(cfg).apply({"params": p}, inputs)
+    return jnp.mean(ts.cross_entropy(logits, targets)[0])
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(p, o):
+    value, grads = jax.value_and_grad(loss)(p)
+    updates, o = optimizer.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, value
+
+  holder = {"p": params, "o": optimizer.init(params)}
+
+  def run() -> float:
+    holder["p"], holder["o"], value = step(holder["p"], holder["o"])
+    return float(value)
   return run
 
 
@@ -132,6 +164,18 @@ def main(a) -> int:
     sides["jax"]()
     print(f"jax {jax.__version__}: first step incl. compile {time.perf_counter() - start:.1f} s; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  if a.ab_option and a.only in ("both", "jax"):
+    name, _, value = a.ab_option.partition("=")
+    value = {"true": True, "false": False}.get(value.lower(), value)
+    start = time.perf_counter()
+    sides["jax+opt"] = jax_side(cfg, tokens, {name: value})
+    sides["jax+opt"]()
+    print(f"jax+opt ({name}={value}): first step incl. compile {time.perf_counter() - start:.1f} s")
+  if a.with_lean and a.only in ("both", "jax"):
+    start = time.perf_counter()
+    sides["jax_lean"] = jax_lean_side(cfg, tokens)
+    sides["jax_lean"]()
+    print(f"jax_lean: first step incl. compile {time.perf_counter() - start:.1f} s")
   if a.only in ("both", "torch"):
     sides["torch"], desc = torch_side(cfg, tokens)
     print(desc)
@@ -147,8 +191,10 @@ def main(a) -> int:
       sides[k]()
       times[k].append(time.perf_counter() - t0)
   res = {k: summary(k, v, tokens_per_step) for k, v in times.items()}
-  if len(res) == 2:
-    print(f"ratio jax/torch (median tokens/s): {res['jax']['median'] / res['torch']['median']:.2f}x")
+  if "torch" in res:
+    for k in res:
+      if k != "torch":
+        print(f"ratio {k}/torch (median tokens/s): {res[k]['median'] / res['torch']['median']:.2f}x")
   return 0
 
 

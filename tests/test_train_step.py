@@ -252,3 +252,16 @@ def test_sharded_steps_match_single_device(params, single_device_run, mesh_kw):
     assert {s.data.shape for s in qkv.addressable_shards} == {
         (L, d // fsdp, 3, CFG.num_heads // tensor, CFG.head_dim)}
   assert adam.count.sharding.is_fully_replicated
+
+
+def test_abstract_train_state_matches_real_one(params):
+  mesh = make_mesh(data=2, fsdp=4)
+  shardings = ts.train_state_shardings(CFG, OPT, mesh)
+  abstract = ts.abstract_train_state(CFG, OPT, shardings)
+  real = ts.init_train_state(params, OPT)
+  assert jax.tree.structure(abstract) == jax.tree.structure(real)
+  for a, r, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(real), jax.tree.leaves(shardings)):
+    assert (a.shape, a.dtype) == (r.shape, r.dtype)
+    assert a.sharding == s
+  assert abstract.step.sharding.is_fully_replicated
+  assert not abstract.opt_state[1][0].mu["wte"].sharding.is_fully_replicated
