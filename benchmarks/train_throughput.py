@@ -54,6 +54,9 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--json", action="store_true", help="print one JSON line (used internally)")
+  p.add_argument("--dry_run", action="store_true",
+                 help="with --gpu: trace and lower the GPU step on abstract inputs (any machine; "
+                      "no compile, no run)")
   return p.parse_args(argv)
 
 
@@ -109,6 +112,31 @@ def run_case(name: str, batch: int, seq: int, num_microbatches: int = 1, dtype: 
           "loss": float(m["loss"])}
 
 
+def dry_run(name: str, batch: int, seq: int, num_microbatches: int, dtype: str, remat: str,
+            attention: str) -> None:
+  """Lowers the step for one device on ShapeDtypeStructs: checks the GPU settings trace."""
+  import jax
+  from polylm_jax import config as config_lib, optim, partitioning, train_setup
+  from polylm_jax import train_step as step_lib
+  cfg = config_lib.get_config(name, dtype=dtype, remat_policy=remat, attention_impl=attention)
+  mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
+  schedule = optim.learning_rate_schedule(6e-5, 6e-6, 2000, 608_000)
+  optimizer = optim.make_optimizer(schedule)
+  fns = train_setup.make_step_functions(cfg, mesh, optimizer, schedule,
+                                        num_microbatches=num_microbatches)
+  state = step_lib.abstract_train_state(cfg, optimizer, fns.state_shardings)
+  batch_structs = {k: jax.ShapeDtypeStruct((batch, seq), "float32" if k == "loss_weights"
+                                           else "int32", sharding=fns.batch_shardings[k])
+                   for k in step_lib.BATCH_FIELDS}
+  with partitioning.use_mesh(mesh):
+    lowered = fns.train_step.lower(state, batch_structs)
+  del lowered  # tracing and lowering succeeded: the settings are consistent
+  n = config_lib.count_params(cfg)
+  print(f"lowered the {name} step ({batch} x {seq}, {num_microbatches} microbatches, {dtype}, "
+        f"remat {remat}, attention {attention}): {config_lib.flops_per_token(cfg, seq):.3e} "
+        f"model FLOPs/token; params + Adam moments + fp32 grads {16 * n / 2**30:.1f} GiB")
+
+
 def _line(r: dict) -> str:
   mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
   return (f"{r['config']:<13} {r['devices']} x {r['device_kind']:<18} {r['batch']:>3} x "
@@ -139,11 +167,14 @@ def main(argv=None) -> None:
     return
   if args.gpu:
     import jax
-    if jax.devices()[0].platform != "gpu":
-      sys.exit(f"--gpu: no GPU visible to JAX (devices: {jax.devices()})")
     micro = args.num_microbatches if args.num_microbatches > 1 else 4
     batch = args.batch if args.batch != 8 else 16
     remat = args.remat if args.remat != "none" else "full"
+    if args.dry_run:
+      dry_run("polylm_1_7b", batch, 2048, micro, "bfloat16", remat, args.attention)
+      return
+    if jax.devices()[0].platform != "gpu":
+      sys.exit(f"--gpu: no GPU visible to JAX (devices: {jax.devices()})")
     r = run_case("polylm_1_7b", batch, 2048, micro, "bfloat16", remat, args.attention,
                  max(args.warmup, 3), args.steps)
     print(f"polylm_1_7b, seq 2048, bf16, remat {remat}, {micro} microbatches of "

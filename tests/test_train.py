@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import pytest
 
+import polylm_jax
 import train_fixtures
 from polylm_jax import checkpoints, config, gin_utils, metrics, train
 
@@ -168,7 +169,7 @@ def test_binary_end_to_end(reference):
 
 def test_load_returns_the_latest_checkpoint(reference):
   model_dir, _ = reference
-  cfg, params = checkpoints.load(str(model_dir))
+  cfg, params = polylm_jax.load(str(model_dir))
   assert cfg == TINY
   with checkpoints.CheckpointManager(model_dir, TINY, read_only=True) as m:
     restored = m.restore(STEPS)
