@@ -27,6 +27,7 @@ Multi-host: `jax.distributed.initialize()` runs when the environment says so (se
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -104,6 +105,7 @@ def train(
     init_checkpoint: str | None = None,
     eval_period: int = 1000,
     eval_steps: int | None = 10,
+    eval_before_training: bool = False,
     log_period: int = 10,
     nonfinite_policy: str = "rollback",
     max_consecutive_skips: int = 10,
@@ -118,7 +120,8 @@ def train(
   """Trains until `train_steps` steps are done, resuming from MODEL_DIR if it has a checkpoint.
 
   batch_size is global (sequences per step, over all hosts); eval_steps is the number of
-  held-out batches per language (None: all held-out data, single host only);
+  held-out batches per language (None: all held-out data, single host only), run every
+  eval_period steps, at the end, and at step 0 of a fresh run with eval_before_training;
   checkpoint_period: save every N steps and at the end (0: never, except on SIGTERM).
   init_checkpoint (CHECKPOINT_PATH) gives the starting params of a fresh run: a run dir,
   checkpoint dir or Hugging Face dir. debug_nonfinite_batches: stream batch indices whose
@@ -279,8 +282,8 @@ def train(
       return res
 
     def save(at_step: int, stream_state: dict, force: bool) -> bool:
-      payload = {"stream": stream_state,
-                 "trainer": {**trainer, "skipped_steps": int(trainer["skipped_steps"])}}
+      # A copy: the JSON is written in the background while the trainer's counters move on.
+      payload = json.loads(json.dumps({"stream": stream_state, "trainer": trainer}))
       return manager.save(at_step, state.params, opt_state=state.opt_state, rng=train_rng,
                           stream_state=payload, gin_config=gin_text, force=force)
 
@@ -334,6 +337,8 @@ def train(
       return at_step if int(m["consecutive_skips"]) >= max_consecutive_skips else 0
 
     try:
+      if eval_period and eval_before_training and latest is None:
+        run_eval(step)
       while step < train_steps:
         stage = stream.stage
         batch_index = stream.step
@@ -445,7 +450,7 @@ def _gin_config_text(write_dir: str | None) -> str | None:
 def _final_report(out, manager, last_eval, languages) -> None:
   steps = manager.all_steps()
   out.log(f"checkpoints: {manager.directory} (steps {steps}); load with "
-          f"polylm_jax.checkpoints.load({os.path.dirname(manager.directory)!r})")
+          f"polylm_jax.load({os.path.dirname(manager.directory)!r})")
   if last_eval:
     out.log(f"eval loss {last_eval.get('loss', float('nan')):.4f} "
             f"(perplexity {last_eval.get('perplexity', float('nan')):.1f}); per language:")
@@ -513,6 +518,7 @@ def _register_gin() -> Callable[..., TrainResult]:
 gin_train = _register_gin()
 
 if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow (data only): no INFO lines
   from polylm_jax import gin_utils as _gin_utils
   _define_flags()
   _gin_utils.run(main)
