@@ -185,7 +185,12 @@ class MetricsWriter:
 
   def _writer(self, kind: str):
     if kind not in self._writers:
-      from clu import metric_writers  # imports TensorFlow's summary ops: only when writing
+      try:
+        from clu import metric_writers  # TensorFlow's summary ops: imported only when writing
+      except ImportError as e:  # clu's TensorBoard writer needs the `tensorboard` package
+        self._writers[kind] = None
+        self.log(f"WARNING: no TensorBoard event files ({e}); metrics.jsonl is still written")
+        return None
       self._writers[kind] = metric_writers.AsyncWriter(
           metric_writers.SummaryWriter(os.path.join(self.model_dir, kind)))
     return self._writers[kind]
@@ -209,16 +214,19 @@ class MetricsWriter:
           record[k] = v
       self._jsonl.write(json.dumps(record) + "\n")
       self._jsonl.flush()
-    if tensorboard and self.model_dir:
-      self._writer(kind).write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
+    writer = self._writer(kind) if tensorboard and self.model_dir else None
+    if writer is not None:
+      writer.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
 
   def flush(self) -> None:
     for w in self._writers.values():
-      w.flush()
+      if w is not None:
+        w.flush()
 
   def close(self) -> None:
     for w in self._writers.values():
-      w.close()
+      if w is not None:
+        w.close()
     self._writers.clear()
     if self._jsonl is not None:
       self._jsonl.close()

@@ -289,6 +289,17 @@ def test_mesh_shapes_match_one_device(mesh, one_device_losses, tmp_path):
                                      "tensor": tensor}
 
 
+def test_bf16_compute_with_fp32_params_tracks_fp32(one_device_losses, tmp_path):
+  """The 13B recipe's mixed precision: bf16 matmuls, fp32 params, residual, softmax, grads."""
+  res = _run(tmp_path, "bf16", devices=jax.devices()[:1], model_config=TINY.replace(
+      dtype="bfloat16"))
+  assert jax.tree.leaves(res.state.params)[0].dtype == np.float32
+  assert res.state.opt_state[1][0].mu["wte"].dtype == np.float32
+  losses = [res.losses[s] for s in range(1, 5)]
+  np.testing.assert_allclose(losses, one_device_losses, rtol=2e-2)
+  assert losses != one_device_losses  # bf16 really ran
+
+
 def test_nonfinite_steps_are_skipped_then_rolled_back(jax_cache, tmp_path):
   logs = []
   res = _run(tmp_path, "run", steps=8, devices=jax.devices()[:1], checkpoint_period=2,
