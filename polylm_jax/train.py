@@ -161,7 +161,10 @@ def train(
   check_batch_layout(batch_size, mesh, num_microbatches, num_hosts)
   check_shardable(model_config, mesh)
 
-  from polylm_jax import stream as stream_lib  # seqio + TensorFlow: imported when training
+  # seqio + TensorFlow: imported when training. Pre-training mixtures get the packed stream,
+  # instruction data (tasks/instructions.py) the instruction stream; both share one API.
+  from polylm_jax import instruct_stream
+  stream_lib = instruct_stream.data_module(mixture_or_task_name)
   from polylm_jax import vocab as vocab_lib
   import seqio
 
