@@ -67,7 +67,6 @@ def run_case(name: str, batch: int, seq: int, num_microbatches: int = 1, dtype: 
   import jax
   import numpy as np
   from polylm_jax import config as config_lib, metrics, optim, partitioning, train_setup
-  from polylm_jax import train_step as step_lib
 
   cfg = config_lib.get_config(name, dtype=dtype, remat_policy=remat, attention_impl=attention)
   mesh = partitioning.make_mesh(data=-1)
