@@ -7,6 +7,7 @@ configurable value types (PolyLMConfig), and writes the operative config.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import sys
@@ -47,6 +48,13 @@ def define_flags() -> None:
   flags.DEFINE_list("gin_search_paths", [], "Folders searched for gin files and includes.")
 
 
+class _QuietSearchMisses(logging.Filter):
+  """gin logs every search-path miss at ERROR ("Path not found: ..."); they are not errors."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.getMessage()).startswith("Path not found:")
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
   """Parses files then bindings; unknown names fail here, before any compute.
@@ -59,10 +67,15 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     if not any(os.path.exists(os.path.join(p, f)) for p in [*search_paths, "", str(GIN_DIR)]):
       raise FileNotFoundError(f"--gin_file={f}: not found (searched {list(search_paths)}, the "
                               f"working directory and {GIN_DIR})")
+  quiet = _QuietSearchMisses()
+  root = logging.getLogger()
+  root.addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=True)
   except (ValueError, KeyError, NameError, SyntaxError, TypeError) as e:
     raise ValueError(f"gin configuration error: {e}") from e
+  finally:
+    root.removeFilter(quiet)
 
 
 def operative_config() -> str:

@@ -4,16 +4,14 @@ MultiAlpaca format."""
 
 import io
 import json
-import types
 
 import gin
 import jax
 import numpy as np
 import pytest
 
-import polylm_jax
 from polylm_jax import checkpoints as ckpt_lib
-from polylm_jax import decoding, gin_utils, instruct_stream, prompts
+from polylm_jax import decoding, gin_utils, prompts
 from polylm_jax import vocab as vocab_lib
 from polylm_jax.config import get_config
 from polylm_jax.model import init_params
@@ -41,14 +39,6 @@ def write_fixture(data_dir):
                            ensure_ascii=False) + "\n")
 
 
-def use_instruction_data(monkeypatch):
-  """Stand-in for the trainer hook `stream_lib = instruct_stream.data_module(name)`: the
-  trainer's `from polylm_jax import stream` gets the instruction stream's data API."""
-  api = types.SimpleNamespace(**{k: getattr(instruct_stream, k) for k in (
-      "per_host_batch_size", "build_stream", "eval_tasks", "eval_batches")})
-  monkeypatch.setattr(polylm_jax, "stream", api)
-
-
 @pytest.mark.slow
 def test_finetune_gin_then_answers_in_multialpaca_format(tmp_path, monkeypatch):
   from polylm_jax import train as train_lib
@@ -60,7 +50,6 @@ def test_finetune_gin_then_answers_in_multialpaca_format(tmp_path, monkeypatch):
   init_dir = tmp_path / "pretrained"
   with ckpt_lib.CheckpointManager(init_dir, config) as manager:
     manager.save(0, init_params(config, jax.random.key(0)), force=True)
-  use_instruction_data(monkeypatch)
   question = prompts.format_prompt("¿Qué es una montaña?")  # not in the data
   _, before = ckpt_lib.load(str(init_dir))
   assert decoding.generate_text(config, before, vocab, [question], 6)[0] != ANSWER
