@@ -23,7 +23,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-import gin
 import jax
 
 from polylm_jax import checkpoints, eval_report, evaluation, gin_utils, partitioning
@@ -104,26 +103,10 @@ def evaluate_checkpoint(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"unexpected arguments {argv[1:]} (gin settings go in --gin.KEY=VALUE)")
-  try:
-    gin_utils.parse_from_flags()
-    gin_evaluate()
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    logging.debug("evaluation failed", exc_info=True)
-    sys.exit(f"error: {e}")
-  except TypeError as e:  # a required argument with no gin binding
-    if "required" not in str(e) or "argument" not in str(e):
-      raise
-    sys.exit(f"error: {e} (bind it in a gin file or with --gin.evaluate.NAME=VALUE)")
+  gin_utils.call_configured(gin_evaluate, "evaluate")
 
 
-def _register_gin() -> Callable[..., evaluation.EvalResults]:
-  try:
-    return gin.external_configurable(evaluate_checkpoint, name="evaluate")
-  except ValueError:  # registered already (module imported twice, e.g. runpy)
-    return gin.get_configurable("evaluate")
-
-
-gin_evaluate = _register_gin()
+gin_evaluate = gin_utils.configurable(evaluate_checkpoint, "evaluate")
 
 if __name__ == "__main__":
   gin_utils.run(main)

@@ -11,7 +11,9 @@ import logging
 import os
 import pathlib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
 
 import gin
 
@@ -105,3 +107,30 @@ def parse_from_flags() -> None:
   from absl import flags
   f = flags.FLAGS
   parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths)
+
+
+def configurable(fn: Callable[..., T], name: str) -> Callable[..., T]:
+  """`gin.external_configurable(fn, name)`, idempotent (runpy imports a binary twice)."""
+  try:
+    return gin.external_configurable(fn, name=name)
+  except ValueError:
+    return gin.get_configurable(name)
+
+
+def call_configured(entry: Callable[[], T], name: str,
+                    errors: tuple[type[BaseException], ...] = ()) -> T:
+  """Parses the gin flags and calls a binary's configured entry point.
+
+  Bad configuration (and `errors`) ends the process with the message alone, no traceback:
+  the message names the binding, file or flag at fault.
+  """
+  try:
+    parse_from_flags()
+    return entry()
+  except (ValueError, FileNotFoundError, KeyError, *errors) as e:
+    logging.debug("%s failed", name, exc_info=True)
+    sys.exit(f"error: {e}")
+  except TypeError as e:  # a required argument with no gin binding
+    if "required" not in str(e) or "argument" not in str(e):
+      raise
+    sys.exit(f"error: {e} (bind it in a gin file or with --gin.{name}.NAME=VALUE)")

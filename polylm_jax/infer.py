@@ -26,7 +26,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-import gin
 import jax
 import numpy as np
 
@@ -228,26 +227,10 @@ def run_inference(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"unexpected arguments {argv[1:]} (gin settings go in --gin.KEY=VALUE)")
-  try:
-    gin_utils.parse_from_flags()
-    gin_infer()
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    logging.debug("inference failed", exc_info=True)
-    sys.exit(f"error: {e}")
-  except TypeError as e:  # a required argument with no gin binding
-    if "required" not in str(e) or "argument" not in str(e):
-      raise
-    sys.exit(f"error: {e} (bind it in a gin file or with --gin.infer.NAME=VALUE)")
+  gin_utils.call_configured(gin_infer, "infer")
 
 
-def _register_gin() -> Callable[..., str]:
-  try:
-    return gin.external_configurable(run_inference, name="infer")
-  except ValueError:  # registered already (module imported twice, e.g. runpy)
-    return gin.get_configurable("infer")
-
-
-gin_infer = _register_gin()
+gin_infer = gin_utils.configurable(run_inference, "infer")
 
 if __name__ == "__main__":
   gin_utils.run(main)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import signal
 import sys
@@ -488,16 +487,7 @@ def main(argv: Sequence[str]) -> None:
   if not flags.FLAGS["verbosity"].present:  # Orbax and TF log every file at INFO
     absl_logging.set_verbosity(absl_logging.WARNING)
   maybe_initialize_distributed(flags.FLAGS.distributed)
-  try:
-    gin_utils.parse_from_flags()
-    result = gin_train()
-  except (ValueError, FileNotFoundError, KeyError, NonFiniteError) as e:
-    logging.debug("training failed", exc_info=True)
-    sys.exit(f"error: {e}")
-  except TypeError as e:  # a required train() argument with no gin binding
-    if "required" not in str(e) or "argument" not in str(e):
-      raise
-    sys.exit(f"error: {e} (bind it in a gin file or with --gin.train.NAME=VALUE)")
+  result = gin_utils.call_configured(gin_train, "train", errors=(NonFiniteError,))
   if result.preempted:
     sys.exit(143)  # 128 + SIGTERM: the checkpoint is saved, a supervisor may restart us
 
@@ -511,11 +501,8 @@ def _define_flags() -> None:
 
 
 def _register_gin() -> Callable[..., TrainResult]:
-  import gin
-  try:
-    return gin.external_configurable(train, name="train")
-  except ValueError:  # registered already (module imported twice, e.g. runpy)
-    return gin.get_configurable("train")
+  from polylm_jax import gin_utils  # gin at the edge: train() itself stays plain Python
+  return gin_utils.configurable(train, "train")
 
 
 gin_train = _register_gin()
