@@ -8,9 +8,10 @@
   2. raw: SentencePiece `encode` (C++, one thread) on exactly the same lines: the limit.
   3. warm: the registered `polylm_pretrain_stage1` over the sample corpus once its units are
      in memory: the cost of scheduling and packing alone.
-  4. resume: restore() + the first batch, after 1x and 10x --resume_steps consumed steps,
-     caches off (so the restore re-opens seqio pipelines and skips inside one unit), beside
-     a fresh stream's first batch.
+  4. resume: restore() + the first batch, from states saved after 1x and 10x --resume_steps
+     steps (consumed from memory, fast), with the unit caches emptied and off, as in a new
+     process: the restore re-opens the seqio pipelines and skips inside one unit. Beside it,
+     a fresh stream's first batch under the same conditions; the three are interleaved.
 Every figure is the median of --repeats runs (min and max shown).
 
   python benchmarks/data_pipeline.py
@@ -40,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--resume_steps", type=int, default=20, help="the 1x of the resume test")
     p.add_argument("--cpu", type=int, default=0, help="the one core to run on")
+    p.add_argument("--parts", default="cold,raw,warm,resume",
+                   help="comma-separated subset of cold,raw,warm,resume")
     return p.parse_args(argv)
 
 
@@ -54,10 +57,7 @@ def main(argv=None):
     sys.stdout.reconfigure(line_buffering=True)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    import tensorflow as tf
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    import sentencepiece as spm
+    import sentencepiece as spm  # TF sizes its thread pools from the affinity mask
 
     import tasks
     from polylm_jax import readers, stream, tokenizer
@@ -85,7 +85,7 @@ def main(argv=None):
     readers.UNIT_CACHE.max_tokens = 0  # cold: every unit read through seqio
     plan = stream.plan_stage(mixtures.mixing.get_stage_mixture("bench_stage1"))
     packed, first = [], []
-    for r in range(args.repeats):
+    for r in range(args.repeats if "cold" in args.parts else 0):
         s = stream.PackedStream([plan], seq_len=args.seq_len, batch_size=args.batch_size,
                                 seed=r, name="bench_stage1")
         t0 = time.perf_counter()
@@ -96,61 +96,79 @@ def main(argv=None):
         t2 = time.perf_counter()
         first.append(t1 - t0)
         packed.append(args.batches * args.batch_size * args.seq_len / (t2 - t1))
-    print(f"packed stage-1 tokens/s (seqio read + tokenize + pack): {summary(packed, 'tok/s')}")
-    print(f"  first batch of a fresh stream (opens 18 pipelines): {summary(first, 'ms', 1e3)}")
+        del s
+    if packed:
+        print(f"packed stage-1 tokens/s (seqio read + tokenize + pack): "
+              f"{summary(packed, 'tok/s')}")
+        print(f"  first batch of a fresh stream (opens 18 pipelines): "
+              f"{summary(first, 'ms', 1e3)}")
 
-    vocab = vocab_lib.get_vocabulary()  # the one the tasks use
-    sp = spm.SentencePieceProcessor(model_file=vocab.sentencepiece_model_file)
-    raw = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        ids = sp.encode(lines_all, num_threads=1)
-        raw.append(sum(len(x) + 1 for x in ids) / (time.perf_counter() - t0))
-    print(f"raw SentencePiece encode tokens/s, same lines (+eos): {summary(raw, 'tok/s')}  "
-          f"[vocab {vocab.vocab_size}]")
+    if "raw" in args.parts:
+        vocab = vocab_lib.get_vocabulary()  # the one the tasks use
+        sp = spm.SentencePieceProcessor(model_file=vocab.sentencepiece_model_file)
+        raw = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            ids = sp.encode(lines_all, num_threads=1)
+            raw.append(sum(len(x) + 1 for x in ids) / (time.perf_counter() - t0))
+        print(f"raw SentencePiece encode tokens/s, same lines (+eos): {summary(raw, 'tok/s')}"
+              f"  [vocab {vocab.vocab_size}]")
 
-    readers.UNIT_CACHE.max_tokens = 1 << 24
-    warm = []
-    s = stream.build_stream("polylm_pretrain_stage1", args.seq_len, args.batch_size, seed=1)
-    for _ in range(20):  # every sample unit read once, then served from memory
-        s.next()
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.warm_batches):
+    if "warm" in args.parts:
+        readers.UNIT_CACHE.max_tokens = 1 << 24
+        warm = []
+        s = stream.build_stream("polylm_pretrain_stage1", args.seq_len, args.batch_size, seed=1)
+        for _ in range(20):  # every sample unit read once, then served from memory
             s.next()
-        warm.append(args.warm_batches * args.batch_size * args.seq_len /
-                    (time.perf_counter() - t0))
-    print(f"warm polylm_pretrain_stage1 tokens/s (scheduling + packing): "
-          f"{summary(warm, 'tok/s')}")
-
-    results = {}
-    for mult in (1, 10):
-        steps = args.resume_steps * mult
-        costs = []
-        for r in range(args.repeats):
-            readers.UNIT_CACHE.max_tokens = 1 << 24  # consume fast, from memory
-            s = stream.PackedStream([plan], seq_len=args.seq_len, batch_size=args.batch_size,
-                                    seed=100 + r, name="bench_stage1")
-            for _ in range(steps):
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for _ in range(args.warm_batches):
                 s.next()
-            state = s.state()
-            readers.UNIT_CACHE.clear()  # ... and resume cold, as a new process would
+            warm.append(args.warm_batches * args.batch_size * args.seq_len /
+                        (time.perf_counter() - t0))
+        del s
+        print(f"warm polylm_pretrain_stage1 tokens/s (scheduling + packing): "
+              f"{summary(warm, 'tok/s')}")
+
+    if "resume" in args.parts:
+        def cold_first_batch(state=None, seed=0):
+            readers.UNIT_CACHE.clear()  # resume cold, as a new process would
             readers.UNIT_CACHE.max_tokens = 0
             fresh = stream.PackedStream([plan], seq_len=args.seq_len,
-                                        batch_size=args.batch_size, seed=100 + r,
+                                        batch_size=args.batch_size, seed=seed,
                                         name="bench_stage1")
             t0 = time.perf_counter()
-            fresh.restore(state)
+            if state is not None:
+                fresh.restore(state)
             fresh.next()
-            costs.append(time.perf_counter() - t0)
-        results[mult] = costs
-        epochs = max(p[0] for p in state["sources"].values())
-        print(f"resume after {steps} steps ({mult}x, {steps * args.batch_size * args.seq_len:,} "
-              f"tokens, sources up to epoch {epochs}): restore + first batch "
-              f"{summary(costs, 'ms', 1e3)}", flush=True)
-    ratio = statistics.median(results[10]) / statistics.median(results[1])
-    print(f"resume cost 10x / 1x: {ratio:.2f} (a fresh stream's first batch: "
-          f"{statistics.median(first) * 1e3:,.0f} ms)")
+            return time.perf_counter() - t0
+
+        results = {0: []}
+        states = {}
+        for mult in (1, 10):
+            results[mult], states[mult] = [], []
+            for r in range(args.repeats):
+                readers.UNIT_CACHE.max_tokens = 1 << 24  # consume fast, from memory
+                s = stream.PackedStream([plan], seq_len=args.seq_len,
+                                        batch_size=args.batch_size, seed=100 + r,
+                                        name="bench_stage1")
+                for _ in range(args.resume_steps * mult):
+                    s.next()
+                states[mult].append(s.state())
+                del s  # close its seqio iterators
+        for r in range(args.repeats):  # interleaved, so load changes hit all three alike
+            results[0].append(cold_first_batch(seed=100 + r))
+            for mult in (1, 10):
+                results[mult].append(cold_first_batch(states[mult][r], seed=100 + r))
+        print(f"first batch of a fresh stream, caches off: {summary(results[0], 'ms', 1e3)}")
+        for mult in (1, 10):
+            steps = args.resume_steps * mult
+            epochs = max(p[0] for p in states[mult][-1]["sources"].values())
+            print(f"resume after {steps} steps ({mult}x, {steps * args.batch_size * args.seq_len:,}"
+                  f" tokens, sources up to epoch {epochs}): restore + first batch "
+                  f"{summary(results[mult], 'ms', 1e3)}")
+        ratio = statistics.median(results[10]) / statistics.median(results[1])
+        print(f"resume cost 10x / 1x: {ratio:.2f}")
     return 0
 
 

@@ -28,7 +28,7 @@ def test_peak_flops_cpu_is_nominal_and_shared_by_host_devices(monkeypatch):
   monkeypatch.delenv("POLYLM_PEAK_FLOPS", raising=False)
   value, source = metrics.device_peak_flops(jax.devices()[0])
   n = len(jax.local_devices())
-  assert value == pytest.approx(os.cpu_count() * 32 * 2.45e9 / n)
+  assert value == pytest.approx(os.cpu_count() * 32 * 3.5e9 / n)
   assert "nominal" in source and f"/ {n} devices" in source
 
 
