@@ -105,6 +105,10 @@ def train(
     eval_period: int = 1000,
     eval_steps: int | None = 10,
     eval_before_training: bool = False,
+    benchmark_tasks: str = "",
+    benchmark_max_examples: int | None = 100,
+    benchmark_batch_size: int = 16,
+    benchmark_data_dir: str | None = None,
     log_period: int = 10,
     nonfinite_policy: str = "rollback",
     max_consecutive_skips: int = 10,
@@ -122,6 +126,9 @@ def train(
   held-out batches per language (None: all held-out data, single host only), run every
   eval_period steps, at the end, and at step 0 of a fresh run with eval_before_training;
   checkpoint_period: save every N steps and at the end (0: never, except on SIGTERM).
+  benchmark_tasks: benchmark tasks/mixtures (tasks/benchmark.py names, comma-separated) that
+  every eval also runs through `evaluation.evaluate`, at most benchmark_max_examples each; the
+  report goes to MODEL_DIR/benchmark/<step> and the scores to the eval metrics.
   init_checkpoint (CHECKPOINT_PATH) gives the starting params of a fresh run: a run dir,
   checkpoint dir or Hugging Face dir. debug_nonfinite_batches: stream batch indices whose
   loss weights are set to NaN, to exercise the non-finite guard. devices: default all.
@@ -157,6 +164,15 @@ def train(
   if eval_period and eval_steps is None and num_hosts > 1:
     raise ValueError("eval_steps=None (all held-out data) needs one host: hosts must run the "
                      "same number of eval batches; set train.eval_steps")
+  benchmark_names: list[str] = []
+  if benchmark_tasks:
+    if num_hosts > 1:
+      raise ValueError("train.benchmark_tasks runs on one host only; evaluate multi-host runs "
+                       "with python -m polylm_jax.eval")
+    from tasks import benchmark  # pylint: disable=import-outside-toplevel
+    if benchmark_data_dir is not None:
+      benchmark.configure(data_dir=benchmark_data_dir)
+    benchmark_names = benchmark.resolve_all(benchmark_tasks)  # unknown names fail here
   check_batch_layout(batch_size, mesh, num_microbatches, num_hosts)
   check_shardable(model_config, mesh)
 
@@ -281,7 +297,23 @@ def train(
       out.log(f"eval step {at_step}: loss {res.get('loss', float('nan')):.4f} ppl "
               f"{res.get('perplexity', float('nan')):.1f} on {res['tokens']:,.0f} tokens "
               f"({time.perf_counter() - t0:.1f}s) | {per_lang}")
+      if benchmark_names:
+        res = {**res, **run_benchmark(at_step)}
       return res
+
+    def run_benchmark(at_step: int) -> dict[str, float]:
+      from polylm_jax import eval_report, evaluation  # pylint: disable=import-outside-toplevel
+      t0 = time.perf_counter()
+      r = evaluation.evaluate(model_config, state.params, vocab, benchmark_names,
+                              max_examples=benchmark_max_examples,
+                              batch_size=benchmark_batch_size, mesh=mesh)
+      scores = r.summary(prefix="benchmark")
+      out.write("eval", at_step, scores)
+      report = eval_report.write_report(r, os.path.join(model_dir, "benchmark", str(at_step)))
+      out.log(f"benchmark step {at_step} ({time.perf_counter() - t0:.1f}s): "
+              + ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in scores.items())
+              + f" -> {report['markdown']}")
+      return scores
 
     def save(at_step: int, stream_state: dict, force: bool) -> bool:
       # A copy: the JSON is written in the background while the trainer's counters move on.
