@@ -43,15 +43,23 @@ def _reset_peak() -> None:
 
 def _config(args):
   from polylm_jax.config import PolyLMConfig
-  return PolyLMConfig(vocab_size=args.vocab, num_layers=args.layers, d_model=args.d_model,
-                      num_heads=args.d_model // 64, head_dim=64, d_ff=4 * args.d_model,
-                      max_len=args.max_len)
+
+  return PolyLMConfig(
+    vocab_size=args.vocab,
+    num_layers=args.layers,
+    d_model=args.d_model,
+    num_heads=args.d_model // 64,
+    head_dim=64,
+    d_ff=4 * args.d_model,
+    max_len=args.max_len,
+  )
 
 
 def write_checkpoint(args, hf_dir: str) -> None:
   """Random fp32 weights in HF layout, written with the project's streaming exporter."""
   import numpy as np
   from polylm_jax import hf
+
   config = _config(args)
   rng = np.random.default_rng(0)
   params = hf._allocate(config, np.float32)  # pylint: disable=protected-access
@@ -66,6 +74,7 @@ def run_phase(phase: str, args, hf_dir: str, work: str) -> dict:
   import numpy as np
   import jax
   from polylm_jax import checkpoints, convert, hf
+
   del jax, np
   ckpt_dir = os.path.join(work, "run")
   if phase == "export" and not checkpoints.complete_steps(os.path.join(ckpt_dir, "checkpoints")):
@@ -84,11 +93,13 @@ def run_phase(phase: str, args, hf_dir: str, work: str) -> dict:
   elif phase == "naive":
     import numpy as np
     import safetensors.numpy
+
     tensors = safetensors.numpy.load_file(os.path.join(hf_dir, hf.SAFETENSORS_FILE))
     config = _config(args)
     params = {  # noqa: F841  (held while the peak is read: the naive 2x baseline)
-        path: np.stack([tensors[f"transformer.h.{i}.{suffix}"] for i in range(config.num_layers)])
-        for suffix, path, _ in hf._LAYER_TENSORS}  # pylint: disable=protected-access
+      path: np.stack([tensors[f"transformer.h.{i}.{suffix}"] for i in range(config.num_layers)])
+      for suffix, path, _ in hf._LAYER_TENSORS
+    }  # pylint: disable=protected-access
   seconds = time.time() - start
   return {"phase": phase, "baseline": baseline, "peak": _status("VmHWM"), "seconds": seconds}
 
@@ -114,27 +125,48 @@ def main() -> None:
     return
 
   from polylm_jax.config import count_params, describe
+
   config = _config(args)
   print(f"model: {describe(config)}")
   with tempfile.TemporaryDirectory(prefix="convert_memory_") as work:
     hf_dir = os.path.join(work, "hf")
-    base = [sys.executable, os.path.abspath(__file__), f"--layers={args.layers}",
-            f"--d_model={args.d_model}", f"--vocab={args.vocab}", f"--max_len={args.max_len}",
-            f"--_dirs={hf_dir},{work}"]
+    base = [
+      sys.executable,
+      os.path.abspath(__file__),
+      f"--layers={args.layers}",
+      f"--d_model={args.d_model}",
+      f"--vocab={args.vocab}",
+      f"--max_len={args.max_len}",
+      f"--_dirs={hf_dir},{work}",
+    ]
     subprocess.run(base + ["--_child=write"], check=True)
-    size = sum(os.path.getsize(os.path.join(hf_dir, n)) for n in os.listdir(hf_dir)
-               if n.endswith(".safetensors"))
-    print(f"checkpoint: {size / 2**20:,.0f} MiB of safetensors ({count_params(config):,} "
-          "params, fp32)")
-    print(f"{'phase':<8} {'baseline MiB':>13} {'peak MiB':>9} {'increase MiB':>13} "
-          f"{'increase/ckpt':>14} {'seconds':>8}")
+    size = sum(
+      os.path.getsize(os.path.join(hf_dir, n))
+      for n in os.listdir(hf_dir)
+      if n.endswith(".safetensors")
+    )
+    print(
+      f"checkpoint: {size / 2**20:,.0f} MiB of safetensors ({count_params(config):,} params, fp32)"
+    )
+    print(
+      f"{'phase':<8} {'baseline MiB':>13} {'peak MiB':>9} {'increase MiB':>13} "
+      f"{'increase/ckpt':>14} {'seconds':>8}"
+    )
     for phase in args.phases.split(","):
-      out = subprocess.run(base + [f"--_child={phase}"], check=True, capture_output=True,
-                           text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+      out = subprocess.run(
+        base + [f"--_child={phase}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+      )
       r = json.loads(out.stdout.strip().splitlines()[-1])
       inc = r["peak"] - r["baseline"]
-      print(f"{phase:<8} {r['baseline'] / 2**20:>13,.0f} {r['peak'] / 2**20:>9,.0f} "
-            f"{inc / 2**20:>13,.0f} {inc / size:>14.2f} {r['seconds']:>8.1f}", flush=True)
+      print(
+        f"{phase:<8} {r['baseline'] / 2**20:>13,.0f} {r['peak'] / 2**20:>9,.0f} "
+        f"{inc / 2**20:>13,.0f} {inc / size:>14.2f} {r['seconds']:>8.1f}",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

@@ -40,12 +40,19 @@ def parse_args(argv=None):
   p.add_argument("--runs", type=int, default=7, help="timed runs per side and batch")
   p.add_argument("--beams", type=int, default=1, help="num_beams (1: greedy)")
   p.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
-  p.add_argument("--layer_loop", default="unrolled", choices=["unrolled", "scan"],
-                 help="how decoding goes over the layers (polylm_jax/decode_stack.py)")
+  p.add_argument(
+    "--layer_loop",
+    default="unrolled",
+    choices=["unrolled", "scan"],
+    help="how decoding goes over the layers (polylm_jax/decode_stack.py)",
+  )
   p.add_argument("--gpu", action="store_true", help="polylm_1_7b bf16 on one GPU, project only")
   p.add_argument("--gpu_config", default="polylm_1_7b", help="preset shape in --gpu mode")
-  p.add_argument("--dry_run", action="store_true",
-                 help="run the --gpu code path on any device (e.g. --gpu_config=polylm_tiny)")
+  p.add_argument(
+    "--dry_run",
+    action="store_true",
+    help="run the --gpu code path on any device (e.g. --gpu_config=polylm_tiny)",
+  )
   return p.parse_args(argv)
 
 
@@ -72,9 +79,11 @@ def run_cpu(a) -> None:
 
   torch.set_num_threads(a.threads)
   config = get_config(a.config)
-  print(f"model: {a.config}: {describe(config)}; prompt {a.prompt_len}, {a.new_tokens} new "
-        f"tokens, {'greedy' if a.beams == 1 else f'{a.beams} beams'}, fp32, {a.layer_loop} layers, "
-        f"{os.cpu_count()} CPUs, jax {jax.__version__}, torch {torch.__version__}")
+  print(
+    f"model: {a.config}: {describe(config)}; prompt {a.prompt_len}, {a.new_tokens} new "
+    f"tokens, {'greedy' if a.beams == 1 else f'{a.beams} beams'}, fp32, {a.layer_loop} layers, "
+    f"{os.cpu_count()} CPUs, jax {jax.__version__}, torch {torch.__version__}"
+  )
   params = init_params(config, jax.random.key(0))
   with tempfile.TemporaryDirectory() as d:
     hf.export_hf(config, jax.device_get(params), d)
@@ -88,15 +97,23 @@ def run_cpu(a) -> None:
     mask = torch.ones_like(ids)
 
     def ours():
-      return decoding.generate(config, params, prompts.tolist(), a.new_tokens,
-                               layer_loop=a.layer_loop, **settings)
+      return decoding.generate(
+        config, params, prompts.tolist(), a.new_tokens, layer_loop=a.layer_loop, **settings
+      )
 
     def theirs():
       with torch.no_grad():
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=a.new_tokens,
-                             min_new_tokens=a.new_tokens, do_sample=False,
-                             num_beams=a.beams, pad_token_id=0, eos_token_id=None)
-      return out[:, a.prompt_len:].tolist()
+        out = model.generate(
+          ids,
+          attention_mask=mask,
+          max_new_tokens=a.new_tokens,
+          min_new_tokens=a.new_tokens,
+          do_sample=False,
+          num_beams=a.beams,
+          pad_token_id=0,
+          eos_token_id=None,
+        )
+      return out[:, a.prompt_len :].tolist()
 
     same = ours() == theirs()  # warm-up (compiles) and a correctness check
     times = {"polylm_jax": [], "transformers": []}
@@ -111,8 +128,10 @@ def run_cpu(a) -> None:
     print(_fmt("polylm_jax", ours_s))
     print(_fmt("transformers", theirs_s))
     ratios = sorted(t / o for o, t in zip(times["polylm_jax"], times["transformers"]))
-    print(f"ratio        {ours_s[0] / theirs_s[0]:10.2f}x  (median of medians; per-run pairs "
-          f"{ratios[0]:.2f}-{ratios[-1]:.2f}x)")
+    print(
+      f"ratio        {ours_s[0] / theirs_s[0]:10.2f}x  (median of medians; per-run pairs "
+      f"{ratios[0]:.2f}-{ratios[-1]:.2f}x)"
+    )
 
 
 def run_gpu(a) -> None:
@@ -134,13 +153,16 @@ def run_gpu(a) -> None:
   n = count_params(config)
   # Per token every weight is read once, except the position table (one row).
   weight_bytes = (n - config.max_len * config.d_model) * 2
-  print(f"device: {kind}; {a.gpu_config} bf16, {n:,} params; prompt {a.prompt_len}, "
-        f"{a.new_tokens} new tokens, greedy, {a.layer_loop} layers")
+  print(
+    f"device: {kind}; {a.gpu_config} bf16, {n:,} params; prompt {a.prompt_len}, "
+    f"{a.new_tokens} new tokens, greedy, {a.layer_loop} layers"
+  )
   rng = np.random.RandomState(0)
   for batch in [int(b) for b in a.batches.split(",")]:
     prompts = rng.randint(3, config.vocab_size, (batch, a.prompt_len)).tolist()
-    run = lambda: decoding.generate(config, params, prompts, a.new_tokens, eos_id=-1,
-                                    layer_loop=a.layer_loop)
+    run = lambda: decoding.generate(
+      config, params, prompts, a.new_tokens, eos_id=-1, layer_loop=a.layer_loop
+    )
     t0 = time.perf_counter()
     run()
     compile_s = time.perf_counter() - t0
@@ -150,12 +172,16 @@ def run_gpu(a) -> None:
       run()
       times.append(time.perf_counter() - t0)
     med, lo, hi = _stats(times, batch * a.new_tokens)
-    line = (f"batch {batch}: {med:.1f} tok/s (min {lo:.1f}, max {hi:.1f}; first call "
-            f"{compile_s:.1f} s incl. compile; prefill included)")
+    line = (
+      f"batch {batch}: {med:.1f} tok/s (min {lo:.1f}, max {hi:.1f}; first call "
+      f"{compile_s:.1f} s incl. compile; prefill included)"
+    )
     if batch == 1 and bandwidth:
       bound = bandwidth / weight_bytes
-      line += (f"; bandwidth bound {bound:.0f} tok/s ({weight_bytes / 1e9:.2f} GB of weights / "
-               f"{bandwidth / 1e12:.2f} TB/s): {med / bound:.0%} of it")
+      line += (
+        f"; bandwidth bound {bound:.0f} tok/s ({weight_bytes / 1e9:.2f} GB of weights / "
+        f"{bandwidth / 1e12:.2f} TB/s): {med / bound:.0%} of it"
+      )
     print(line)
 
 

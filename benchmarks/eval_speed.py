@@ -37,8 +37,9 @@ from tasks import benchmark, benchmark_data, benchmark_demo  # noqa: E402
 
 def _write_flores(root: str, n: int) -> None:
   for lang in ("en", "de"):
-    path = os.path.join(root, "flores200", "devtest",
-                        f"{benchmark_data.FLORES200_CODES[lang]}.devtest")
+    path = os.path.join(
+      root, "flores200", "devtest", f"{benchmark_data.FLORES200_CODES[lang]}.devtest"
+    )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     lines = benchmark_demo.sample_lines(lang)
     with open(path, "w", encoding="utf-8") as f:
@@ -57,8 +58,10 @@ def _time(fn, repeats: int) -> list[float]:
 
 def _report(what: str, n: int, times: list[float], extra: str = "") -> None:
   rates = sorted(n / t for t in times)
-  print(f"{what}: {statistics.median(rates):.1f} examples/s (median of {len(rates)}; "
-        f"min {rates[0]:.1f}, max {rates[-1]:.1f}; {n} examples per run){extra}")
+  print(
+    f"{what}: {statistics.median(rates):.1f} examples/s (median of {len(rates)}; "
+    f"min {rates[0]:.1f}, max {rates[-1]:.1f}; {n} examples per run){extra}"
+  )
 
 
 def main() -> None:
@@ -72,11 +75,14 @@ def main() -> None:
   args = parser.parse_args()
 
   vocab = vocab_lib.get_vocabulary()
-  config = get_config(args.config, vocab_size=max(vocab.vocab_size,
-                                                  get_config(args.config).vocab_size))
+  config = get_config(
+    args.config, vocab_size=max(vocab.vocab_size, get_config(args.config).vocab_size)
+  )
   params = init_params(config, jax.random.key(0))
-  print(f"model {args.config}: {describe(config)}; {jax.devices()[0].device_kind}, "
-        f"{os.cpu_count()} CPUs; batch {args.batch_size}")
+  print(
+    f"model {args.config}: {describe(config)}; {jax.devices()[0].device_kind}, "
+    f"{os.cpu_count()} CPUs; batch {args.batch_size}"
+  )
   with tempfile.TemporaryDirectory() as root:
     _write_flores(root, args.gen_examples)
     benchmark.configure(data_dir=root)
@@ -84,17 +90,34 @@ def main() -> None:
     rank_task = "polylm_eval_xnli_en_0shot"
     with benchmark_demo.mock_tfds(args.rank_examples):
       lengths = [len(vocab.encode(ex.prompt)) for ex in benchmark.load_examples(rank_task)]
-      times = _time(lambda: evaluation.evaluate(config, params, vocab, rank_task,
-                                                batch_size=args.batch_size), args.repeats)
-    _report("rank classification (XNLI-shaped, 3 choices)", args.rank_examples, times,
-            f"; prompts {statistics.mean(lengths):.0f} tokens on average")
+      times = _time(
+        lambda: evaluation.evaluate(config, params, vocab, rank_task, batch_size=args.batch_size),
+        args.repeats,
+      )
+    _report(
+      "rank classification (XNLI-shaped, 3 choices)",
+      args.rank_examples,
+      times,
+      f"; prompts {statistics.mean(lengths):.0f} tokens on average",
+    )
 
     gen_task = "polylm_eval_flores_en_de_0shot"
-    times = _time(lambda: evaluation.evaluate(config, params, vocab, gen_task,
-                                              batch_size=args.batch_size,
-                                              max_new_tokens=args.max_new_tokens), args.repeats)
-    _report(f"generation (translation-shaped, greedy, {args.max_new_tokens} new tokens)",
-            args.gen_examples, times)
+    times = _time(
+      lambda: evaluation.evaluate(
+        config,
+        params,
+        vocab,
+        gen_task,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+      ),
+      args.repeats,
+    )
+    _report(
+      f"generation (translation-shaped, greedy, {args.max_new_tokens} new tokens)",
+      args.gen_examples,
+      times,
+    )
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 """Instruction data at realistic scale: MultiAlpaca es/ja/pt from ../shared/data (skips if absent).
 
-  .venv/bin/python benchmarks/instructions.py [--data_dir ../shared/data/multialpaca]
-      [--seq_len 2048] [--batch 8] [--batches 20] [--filter_records 3000]
+.venv/bin/python benchmarks/instructions.py [--data_dir ../shared/data/multialpaca]
+    [--seq_len 2048] [--batch 8] [--batches 20] [--filter_records 3000]
 
-  1. tasks: records per language, prompt/response tokens (the tokenizer in use: the demo one
-     unless $POLYLM_JAX_VOCAB), reading + tokenizing time.
-  2. packing: InstructionStream over the three languages: row fill (non-padding slots),
-     loss-weighted share, examples per row, truncations; batches/s after warm-up (median of
-     --batches, min and max).
-  3. filters: the self-instruct filters run over the real instructions in file order as if
-     they were candidates: language-ID agreement, rejections by reason (what MultiAlpaca
-     itself would lose to our dedup and ROUGE-L), and the cost of one check against the pool
-     as it grows (median microseconds per check per 1,000 pool entries).
+1. tasks: records per language, prompt/response tokens (the tokenizer in use: the demo one
+   unless $POLYLM_JAX_VOCAB), reading + tokenizing time.
+2. packing: InstructionStream over the three languages: row fill (non-padding slots),
+   loss-weighted share, examples per row, truncations; batches/s after warm-up (median of
+   --batches, min and max).
+3. filters: the self-instruct filters run over the real instructions in file order as if
+   they were candidates: language-ID agreement, rejections by reason (what MultiAlpaca
+   itself would lose to our dedup and ROUGE-L), and the cost of one check against the pool
+   as it grows (median microseconds per check per 1,000 pool entries).
 """
 
 from __future__ import annotations
@@ -38,29 +38,39 @@ def bench_tasks(data_dir):
   import seqio
 
   from tasks import instructions
+
   names = {}
   for lang in LANGS:
     names[lang] = instructions.register_instruction_task(
-        lang, os.path.join(data_dir, f"{lang}.jsonl"), source_name="bench")
+      lang, os.path.join(data_dir, f"{lang}.jsonl"), source_name="bench"
+    )
   for lang, name in names.items():
     t0 = time.perf_counter()
     ds = seqio.get_mixture_or_task(name).get_dataset(
-        sequence_length=None, split="train", shuffle=False, use_cached=False,
-        trim_output_features=False, try_in_mem_cache=False)
+      sequence_length=None,
+      split="train",
+      shuffle=False,
+      use_cached=False,
+      trim_output_features=False,
+      try_in_mem_cache=False,
+    )
     p, r = [], []
     for ex in ds.as_numpy_iterator():
       p.append(len(ex["inputs"]))
       r.append(len(ex["targets"]))
     dt = time.perf_counter() - t0
-    print(f"  {lang}: {len(p)} train records; prompt tokens mean {statistics.mean(p):.1f} "
-          f"(p95 {sorted(p)[int(0.95 * len(p))]}), response tokens mean {statistics.mean(r):.1f} "
-          f"(p95 {sorted(r)[int(0.95 * len(r))]}); read+tokenize {dt:.1f}s "
-          f"({len(p) / dt:.0f} records/s)")
+    print(
+      f"  {lang}: {len(p)} train records; prompt tokens mean {statistics.mean(p):.1f} "
+      f"(p95 {sorted(p)[int(0.95 * len(p))]}), response tokens mean {statistics.mean(r):.1f} "
+      f"(p95 {sorted(r)[int(0.95 * len(r))]}); read+tokenize {dt:.1f}s "
+      f"({len(p) / dt:.0f} records/s)"
+    )
   return instructions.register_instruction_mixture("bench_multialpaca", list(names.values()))
 
 
 def bench_packing(mixture, seq_len, batch, n):
   from polylm_jax import instruct_stream
+
   t0 = time.perf_counter()
   stream = instruct_stream.build_instruction_stream(mixture, seq_len, batch)
   first = stream.next()
@@ -74,16 +84,21 @@ def bench_packing(mixture, seq_len, batch, n):
     weighted.append(float(b["loss_weights"].mean()))
     per_row.append(float(b["segment_ids"].max(axis=1).mean()))
   del first
-  print(f"  seq_len {seq_len} x batch {batch}: row fill {statistics.mean(fill):.1%}, loss-weighted "
-        f"slots {statistics.mean(weighted):.1%}, examples/row {statistics.mean(per_row):.1f}, "
-        f"truncated {stream.stats['truncated']}, dropped {stream.stats['dropped_overlong']}")
-  print(f"  batch time: {_fmt([x * 1e3 for x in times])} ms -> "
-        f"{batch * seq_len / statistics.median(times):,.0f} tokens/s")
+  print(
+    f"  seq_len {seq_len} x batch {batch}: row fill {statistics.mean(fill):.1%}, loss-weighted "
+    f"slots {statistics.mean(weighted):.1%}, examples/row {statistics.mean(per_row):.1f}, "
+    f"truncated {stream.stats['truncated']}, dropped {stream.stats['dropped_overlong']}"
+  )
+  print(
+    f"  batch time: {_fmt([x * 1e3 for x in times])} ms -> "
+    f"{batch * seq_len / statistics.median(times):,.0f} tokens/s"
+  )
 
 
 def bench_filters(data_dir, limit):
   from polylm_jax import instruct_filters as F
   from polylm_jax import langid
+
   for lang in LANGS:
     with open(os.path.join(data_dir, f"{lang}.jsonl"), encoding="utf-8") as f:
       records = [json.loads(line) for _, line in zip(range(limit), f)]
@@ -100,9 +115,11 @@ def bench_filters(data_dir, limit):
       reasons[v.reason or "kept"] += 1
       if v.kept:
         pool.add(r["instruction"], inp)
-    print(f"  {lang}: first {len(records)} records; language ID agrees on {agree / len(records):.1%}; "
-          + ", ".join(f"{k} {v}" for k, v in reasons.most_common())
-          + f"; check cost {_fmt(cost)} us per 1k pool entries (pool {len(pool)})")
+    print(
+      f"  {lang}: first {len(records)} records; language ID agrees on {agree / len(records):.1%}; "
+      + ", ".join(f"{k} {v}" for k, v in reasons.most_common())
+      + f"; check cost {_fmt(cost)} us per 1k pool entries (pool {len(pool)})"
+    )
 
 
 def main():
@@ -113,11 +130,14 @@ def main():
   ap.add_argument("--batches", type=int, default=20)
   ap.add_argument("--filter_records", type=int, default=3000)
   args = ap.parse_args()
-  missing = [lang for lang in LANGS
-             if not os.path.isfile(os.path.join(args.data_dir, f"{lang}.jsonl"))]
+  missing = [
+    lang for lang in LANGS if not os.path.isfile(os.path.join(args.data_dir, f"{lang}.jsonl"))
+  ]
   if missing:
-    print(f"SKIPPED: MultiAlpaca files for {missing} not found in {args.data_dir} (the shared "
-          "reference data is not part of the project)")
+    print(
+      f"SKIPPED: MultiAlpaca files for {missing} not found in {args.data_dir} (the shared "
+      "reference data is not part of the project)"
+    )
     return 0
   print("1. tasks"), sys.stdout.flush()
   mixture = bench_tasks(args.data_dir)

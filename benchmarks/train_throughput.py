@@ -54,15 +54,26 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--json", action="store_true", help="print one JSON line (used internally)")
-  p.add_argument("--dry_run", action="store_true",
-                 help="with --gpu: trace and lower the GPU step on abstract inputs (any machine; "
-                      "no compile, no run)")
+  p.add_argument(
+    "--dry_run",
+    action="store_true",
+    help="with --gpu: trace and lower the GPU step on abstract inputs (any machine; "
+    "no compile, no run)",
+  )
   return p.parse_args(argv)
 
 
-def run_case(name: str, batch: int, seq: int, num_microbatches: int = 1, dtype: str = "float32",
-             remat: str = "none", attention: str = "xla", warmup: int = 2,
-             steps: int = 10) -> dict:
+def run_case(
+  name: str,
+  batch: int,
+  seq: int,
+  num_microbatches: int = 1,
+  dtype: str = "float32",
+  remat: str = "none",
+  attention: str = "xla",
+  warmup: int = 2,
+  steps: int = 10,
+) -> dict:
   """Times the trainer's step on all local devices (a data-parallel mesh)."""
   import jax
   import numpy as np
@@ -72,15 +83,19 @@ def run_case(name: str, batch: int, seq: int, num_microbatches: int = 1, dtype: 
   mesh = partitioning.make_mesh(data=-1)
   train_setup.check_batch_layout(batch, mesh, num_microbatches, jax.process_count())
   schedule = optim.learning_rate_schedule(6e-5, 6e-6, 2000, 608_000)
-  fns = train_setup.make_step_functions(cfg, mesh, optim.make_optimizer(schedule), schedule,
-                                        num_microbatches=num_microbatches)
+  fns = train_setup.make_step_functions(
+    cfg, mesh, optim.make_optimizer(schedule), schedule, num_microbatches=num_microbatches
+  )
   rng = np.random.default_rng(0)
-  host = {k: rng.integers(3, cfg.vocab_size, (batch, seq), dtype=np.int32)
-          for k in ("inputs", "targets")}
-  host.update(positions=np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
-              segment_ids=np.ones((batch, seq), np.int32),
-              langs=np.zeros((batch, seq), np.int32),
-              loss_weights=np.ones((batch, seq), np.float32))
+  host = {
+    k: rng.integers(3, cfg.vocab_size, (batch, seq), dtype=np.int32) for k in ("inputs", "targets")
+  }
+  host.update(
+    positions=np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
+    segment_ids=np.ones((batch, seq), np.int32),
+    langs=np.zeros((batch, seq), np.int32),
+    loss_weights=np.ones((batch, seq), np.float32),
+  )
   with partitioning.use_mesh(mesh):
     batch_dev = train_setup.to_global(host, fns.batch_shardings)
     state = fns.init(jax.random.key(0))
@@ -102,55 +117,86 @@ def run_case(name: str, batch: int, seq: int, num_microbatches: int = 1, dtype: 
   fpt = config_lib.flops_per_token(cfg, seq)
   tps = [tokens / t for t in times]
   med = statistics.median(tps)
-  return {"config": name, "batch": batch, "seq": seq, "devices": mesh.size,
-          "device_kind": jax.devices()[0].device_kind, "dtype": dtype, "remat": remat,
-          "microbatches": num_microbatches, "compile_s": compile_s,
-          "tokens_per_s": med, "tokens_per_s_min": min(tps), "tokens_per_s_max": max(tps),
-          "tokens_per_s_per_device": med / mesh.size, "step_s": statistics.median(times),
-          "mfu": metrics.mfu(med, fpt, mesh.size, peak), "peak_source": source,
-          "loss": float(m["loss"])}
+  return {
+    "config": name,
+    "batch": batch,
+    "seq": seq,
+    "devices": mesh.size,
+    "device_kind": jax.devices()[0].device_kind,
+    "dtype": dtype,
+    "remat": remat,
+    "microbatches": num_microbatches,
+    "compile_s": compile_s,
+    "tokens_per_s": med,
+    "tokens_per_s_min": min(tps),
+    "tokens_per_s_max": max(tps),
+    "tokens_per_s_per_device": med / mesh.size,
+    "step_s": statistics.median(times),
+    "mfu": metrics.mfu(med, fpt, mesh.size, peak),
+    "peak_source": source,
+    "loss": float(m["loss"]),
+  }
 
 
-def dry_run(name: str, batch: int, seq: int, num_microbatches: int, dtype: str, remat: str,
-            attention: str) -> None:
+def dry_run(
+  name: str, batch: int, seq: int, num_microbatches: int, dtype: str, remat: str, attention: str
+) -> None:
   """Lowers the step for one device on ShapeDtypeStructs: checks the GPU settings trace."""
   import jax
   from polylm_jax import config as config_lib, optim, partitioning, train_setup
   from polylm_jax import train_step as step_lib
+
   cfg = config_lib.get_config(name, dtype=dtype, remat_policy=remat, attention_impl=attention)
   mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
   schedule = optim.learning_rate_schedule(6e-5, 6e-6, 2000, 608_000)
   optimizer = optim.make_optimizer(schedule)
-  fns = train_setup.make_step_functions(cfg, mesh, optimizer, schedule,
-                                        num_microbatches=num_microbatches)
+  fns = train_setup.make_step_functions(
+    cfg, mesh, optimizer, schedule, num_microbatches=num_microbatches
+  )
   state = step_lib.abstract_train_state(cfg, optimizer, fns.state_shardings)
-  batch_structs = {k: jax.ShapeDtypeStruct((batch, seq), "float32" if k == "loss_weights"
-                                           else "int32", sharding=fns.batch_shardings[k])
-                   for k in step_lib.BATCH_FIELDS}
+  batch_structs = {
+    k: jax.ShapeDtypeStruct(
+      (batch, seq), "float32" if k == "loss_weights" else "int32", sharding=fns.batch_shardings[k]
+    )
+    for k in step_lib.BATCH_FIELDS
+  }
   with partitioning.use_mesh(mesh):
     lowered = fns.train_step.lower(state, batch_structs)
   del lowered  # tracing and lowering succeeded: the settings are consistent
   n = config_lib.count_params(cfg)
-  print(f"lowered the {name} step ({batch} x {seq}, {num_microbatches} microbatches, {dtype}, "
-        f"remat {remat}, attention {attention}): {config_lib.flops_per_token(cfg, seq):.3e} "
-        f"model FLOPs/token; params + Adam moments + fp32 grads {16 * n / 2**30:.1f} GiB")
+  print(
+    f"lowered the {name} step ({batch} x {seq}, {num_microbatches} microbatches, {dtype}, "
+    f"remat {remat}, attention {attention}): {config_lib.flops_per_token(cfg, seq):.3e} "
+    f"model FLOPs/token; params + Adam moments + fp32 grads {16 * n / 2**30:.1f} GiB"
+  )
 
 
 def _line(r: dict) -> str:
   mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-  return (f"{r['config']:<13} {r['devices']} x {r['device_kind']:<18} {r['batch']:>3} x "
-          f"{r['seq']:<5} {r['dtype']:<9} {r['tokens_per_s']:>10,.0f} tok/s "
-          f"(min {r['tokens_per_s_min']:,.0f}, max {r['tokens_per_s_max']:,.0f}) "
-          f"{r['tokens_per_s_per_device']:>9,.0f} tok/s/device  MFU {mfu:>6}  "
-          f"step {r['step_s'] * 1e3:,.0f} ms  compile {r['compile_s']:.1f}s")
+  return (
+    f"{r['config']:<13} {r['devices']} x {r['device_kind']:<18} {r['batch']:>3} x "
+    f"{r['seq']:<5} {r['dtype']:<9} {r['tokens_per_s']:>10,.0f} tok/s "
+    f"(min {r['tokens_per_s_min']:,.0f}, max {r['tokens_per_s_max']:,.0f}) "
+    f"{r['tokens_per_s_per_device']:>9,.0f} tok/s/device  MFU {mfu:>6}  "
+    f"step {r['step_s'] * 1e3:,.0f} ms  compile {r['compile_s']:.1f}s"
+  )
 
 
 def _subprocess_case(name: str, batch: int, seq: int, devices: int, args) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  cmd = [sys.executable, os.path.abspath(__file__), "--json", f"--config={name}",
-         f"--batch={batch}", f"--seq={seq}", f"--devices={devices}",
-         f"--warmup={args.warmup}", f"--steps={args.steps}"]
+  env = dict(
+    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
+  )
+  cmd = [
+    sys.executable,
+    os.path.abspath(__file__),
+    "--json",
+    f"--config={name}",
+    f"--batch={batch}",
+    f"--seq={seq}",
+    f"--devices={devices}",
+    f"--warmup={args.warmup}",
+    f"--steps={args.steps}",
+  ]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if out.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -160,12 +206,22 @@ def _subprocess_case(name: str, batch: int, seq: int, devices: int, args) -> dic
 def main(argv=None) -> None:
   args = parse_args(argv)
   if args.json:
-    r = run_case(args.config, args.batch, args.seq, args.num_microbatches, args.dtype,
-                 args.remat, args.attention, args.warmup, args.steps)
+    r = run_case(
+      args.config,
+      args.batch,
+      args.seq,
+      args.num_microbatches,
+      args.dtype,
+      args.remat,
+      args.attention,
+      args.warmup,
+      args.steps,
+    )
     print(json.dumps(r))
     return
   if args.gpu:
     import jax
+
     micro = args.num_microbatches if args.num_microbatches > 1 else 4
     batch = args.batch if args.batch != 8 else 16
     remat = args.remat if args.remat != "none" else "full"
@@ -174,17 +230,30 @@ def main(argv=None) -> None:
       return
     if jax.devices()[0].platform != "gpu":
       sys.exit(f"--gpu: no GPU visible to JAX (devices: {jax.devices()})")
-    r = run_case("polylm_1_7b", batch, 2048, micro, "bfloat16", remat, args.attention,
-                 max(args.warmup, 3), args.steps)
-    print(f"polylm_1_7b, seq 2048, bf16, remat {remat}, {micro} microbatches of "
-          f"{batch // micro}: peak {r['peak_source']}")
+    r = run_case(
+      "polylm_1_7b",
+      batch,
+      2048,
+      micro,
+      "bfloat16",
+      remat,
+      args.attention,
+      max(args.warmup, 3),
+      args.steps,
+    )
+    print(
+      f"polylm_1_7b, seq 2048, bf16, remat {remat}, {micro} microbatches of "
+      f"{batch // micro}: peak {r['peak_source']}"
+    )
     print(_line(r))
     return
   if args.config:
     print(_line(_subprocess_case(args.config, args.batch, args.seq, args.devices, args)))
     return
-  print(f"CPU, {os.cpu_count()} logical CPUs; median of {args.steps} steps after "
-        f"{args.warmup} warm-up steps; MFU against a nominal CPU peak (polylm_jax/metrics.py)")
+  print(
+    f"CPU, {os.cpu_count()} logical CPUs; median of {args.steps} steps after "
+    f"{args.warmup} warm-up steps; MFU against a nominal CPU peak (polylm_jax/metrics.py)"
+  )
   for name, batch, seq in CPU_CASES:
     for devices in (1, 8):
       print(_line(_subprocess_case(name, batch, seq, devices, args)), flush=True)

@@ -11,10 +11,10 @@ from polylm_jax.config import PolyLMConfig, count_params, get_config
 from polylm_jax.model import PolyLM, init_params
 
 _LAZY = {
-    "load": "polylm_jax.checkpoints",
-    "generate": "polylm_jax.decoding",
-    "score": "polylm_jax.decoding",
-    "evaluate": "polylm_jax.evaluation",
+  "load": "polylm_jax.checkpoints",
+  "generate": "polylm_jax.decoding",
+  "score": "polylm_jax.decoding",
+  "evaluate": "polylm_jax.evaluation",
 }
 
 __all__ = ["PolyLMConfig", "PolyLM", "count_params", "get_config", "init_params", *_LAZY]

@@ -53,11 +53,15 @@ def _step(stack: DecodeStack, s: Any, max_new: int, st: dict[str, Any], logits: 
   fin_lp = fin_lp + (~did_finish).astype(jnp.float32) * NEG
   merged_scores = jnp.concatenate([st["beam_scores"], fin_lp], axis=1)
   best = jax.lax.top_k(merged_scores, k)[1]
-  new = dict(st, step=t + 1, running_seq=_take_beams(topk_seq, keep),
-             running_scores=_take_beams(running_lp, keep),
-             sequences=_take_beams(jnp.concatenate([st["sequences"], topk_seq], 1), best),
-             beam_scores=_take_beams(merged_scores, best),
-             finished=_take_beams(jnp.concatenate([st["finished"], did_finish], 1), best))
+  new = dict(
+    st,
+    step=t + 1,
+    running_seq=_take_beams(topk_seq, keep),
+    running_scores=_take_beams(running_lp, keep),
+    sequences=_take_beams(jnp.concatenate([st["sequences"], topk_seq], 1), best),
+    beam_scores=_take_beams(merged_scores, best),
+    finished=_take_beams(jnp.concatenate([st["finished"], did_finish], 1), best),
+  )
 
   rows = (jnp.arange(b)[:, None] * k + _take_beams(parent, keep)).reshape(-1)
   new["cache"] = stack.take_rows(st["cache"], rows)
@@ -78,9 +82,17 @@ def _step(stack: DecodeStack, s: Any, max_new: int, st: dict[str, Any], logits: 
   return new
 
 
-def beam_search(stack: DecodeStack, s: Any, max_new: int, knobs: dict[str, Any],
-                tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                prompt_lens: jax.Array, active: jax.Array) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+  stack: DecodeStack,
+  s: Any,
+  max_new: int,
+  knobs: dict[str, Any],
+  tokens: jax.Array,
+  positions: jax.Array,
+  segment_ids: jax.Array,
+  prompt_lens: jax.Array,
+  active: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """Best hypothesis [B, max_new] (eos-filled after its end) and its score, per row.
 
   Inactive rows (batch padding) count as finished from the start. Traceable; jit outside.
@@ -90,12 +102,17 @@ def beam_search(stack: DecodeStack, s: Any, max_new: int, knobs: dict[str, Any],
   b = tokens.shape[0]
   rep = lambda x: jnp.repeat(x, k, axis=0)
   st = dict(
-      cache=stack.repeat_rows(cache, k), step=jnp.int32(0), lens=rep(prompt_lens), knobs=knobs,
-      running_seq=jnp.full((b, k, max_new), knobs["eos"], jnp.int32),
-      running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(NEG),
-      beam_scores=jnp.full((b, k), NEG, jnp.float32),
-      finished=jnp.broadcast_to(~active[:, None], (b, k)),
-      unsat=active[:, None], go=jnp.bool_(True))
+    cache=stack.repeat_rows(cache, k),
+    step=jnp.int32(0),
+    lens=rep(prompt_lens),
+    knobs=knobs,
+    running_seq=jnp.full((b, k, max_new), knobs["eos"], jnp.int32),
+    running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(NEG),
+    beam_scores=jnp.full((b, k), NEG, jnp.float32),
+    finished=jnp.broadcast_to(~active[:, None], (b, k)),
+    unsat=active[:, None],
+    go=jnp.bool_(True),
+  )
   st["sequences"] = st["running_seq"]
   if s.repetition_penalty != 1.0:
     st["seen"] = rep(seen_mask(tokens, segment_ids, stack.config.vocab_size))

@@ -23,8 +23,14 @@ from polylm_jax.config import PolyLMConfig
 HELP = "/reset forgets the conversation, /quit leaves"
 
 
-def build_prompt(config: PolyLMConfig, vocab: Any, history: list[tuple[str, str]], message: str,
-                 style: str, max_new_tokens: int) -> tuple[list[int], int]:
+def build_prompt(
+  config: PolyLMConfig,
+  vocab: Any,
+  history: list[tuple[str, str]],
+  message: str,
+  style: str,
+  max_new_tokens: int,
+) -> tuple[list[int], int]:
   """Token ids of the prompt, dropping the oldest turns until it fits; (ids, turns dropped).
 
   A single message longer than the room left keeps its last tokens.
@@ -38,11 +44,20 @@ def build_prompt(config: PolyLMConfig, vocab: Any, history: list[tuple[str, str]
     dropped += 1
 
 
-def chat_loop(config: PolyLMConfig, params: Any, vocab: Any, *, style: str = "multialpaca",
-              max_new_tokens: int = 256, preset: str = "sampling",
-              settings: dict[str, Any] | None = None, seed: int = 0,
-              stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
-              prompt_marker: str = "> ") -> list[tuple[str, str]]:
+def chat_loop(
+  config: PolyLMConfig,
+  params: Any,
+  vocab: Any,
+  *,
+  style: str = "multialpaca",
+  max_new_tokens: int = 256,
+  preset: str = "sampling",
+  settings: dict[str, Any] | None = None,
+  seed: int = 0,
+  stdin: TextIO = sys.stdin,
+  stdout: TextIO = sys.stdout,
+  prompt_marker: str = "> ",
+) -> list[tuple[str, str]]:
   """Reads messages line by line from `stdin`, streams replies to `stdout`; returns the turns."""
   prompts_lib.check_style(style, "--format")
   decoding.check_vocab(config, vocab)
@@ -76,8 +91,10 @@ def chat_loop(config: PolyLMConfig, params: Any, vocab: Any, *, style: str = "mu
     if dropped:
       history = history[dropped:]
       stdout.write(f"(dropped the {dropped} oldest turn(s) to fit the context)\n")
-    kwargs = {**{k: getattr(base, k) for k in decoding.DecodeSettings.__dataclass_fields__},
-              "seed": seed + turn}
+    kwargs = {
+      **{k: getattr(base, k) for k in decoding.DecodeSettings.__dataclass_fields__},
+      "seed": seed + turn,
+    }
     reply = _respond(config, params, vocab, ids, max_new_tokens, kwargs, stdout)
     history.append((message, reply))
     transcript.append((message, reply))
@@ -108,19 +125,32 @@ def main(argv: Sequence[str]) -> None:
 
   from polylm_jax import checkpoints
   from polylm_jax import vocab as vocab_lib
+
   f = flags.FLAGS
   if len(argv) > 1:
     sys.exit(f"unexpected arguments {argv[1:]}")
   try:
     config, params = checkpoints.load(f.checkpoint)
     import os
+
     beside = os.path.join(f.checkpoint, "tokenizer.model")
     vocab_path = f.vocab or (beside if os.path.isfile(beside) else None)
     vocab = vocab_lib.get_vocabulary(vocab_path)
-    overrides = {k: getattr(f, k) for k in ("temperature", "top_p", "top_k", "repetition_penalty",
-                                            "num_beams") if getattr(f, k) is not None}
-    chat_loop(config, params, vocab, style=f.format, max_new_tokens=f.max_new_tokens,
-              preset=f.preset, settings=overrides, seed=f.seed)
+    overrides = {
+      k: getattr(f, k)
+      for k in ("temperature", "top_p", "top_k", "repetition_penalty", "num_beams")
+      if getattr(f, k) is not None
+    }
+    chat_loop(
+      config,
+      params,
+      vocab,
+      style=f.format,
+      max_new_tokens=f.max_new_tokens,
+      preset=f.preset,
+      settings=overrides,
+      seed=f.seed,
+    )
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
@@ -129,10 +159,16 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags
-  flags.DEFINE_string("checkpoint", None, "Run dir, checkpoint (step) dir or HF model dir.",
-                      required=True)
-  flags.DEFINE_string("vocab", None, "SentencePiece model (default: tokenizer.model beside "
-                      "the checkpoint, else the project's default vocabulary).")
+
+  flags.DEFINE_string(
+    "checkpoint", None, "Run dir, checkpoint (step) dir or HF model dir.", required=True
+  )
+  flags.DEFINE_string(
+    "vocab",
+    None,
+    "SentencePiece model (default: tokenizer.model beside "
+    "the checkpoint, else the project's default vocabulary).",
+  )
   flags.DEFINE_enum("format", "multialpaca", list(prompts_lib.STYLES), "Prompt format.")
   flags.DEFINE_enum("preset", "sampling", list(decoding.PRESETS), "Decoding preset.")
   flags.DEFINE_integer("max_new_tokens", 256, "Most tokens per reply.")
@@ -146,5 +182,6 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   from absl import app
+
   _define_flags()
   app.run(main)

@@ -81,8 +81,9 @@ def check_config(saved: PolyLMConfig, requested: PolyLMConfig, where: str) -> No
   """Raises ConfigMismatchError naming every architecture field that differs."""
   diffs = [f for f in ARCH_FIELDS if getattr(saved, f) != getattr(requested, f)]
   if diffs:
-    details = ", ".join(f"{f}: checkpoint {getattr(saved, f)!r} vs requested "
-                        f"{getattr(requested, f)!r}" for f in diffs)
+    details = ", ".join(
+      f"{f}: checkpoint {getattr(saved, f)!r} vs requested {getattr(requested, f)!r}" for f in diffs
+    )
     hint = " (a different vocabulary)" if "vocab_size" in diffs else ""
     raise ConfigMismatchError(f"{where}: model config mismatch{hint}: {details}")
 
@@ -98,21 +99,26 @@ def config_from_json(d: dict[str, Any], where: str) -> PolyLMConfig:
 
 def shape_dtype_structs(tree: Any, shardings: Any) -> Any:
   """Restore targets: the shapes and dtypes of `tree` placed with `shardings`."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
 def param_structs(config: PolyLMConfig, mesh: Mesh | None = None) -> Any:
   """Abstract params of `config` sharded over `mesh` (or on the first local device)."""
   boxed = abstract_params(config)
   # nn.unbox would add sharding constraints, which fail on ShapeDtypeStructs inside a mesh.
-  structs = jax.tree.map(lambda b: b.unbox(apply_constraint=False), boxed,
-                         is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  structs = jax.tree.map(
+    lambda b: b.unbox(apply_constraint=False),
+    boxed,
+    is_leaf=lambda x: isinstance(x, nn.Partitioned),
+  )
   if mesh is None:
     device = SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, structs)
   else:
     from polylm_jax import partitioning  # pylint: disable=import-outside-toplevel
+
     shardings = partitioning.logical_shardings(boxed, mesh)
   return shape_dtype_structs(structs, shardings)
 
@@ -122,8 +128,7 @@ def _rng_to_json(rng: Any) -> dict[str, Any] | None:
     return None
   if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
     data = np.asarray(jax.random.key_data(rng))
-    return {"impl": str(jax.random.key_impl(rng)), "dtype": str(data.dtype),
-            "data": data.tolist()}
+    return {"impl": str(jax.random.key_impl(rng)), "dtype": str(data.dtype), "data": data.tolist()}
   data = np.asarray(rng)
   return {"impl": None, "dtype": str(data.dtype), "data": data.tolist()}
 
@@ -145,9 +150,16 @@ class CheckpointManager:
   (or call `close`) so the last async save is finished before the process exits.
   """
 
-  def __init__(self, model_dir: str | os.PathLike, config: PolyLMConfig | None,
-               policy: CheckpointPolicy = CheckpointPolicy(), *, read_only: bool = False,
-               subdir: str = CHECKPOINTS_SUBDIR, copy_host_arrays: bool = True):
+  def __init__(
+    self,
+    model_dir: str | os.PathLike,
+    config: PolyLMConfig | None,
+    policy: CheckpointPolicy = CheckpointPolicy(),
+    *,
+    read_only: bool = False,
+    subdir: str = CHECKPOINTS_SUBDIR,
+    copy_host_arrays: bool = True,
+  ):
     self.config = config
     # Orbax deep-copies numpy leaves before writing, and TensorStore holds each encoded
     # array until it is written: together another whole model in memory. The converter saves
@@ -159,30 +171,38 @@ class CheckpointManager:
     self.directory = os.path.abspath(os.path.join(os.fspath(model_dir), subdir))
     if not read_only:
       os.makedirs(self.directory, exist_ok=True)
-    save_policy = (ocp_policies.FixedIntervalPolicy(policy.save_every) if policy.save_every
-                   else ocp_policies.SpecificStepsPolicy(steps=()))
+    save_policy = (
+      ocp_policies.FixedIntervalPolicy(policy.save_every)
+      if policy.save_every
+      else ocp_policies.SpecificStepsPolicy(steps=())
+    )
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=0 if read_only else 1,  # unused (save_decision_policy rules)
-        save_decision_policy=save_policy,
-        preservation_policy=ocp_policies.LatestN(policy.keep),
-        cleanup_tmp_directories=not read_only,
-        enable_async_checkpointing=policy.async_save,
-        read_only=read_only,
-        create=not read_only)
+      save_interval_steps=0 if read_only else 1,  # unused (save_decision_policy rules)
+      save_decision_policy=save_policy,
+      preservation_policy=ocp_policies.LatestN(policy.keep),
+      cleanup_tmp_directories=not read_only,
+      enable_async_checkpointing=policy.async_save,
+      read_only=read_only,
+      create=not read_only,
+    )
     # Array items use PyTreeCheckpointHandler (what StandardSave wraps) so that one manager
     # can restore a whole tree onto shardings and single leaves to host memory alike.
-    handlers = [(ty, ocp.type_handlers.get_type_handler(ty))
-                for ty in ocp.type_handlers.supported_types()]
+    handlers = [
+      (ty, ocp.type_handlers.get_type_handler(ty)) for ty in ocp.type_handlers.supported_types()
+    ]
     if not copy_host_arrays:
-      handlers = [(ty, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)
-                   if ty is np.ndarray else h) for ty, h in handlers]
+      handlers = [
+        (ty, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False) if ty is np.ndarray else h)
+        for ty, h in handlers
+      ]
     registry = ocp.type_handlers.create_type_handler_registry(*handlers)
     item_handlers: dict[str, Any] = {
-        name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
-        for name in _ARRAY_ITEMS}
+      name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry) for name in _ARRAY_ITEMS
+    }
     item_handlers.update({name: ocp.JsonCheckpointHandler() for name in _JSON_ITEMS})
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_handlers=item_handlers)
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_handlers=item_handlers
+    )
 
   # -- steps -----------------------------------------------------------------------------
 
@@ -203,9 +223,17 @@ class CheckpointManager:
 
   # -- save ------------------------------------------------------------------------------
 
-  def save(self, step: int, params: Any, *, opt_state: Any = None, rng: Any = None,
-           stream_state: dict[str, Any] | None = None, gin_config: str | None = None,
-           force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    params: Any,
+    *,
+    opt_state: Any = None,
+    rng: Any = None,
+    stream_state: dict[str, Any] | None = None,
+    gin_config: str | None = None,
+    force: bool = False,
+  ) -> bool:
     """Starts saving `step` if the policy (or `force`) says so; returns whether it did.
 
     Returns once the arrays are copied to host memory; the write finishes in the
@@ -215,10 +243,11 @@ class CheckpointManager:
       logging.info("checkpoint for step %d already exists in %s", step, self.directory)
       return False
     items: dict[str, Any] = {
-        "params": self._save_arrays(params),
-        "meta": ocp.args.JsonSave({"format_version": FORMAT_VERSION, "step": int(step),
-                                   "rng": _rng_to_json(rng)}),
-        "model_config": ocp.args.JsonSave(self._config_for_save().to_dict()),
+      "params": self._save_arrays(params),
+      "meta": ocp.args.JsonSave(
+        {"format_version": FORMAT_VERSION, "step": int(step), "rng": _rng_to_json(rng)}
+      ),
+      "model_config": ocp.args.JsonSave(self._config_for_save().to_dict()),
     }
     if opt_state is not None:
       items["opt_state"] = self._save_arrays(opt_state)
@@ -238,7 +267,8 @@ class CheckpointManager:
   def _restore_arrays(self, target: Any) -> ocp.args.CheckpointArgs:
     """Restore args onto a tree of ShapeDtypeStructs (with shardings), cast to their dtypes."""
     return ocp.args.PyTreeRestore(
-        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
+    )
 
   def saved_config(self, step: int) -> PolyLMConfig:
     where = os.path.join(self.directory, str(step), "model_config")
@@ -269,9 +299,15 @@ class CheckpointManager:
     out = self._manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
     return out[item]
 
-  def restore(self, step: int | None = None, *, params_target: Any = None,
-              opt_state_target: Any = None, mesh: Mesh | None = None,
-              on_host: bool = False) -> Restored:
+  def restore(
+    self,
+    step: int | None = None,
+    *,
+    params_target: Any = None,
+    opt_state_target: Any = None,
+    mesh: Mesh | None = None,
+    on_host: bool = False,
+  ) -> Restored:
     """Restores `step` (default: latest complete) onto abstract targets with shardings.
 
     The saved model config is checked against this manager's config first; a mismatch in
@@ -285,8 +321,10 @@ class CheckpointManager:
       if step is None:
         raise FileNotFoundError(f"{self.directory}: no complete checkpoint")
     elif step not in complete_steps(self.directory):
-      raise FileNotFoundError(f"{self.directory}: no complete checkpoint for step {step}; "
-                              f"complete steps: {complete_steps(self.directory)}")
+      raise FileNotFoundError(
+        f"{self.directory}: no complete checkpoint for step {step}; "
+        f"complete steps: {complete_steps(self.directory)}"
+      )
     config = self._checked_config(step)
     items: dict[str, Any] = {"meta": ocp.args.JsonRestore()}
     if on_host:  # leaf by leaf: Orbax's whole-tree read holds ~1.5x the model at its peak
@@ -298,8 +336,9 @@ class CheckpointManager:
           node = node.setdefault(key, {})
         node[path[-1]] = read(path)
     else:
-      items["params"] = self._restore_arrays(params_target if params_target is not None
-                                             else param_structs(config, mesh))
+      items["params"] = self._restore_arrays(
+        params_target if params_target is not None else param_structs(config, mesh)
+      )
     if opt_state_target is not None and self._has(step, "opt_state"):
       items["opt_state"] = self._restore_arrays(opt_state_target)
     for name in ("stream_state", "gin_config"):
@@ -310,11 +349,15 @@ class CheckpointManager:
     gin = out["gin_config"]["text"] if "gin_config" in items else None
     if not on_host:
       params = out["params"]
-    return Restored(step=int(meta["step"]), config=config, params=params,
-                    opt_state=out["opt_state"] if "opt_state" in items else None,
-                    rng=_rng_from_json(meta.get("rng")),
-                    stream_state=out["stream_state"] if "stream_state" in items else None,
-                    gin_config=gin)
+    return Restored(
+      step=int(meta["step"]),
+      config=config,
+      params=params,
+      opt_state=out["opt_state"] if "opt_state" in items else None,
+      rng=_rng_from_json(meta.get("rng")),
+      stream_state=out["stream_state"] if "stream_state" in items else None,
+      gin_config=gin,
+    )
 
   def host_param_reader(self, step: int) -> Callable[[tuple[str, ...]], np.ndarray]:
     """A function path -> one stacked param leaf as numpy, read alone from `step`.
@@ -324,8 +367,9 @@ class CheckpointManager:
     """
     return self._leaf_reader(step, self._checked_config(step))
 
-  def _leaf_reader(self, step: int,
-                   config: PolyLMConfig) -> Callable[[tuple[str, ...]], np.ndarray]:
+  def _leaf_reader(
+    self, step: int, config: PolyLMConfig
+  ) -> Callable[[tuple[str, ...]], np.ndarray]:
     dtype = hf.np_dtype(config.param_dtype)
     shapes = hf.param_shapes(config)
 
@@ -334,8 +378,12 @@ class CheckpointManager:
       args: Any = ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)
       for key in reversed(path):
         item, args = {key: item}, {key: args}
-      out = self._manager.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
-          item=item, restore_args=args, partial_restore=True)))["params"]
+      out = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+          params=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+        ),
+      )["params"]
       for key in path:
         out = out[key]
       return out
@@ -373,21 +421,28 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> tupl
       if step is None:
         return root, steps[-1]
       if step not in steps:
-        raise FileNotFoundError(f"{root}: no complete checkpoint for step {step}; "
-                                f"complete steps: {steps}")
+        raise FileNotFoundError(
+          f"{root}: no complete checkpoint for step {step}; complete steps: {steps}"
+        )
       return root, step
   parent, name = os.path.split(os.path.normpath(path))
   if name.isdigit() and int(name) in complete_steps(parent):
     if step is not None and step != int(name):
       raise ValueError(f"{path} is the checkpoint of step {name}, not step {step}")
     return parent, int(name)
-  unfinished = [n for d in (path, os.path.join(path, CHECKPOINTS_SUBDIR)) if os.path.isdir(d)
-                for n in os.listdir(d) if ".orbax-checkpoint-tmp" in n]
+  unfinished = [
+    n
+    for d in (path, os.path.join(path, CHECKPOINTS_SUBDIR))
+    if os.path.isdir(d)
+    for n in os.listdir(d)
+    if ".orbax-checkpoint-tmp" in n
+  ]
   raise FileNotFoundError(
-      f"{path}: neither a Hugging Face model directory ({hf.CONFIG_FILE} with "
-      f"{hf.SAFETENSORS_FILE}, {hf.SAFETENSORS_INDEX}, {hf.BIN_FILE} or {hf.BIN_INDEX}) nor a "
-      f"checkpoint directory (no complete step under {path}/{CHECKPOINTS_SUBDIR} or {path})"
-      + (f"; only unfinished checkpoints: {sorted(unfinished)}" if unfinished else ""))
+    f"{path}: neither a Hugging Face model directory ({hf.CONFIG_FILE} with "
+    f"{hf.SAFETENSORS_FILE}, {hf.SAFETENSORS_INDEX}, {hf.BIN_FILE} or {hf.BIN_INDEX}) nor a "
+    f"checkpoint directory (no complete step under {path}/{CHECKPOINTS_SUBDIR} or {path})"
+    + (f"; only unfinished checkpoints: {sorted(unfinished)}" if unfinished else "")
+  )
 
 
 def _device_put_leafwise(tree: dict[str, Any], shardings: Any) -> Any:
@@ -402,9 +457,14 @@ def _device_put_leafwise(tree: dict[str, Any], shardings: Any) -> Any:
   return jax.tree.unflatten(treedef, out)
 
 
-def load(path: str | os.PathLike, config: PolyLMConfig | None = None, *,
-         step: int | None = None, mesh: Mesh | None = None,
-         on_host: bool = False) -> tuple[PolyLMConfig, Any]:
+def load(
+  path: str | os.PathLike,
+  config: PolyLMConfig | None = None,
+  *,
+  step: int | None = None,
+  mesh: Mesh | None = None,
+  on_host: bool = False,
+) -> tuple[PolyLMConfig, Any]:
   """(config, params) from a run directory, a checkpoint (step) directory or an HF model dir.
 
   Run/checkpoint directories give the latest complete step (or `step`). With `config`, the

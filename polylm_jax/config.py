@@ -53,17 +53,22 @@ class PolyLMConfig:
         raise ValueError(f"PolyLMConfig.{name} must be a positive integer, got {value!r}")
     if self.num_heads * self.head_dim != self.d_model:
       raise ValueError(
-          f"PolyLMConfig: num_heads * head_dim ({self.num_heads} * {self.head_dim}) must equal "
-          f"d_model ({self.d_model})")
+        f"PolyLMConfig: num_heads * head_dim ({self.num_heads} * {self.head_dim}) must equal "
+        f"d_model ({self.d_model})"
+      )
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"PolyLMConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+        raise ValueError(
+          f"PolyLMConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}"
+        )
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"PolyLMConfig.remat_policy must be one of {REMAT_POLICIES}, "
-                       f"got {self.remat_policy!r}")
+      raise ValueError(
+        f"PolyLMConfig.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
+      )
     if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"PolyLMConfig.attention_impl must be one of {ATTENTION_IMPLS}, "
-                       f"got {self.attention_impl!r}")
+      raise ValueError(
+        f"PolyLMConfig.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
+      )
 
   def replace(self, **changes: Any) -> "PolyLMConfig":
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -83,17 +88,20 @@ class PolyLMConfig:
 
 
 PRESETS: dict[str, PolyLMConfig] = {
-    "polylm_1_7b": PolyLMConfig(),
-    "polylm_13b": PolyLMConfig(num_layers=40, d_model=5120, num_heads=40, d_ff=20480),
-    # A mid-size model for init statistics, conversion memory and CPU benchmarks.
-    "polylm_mid": PolyLMConfig(vocab_size=32_000, num_layers=6, d_model=512, num_heads=8,
-                               head_dim=64, d_ff=2048, max_len=512),
-    # The demo model trained by `gin/demo.gin` on the built-in corpus, on CPU in minutes.
-    "polylm_small": PolyLMConfig(vocab_size=4096, num_layers=4, d_model=256, num_heads=4,
-                                 head_dim=64, d_ff=1024, max_len=256),
-    # Unit tests.
-    "polylm_tiny": PolyLMConfig(vocab_size=512, num_layers=2, d_model=64, num_heads=4,
-                                head_dim=16, d_ff=256, max_len=64),
+  "polylm_1_7b": PolyLMConfig(),
+  "polylm_13b": PolyLMConfig(num_layers=40, d_model=5120, num_heads=40, d_ff=20480),
+  # A mid-size model for init statistics, conversion memory and CPU benchmarks.
+  "polylm_mid": PolyLMConfig(
+    vocab_size=32_000, num_layers=6, d_model=512, num_heads=8, head_dim=64, d_ff=2048, max_len=512
+  ),
+  # The demo model trained by `gin/demo.gin` on the built-in corpus, on CPU in minutes.
+  "polylm_small": PolyLMConfig(
+    vocab_size=4096, num_layers=4, d_model=256, num_heads=4, head_dim=64, d_ff=1024, max_len=256
+  ),
+  # Unit tests.
+  "polylm_tiny": PolyLMConfig(
+    vocab_size=512, num_layers=2, d_model=64, num_heads=4, head_dim=16, d_ff=256, max_len=64
+  ),
 }
 
 
@@ -108,11 +116,16 @@ def count_params(config: PolyLMConfig) -> int:
   """Exact parameter count (embeddings tied, position embeddings included), without weights."""
   d, f, n = config.d_model, config.d_ff, config.num_layers
   per_layer = (
-      2 * 2 * d          # ln_1, ln_2 scale + bias
-      + d * 3 * d + 3 * d  # fused qkv
-      + d * d + d          # attention out
-      + d * f + f          # fc1
-      + f * d + d)         # fc2
+    2 * 2 * d  # ln_1, ln_2 scale + bias
+    + d * 3 * d
+    + 3 * d  # fused qkv
+    + d * d
+    + d  # attention out
+    + d * f
+    + f  # fc1
+    + f * d
+    + d
+  )  # fc2
   return config.vocab_size * d + config.max_len * d + n * per_layer + 2 * d
 
 
@@ -124,6 +137,8 @@ def flops_per_token(config: PolyLMConfig, seq_len: int) -> float:
 
 def describe(config: PolyLMConfig) -> str:
   n = count_params(config)
-  return (f"{config.num_layers} layers, d_model {config.d_model}, {config.num_heads} heads, "
-          f"d_ff {config.d_ff}, vocab {config.vocab_size}: {n:,} params "
-          f"({n / 1e9:.2f}B; {math.ceil(n * 4 / 2**20):,} MiB in fp32)")
+  return (
+    f"{config.num_layers} layers, d_model {config.d_model}, {config.num_heads} heads, "
+    f"d_ff {config.d_ff}, vocab {config.vocab_size}: {n:,} params "
+    f"({n / 1e9:.2f}B; {math.ceil(n * 4 / 2**20):,} MiB in fp32)"
+  )

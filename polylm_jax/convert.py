@@ -24,19 +24,27 @@ from polylm_jax.config import count_params, get_config
 _FROM_HF = flags.DEFINE_string("from_hf", None, "HF model directory (config.json + weights).")
 _TO = flags.DEFINE_string("to", None, "Run directory to write the Orbax checkpoint into.")
 _FROM_CKPT = flags.DEFINE_string(
-    "from_checkpoint", None, "Run, checkpoints or step directory to export.")
+  "from_checkpoint", None, "Run, checkpoints or step directory to export."
+)
 _TO_HF = flags.DEFINE_string("to_hf", None, "Directory to write the HF model into.")
 _STEP = flags.DEFINE_integer(
-    "step", None, "Import: the step to save as (default 0). Export: the step to read "
-    "(default the latest complete one).")
+  "step",
+  None,
+  "Import: the step to save as (default 0). Export: the step to read "
+  "(default the latest complete one).",
+)
 _CONFIG = flags.DEFINE_string(
-    "config", None, "Optional preset name (e.g. polylm_1_7b) the checkpoint must match.")
+  "config", None, "Optional preset name (e.g. polylm_1_7b) the checkpoint must match."
+)
 _PARAM_DTYPE = flags.DEFINE_enum(
-    "param_dtype", "float32", ["float32", "bfloat16", "float16"], "Imported param dtype.")
+  "param_dtype", "float32", ["float32", "bfloat16", "float16"], "Imported param dtype."
+)
 _HF_DTYPE = flags.DEFINE_enum(
-    "hf_dtype", "float32", ["float32", "bfloat16", "float16"], "Exported tensor dtype.")
+  "hf_dtype", "float32", ["float32", "bfloat16", "float16"], "Exported tensor dtype."
+)
 _MAX_SHARD = flags.DEFINE_integer(
-    "max_shard_bytes", None, "Split the exported safetensors into files of at most this size.")
+  "max_shard_bytes", None, "Split the exported safetensors into files of at most this size."
+)
 
 
 @dataclasses.dataclass
@@ -50,9 +58,11 @@ class ConvertReport:
   peak_rss_bytes: int
 
   def __str__(self) -> str:
-    return (f"{self.direction}: {self.source} -> {self.destination}\n"
-            f"  {self.num_params:,} parameters, {self.dtype}, {self.seconds:.1f} s, "
-            f"peak RSS {self.peak_rss_bytes / 2**30:.2f} GiB")
+    return (
+      f"{self.direction}: {self.source} -> {self.destination}\n"
+      f"  {self.num_params:,} parameters, {self.dtype}, {self.seconds:.1f} s, "
+      f"peak RSS {self.peak_rss_bytes / 2**30:.2f} GiB"
+    )
 
 
 def peak_rss_bytes() -> int:
@@ -60,54 +70,89 @@ def peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def import_hf_to_checkpoint(hf_dir: str, model_dir: str, *, step: int = 0,
-                            expected: str | None = None,
-                            param_dtype: str = "float32") -> ConvertReport:
+def import_hf_to_checkpoint(
+  hf_dir: str,
+  model_dir: str,
+  *,
+  step: int = 0,
+  expected: str | None = None,
+  param_dtype: str = "float32",
+) -> ConvertReport:
   """HF directory -> MODEL_DIR/checkpoints/<step>; refuses to overwrite an existing step."""
   start = time.time()
   existing = checkpoints.complete_steps(os.path.join(model_dir, checkpoints.CHECKPOINTS_SUBDIR))
   if step in existing:
     raise FileExistsError(f"{model_dir}: already holds a checkpoint for step {step}")
-  config, params = hf.import_hf(hf_dir, expected=get_config(expected) if expected else None,
-                                param_dtype=param_dtype)
+  config, params = hf.import_hf(
+    hf_dir, expected=get_config(expected) if expected else None, param_dtype=param_dtype
+  )
   policy = checkpoints.CheckpointPolicy(save_every=0, keep=None, async_save=False)
-  with checkpoints.CheckpointManager(model_dir, config, policy,
-                                     copy_host_arrays=False) as manager:
+  with checkpoints.CheckpointManager(model_dir, config, policy, copy_host_arrays=False) as manager:
     if not manager.save(step, params, force=True):
       raise RuntimeError(f"{model_dir}: step {step} was not saved")
-  return ConvertReport("import", hf_dir, os.path.join(manager.directory, str(step)),
-                       count_params(config), param_dtype, time.time() - start, peak_rss_bytes())
+  return ConvertReport(
+    "import",
+    hf_dir,
+    os.path.join(manager.directory, str(step)),
+    count_params(config),
+    param_dtype,
+    time.time() - start,
+    peak_rss_bytes(),
+  )
 
 
-def export_checkpoint_to_hf(source: str, hf_dir: str, *, step: int | None = None,
-                            expected: str | None = None, dtype: str = "float32",
-                            max_shard_bytes: int | None = None) -> ConvertReport:
+def export_checkpoint_to_hf(
+  source: str,
+  hf_dir: str,
+  *,
+  step: int | None = None,
+  expected: str | None = None,
+  dtype: str = "float32",
+  max_shard_bytes: int | None = None,
+) -> ConvertReport:
   """A project checkpoint (latest complete step, or `step`) -> an HF GPT2LMHeadModel dir."""
   start = time.time()
   if os.path.exists(os.path.join(hf_dir, hf.CONFIG_FILE)):
     raise FileExistsError(f"{hf_dir}: already holds a model ({hf.CONFIG_FILE})")
   root, step = checkpoints.resolve_checkpoint(source, step)
-  with checkpoints.CheckpointManager(root, get_config(expected) if expected else None,
-                                     read_only=True, subdir="") as manager:
+  with checkpoints.CheckpointManager(
+    root, get_config(expected) if expected else None, read_only=True, subdir=""
+  ) as manager:
     config = manager.config or manager.saved_config(step)
-    hf.export_hf(config, manager.host_param_reader(step), hf_dir, dtype=dtype,
-                 max_shard_bytes=max_shard_bytes)
-  return ConvertReport("export", source, hf_dir, count_params(config), dtype,
-                       time.time() - start, peak_rss_bytes())
+    hf.export_hf(
+      config, manager.host_param_reader(step), hf_dir, dtype=dtype, max_shard_bytes=max_shard_bytes
+    )
+  return ConvertReport(
+    "export", source, hf_dir, count_params(config), dtype, time.time() - start, peak_rss_bytes()
+  )
 
 
-def convert(*, from_hf: str | None = None, to: str | None = None,
-            from_checkpoint: str | None = None, to_hf: str | None = None,
-            step: int | None = None, expected: str | None = None,
-            param_dtype: str = "float32", hf_dtype: str = "float32",
-            max_shard_bytes: int | None = None) -> ConvertReport:
+def convert(
+  *,
+  from_hf: str | None = None,
+  to: str | None = None,
+  from_checkpoint: str | None = None,
+  to_hf: str | None = None,
+  step: int | None = None,
+  expected: str | None = None,
+  param_dtype: str = "float32",
+  hf_dtype: str = "float32",
+  max_shard_bytes: int | None = None,
+) -> ConvertReport:
   """Exactly one direction: (from_hf, to) or (from_checkpoint, to_hf)."""
   if from_hf and to and not (from_checkpoint or to_hf):
-    return import_hf_to_checkpoint(from_hf, to, step=step or 0, expected=expected,
-                                   param_dtype=param_dtype)
+    return import_hf_to_checkpoint(
+      from_hf, to, step=step or 0, expected=expected, param_dtype=param_dtype
+    )
   if from_checkpoint and to_hf and not (from_hf or to):
-    return export_checkpoint_to_hf(from_checkpoint, to_hf, step=step, expected=expected,
-                                   dtype=hf_dtype, max_shard_bytes=max_shard_bytes)
+    return export_checkpoint_to_hf(
+      from_checkpoint,
+      to_hf,
+      step=step,
+      expected=expected,
+      dtype=hf_dtype,
+      max_shard_bytes=max_shard_bytes,
+    )
   raise ValueError("convert: give either --from_hf and --to, or --from_checkpoint and --to_hf")
 
 
@@ -117,12 +162,20 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
   import jax  # pylint: disable=import-outside-toplevel
+
   jax.config.update("jax_platforms", "cpu")  # a host-side job: never touch accelerators
   try:
-    report = convert(from_hf=_FROM_HF.value, to=_TO.value, from_checkpoint=_FROM_CKPT.value,
-                     to_hf=_TO_HF.value, step=_STEP.value, expected=_CONFIG.value,
-                     param_dtype=_PARAM_DTYPE.value, hf_dtype=_HF_DTYPE.value,
-                     max_shard_bytes=_MAX_SHARD.value)
+    report = convert(
+      from_hf=_FROM_HF.value,
+      to=_TO.value,
+      from_checkpoint=_FROM_CKPT.value,
+      to_hf=_TO_HF.value,
+      step=_STEP.value,
+      expected=_CONFIG.value,
+      param_dtype=_PARAM_DTYPE.value,
+      hf_dtype=_HF_DTYPE.value,
+      max_shard_bytes=_MAX_SHARD.value,
+    )
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"convert: error: {e}", file=sys.stderr)
     sys.exit(1)

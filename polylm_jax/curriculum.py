@@ -19,87 +19,95 @@ from typing import Iterable, Optional, Sequence
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """A stage mixture and where it starts: a fraction of train_steps or an absolute step."""
-    mixture: str
-    start_fraction: float = 0.0
-    start_step: Optional[int] = None
+  """A stage mixture and where it starts: a fraction of train_steps or an absolute step."""
+
+  mixture: str
+  start_fraction: float = 0.0
+  start_step: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Curriculum:
-    name: str
-    stages: tuple[Stage, ...]
+  name: str
+  stages: tuple[Stage, ...]
 
-    def __post_init__(self):
-        object.__setattr__(self, "stages", tuple(self.stages))
-        if not self.stages:
-            raise ValueError(f"curriculum {self.name!r}: no stages")
-        first = self.stages[0]
-        if first.start_fraction != 0.0 or first.start_step not in (None, 0):
-            raise ValueError(f"curriculum {self.name!r}: the first stage must start at step 0")
-        for s in self.stages:
-            if not 0.0 <= s.start_fraction <= 1.0:
-                raise ValueError(f"curriculum {self.name!r}, stage {s.mixture!r}: "
-                                 f"start_fraction must be in [0, 1], got {s.start_fraction}")
-            if s.start_step is not None and s.start_step < 0:
-                raise ValueError(f"curriculum {self.name!r}, stage {s.mixture!r}: "
-                                 f"start_step must be >= 0, got {s.start_step}")
+  def __post_init__(self):
+    object.__setattr__(self, "stages", tuple(self.stages))
+    if not self.stages:
+      raise ValueError(f"curriculum {self.name!r}: no stages")
+    first = self.stages[0]
+    if first.start_fraction != 0.0 or first.start_step not in (None, 0):
+      raise ValueError(f"curriculum {self.name!r}: the first stage must start at step 0")
+    for s in self.stages:
+      if not 0.0 <= s.start_fraction <= 1.0:
+        raise ValueError(
+          f"curriculum {self.name!r}, stage {s.mixture!r}: "
+          f"start_fraction must be in [0, 1], got {s.start_fraction}"
+        )
+      if s.start_step is not None and s.start_step < 0:
+        raise ValueError(
+          f"curriculum {self.name!r}, stage {s.mixture!r}: "
+          f"start_step must be >= 0, got {s.start_step}"
+        )
 
-    @property
-    def mixtures(self) -> tuple[str, ...]:
-        return tuple(s.mixture for s in self.stages)
+  @property
+  def mixtures(self) -> tuple[str, ...]:
+    return tuple(s.mixture for s in self.stages)
 
-    def boundaries(self, train_steps: Optional[int]) -> tuple[int, ...]:
-        """First step of every stage (non-decreasing; a stage may be empty)."""
-        out = []
-        for s in self.stages:
-            if s.start_step is not None:
-                out.append(int(s.start_step))
-            elif s.start_fraction == 0.0:
-                out.append(0)
-            else:
-                if train_steps is None or train_steps <= 0:
-                    raise ValueError(
-                        f"curriculum {self.name!r}: stage {s.mixture!r} starts at a fraction of "
-                        f"training, so TRAIN_STEPS must be a positive int (got {train_steps})")
-                out.append(int(round(s.start_fraction * train_steps)))
-        if any(b > a for a, b in zip(out[1:], out[:-1])):
-            raise ValueError(f"curriculum {self.name!r}: stage starts decrease: {out}")
-        return tuple(out)
+  def boundaries(self, train_steps: Optional[int]) -> tuple[int, ...]:
+    """First step of every stage (non-decreasing; a stage may be empty)."""
+    out = []
+    for s in self.stages:
+      if s.start_step is not None:
+        out.append(int(s.start_step))
+      elif s.start_fraction == 0.0:
+        out.append(0)
+      else:
+        if train_steps is None or train_steps <= 0:
+          raise ValueError(
+            f"curriculum {self.name!r}: stage {s.mixture!r} starts at a fraction of "
+            f"training, so TRAIN_STEPS must be a positive int (got {train_steps})"
+          )
+        out.append(int(round(s.start_fraction * train_steps)))
+    if any(b > a for a, b in zip(out[1:], out[:-1])):
+      raise ValueError(f"curriculum {self.name!r}: stage starts decrease: {out}")
+    return tuple(out)
 
 
 def stage_at(step: int, boundaries: Sequence[int]) -> int:
-    """Index of the stage that feeds `step` (0-based): the last stage started at or before it."""
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return bisect.bisect_right(list(boundaries), step) - 1
+  """Index of the stage that feeds `step` (0-based): the last stage started at or before it."""
+  if step < 0:
+    raise ValueError(f"step must be >= 0, got {step}")
+  return bisect.bisect_right(list(boundaries), step) - 1
 
 
-def two_stage_curriculum(name: str = "polylm_pretrain_curriculum",
-                         stage1: str = "polylm_pretrain_stage1",
-                         stage2: str = "polylm_pretrain_stage2",
-                         final_stage_fraction: float = 0.2) -> Curriculum:
-    """The default: stage 2 covers the last `final_stage_fraction` of the training steps."""
-    if not 0.0 <= final_stage_fraction <= 1.0:
-        raise ValueError(f"final_stage_fraction must be in [0, 1], got {final_stage_fraction}")
-    return Curriculum(name, (Stage(stage1), Stage(stage2, 1.0 - final_stage_fraction)))
+def two_stage_curriculum(
+  name: str = "polylm_pretrain_curriculum",
+  stage1: str = "polylm_pretrain_stage1",
+  stage2: str = "polylm_pretrain_stage2",
+  final_stage_fraction: float = 0.2,
+) -> Curriculum:
+  """The default: stage 2 covers the last `final_stage_fraction` of the training steps."""
+  if not 0.0 <= final_stage_fraction <= 1.0:
+    raise ValueError(f"final_stage_fraction must be in [0, 1], got {final_stage_fraction}")
+  return Curriculum(name, (Stage(stage1), Stage(stage2, 1.0 - final_stage_fraction)))
 
 
 _CURRICULA: dict[str, Curriculum] = {}
 
 
 def register_curriculum(c: Curriculum, *, overwrite: bool = False) -> Curriculum:
-    if c.name in _CURRICULA and not overwrite and _CURRICULA[c.name] != c:
-        raise ValueError(f"curriculum {c.name!r} is already registered")
-    _CURRICULA[c.name] = c
-    return c
+  if c.name in _CURRICULA and not overwrite and _CURRICULA[c.name] != c:
+    raise ValueError(f"curriculum {c.name!r} is already registered")
+  _CURRICULA[c.name] = c
+  return c
 
 
 def get_curriculum(name: str) -> Curriculum:
-    if name not in _CURRICULA:
-        raise KeyError(f"no curriculum named {name!r}; registered: {sorted(_CURRICULA) or 'none'}")
-    return _CURRICULA[name]
+  if name not in _CURRICULA:
+    raise KeyError(f"no curriculum named {name!r}; registered: {sorted(_CURRICULA) or 'none'}")
+  return _CURRICULA[name]
 
 
 def curriculum_names() -> Iterable[str]:
-    return tuple(_CURRICULA)
+  return tuple(_CURRICULA)

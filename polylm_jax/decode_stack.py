@@ -38,7 +38,7 @@ def prepare_params(config: PolyLMConfig, params: Any, layer_loop: str) -> Any:
   layers = params["layers"]
   if layer_loop == "unrolled" and not isinstance(layers, list):
     layers = [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(config.num_layers)]
-  return {**params, "wpe": params["wpe"][:config.max_len], "layers": layers}
+  return {**params, "wpe": params["wpe"][: config.max_len], "layers": layers}
 
 
 class DecodeStack:
@@ -56,7 +56,9 @@ class DecodeStack:
     cache = init_cache(self.config, batch)
     if not self.unrolled:
       return cache
-    return [jax.tree.map(lambda x, i=i: x[i], cache["layers"]) for i in range(self.config.num_layers)]
+    return [
+      jax.tree.map(lambda x, i=i: x[i], cache["layers"]) for i in range(self.config.num_layers)
+    ]
 
   def take_rows(self, cache: Any, rows: jax.Array) -> Any:
     """Reorders / selects batch rows of the cache (beam search)."""
@@ -69,35 +71,50 @@ class DecodeStack:
 
   # -- forward ----------------------------------------------------------------------------
 
-  def __call__(self, cache: Any, tokens: jax.Array, positions: jax.Array,
-               segment_ids: jax.Array, last_only: bool = True) -> tuple[jax.Array, Any]:
+  def __call__(
+    self,
+    cache: Any,
+    tokens: jax.Array,
+    positions: jax.Array,
+    segment_ids: jax.Array,
+    last_only: bool = True,
+  ) -> tuple[jax.Array, Any]:
     """Logits [B, V] after the last column (or [B, T, V] with last_only=False); new cache."""
     if not self.unrolled:
       logits, variables = PolyLM(self.config).apply(
-          {"params": self.params, "cache": cache}, tokens, positions, segment_ids, decode=True,
-          mutable=["cache"])
+        {"params": self.params, "cache": cache},
+        tokens,
+        positions,
+        segment_ids,
+        decode=True,
+        mutable=["cache"],
+      )
       return (logits[:, -1] if last_only else logits), variables["cache"]
     cfg, p = self.config, self.params
     dtype = jnp.dtype(cfg.dtype)
     residual_dtype = jnp.float32 if cfg.residual_fp32 else dtype
-    x = (jnp.take(p["wte"], tokens, axis=0) + jnp.take(p["wpe"], positions, axis=0))
+    x = jnp.take(p["wte"], tokens, axis=0) + jnp.take(p["wpe"], positions, axis=0)
     x = nn.with_logical_constraint(x.astype(residual_dtype), (BATCH, LENGTH, EMBED))
     new_cache = []
     for layer, layer_cache in zip(self.layers, cache):
       (x, _), variables = Block(cfg, decode=True).apply(
-          {"params": layer, "cache": layer_cache}, x, segment_ids, mutable=["cache"])
+        {"params": layer, "cache": layer_cache}, x, segment_ids, mutable=["cache"]
+      )
       new_cache.append(variables["cache"])
     if last_only:
       x = x[:, -1:]
-    h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
-                     param_dtype=jnp.dtype(cfg.param_dtype)).apply({"params": p["ln_f"]}, x)
-    logits = jnp.einsum("btd,vd->btv", h.astype(dtype), p["wte"].astype(dtype),
-                        preferred_element_type=jnp.float32)
+    h = nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype)
+    ).apply({"params": p["ln_f"]}, x)
+    logits = jnp.einsum(
+      "btd,vd->btv", h.astype(dtype), p["wte"].astype(dtype), preferred_element_type=jnp.float32
+    )
     logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
     return (logits[:, -1] if last_only else logits), new_cache
 
-  def prefill(self, tokens: jax.Array, positions: jax.Array,
-              segment_ids: jax.Array) -> tuple[jax.Array, Any]:
+  def prefill(
+    self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array
+  ) -> tuple[jax.Array, Any]:
     """Fills a new cache with the (left-padded) prompts; logits after each row's last token."""
     cache = self.init_cache(tokens.shape[0])
     if self.unrolled or tokens.shape[1] == 1:

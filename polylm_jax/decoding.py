@@ -59,6 +59,7 @@ class DecodeSettings:
   def __post_init__(self):
     def bad(name, why):
       raise ValueError(f"decoding setting {name}={getattr(self, name)!r}: {why}")
+
     if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
       bad("temperature", "must be >= 0 (0 means greedy)")
     if not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
@@ -103,25 +104,35 @@ top_k_filter = logits_processors.top_k_filter
 top_p_filter = logits_processors.top_p_filter
 
 
-def process_logits(logits: jax.Array, seen: jax.Array | None, s: DecodeSettings,
-                   knobs: dict[str, Any] | None = None) -> jax.Array:
+def process_logits(
+  logits: jax.Array, seen: jax.Array | None, s: DecodeSettings, knobs: dict[str, Any] | None = None
+) -> jax.Array:
   """HF's processor chain for settings `s`; values from `knobs` (traced) if given."""
-  return logits_processors.process_logits(logits, seen, s, knobs if knobs is not None else
-                                          _knobs(s, 0))
+  return logits_processors.process_logits(
+    logits, seen, s, knobs if knobs is not None else _knobs(s, 0)
+  )
 
 
 def _knobs(s: DecodeSettings, eos: int) -> dict[str, Any]:
   """The values that are traced, so that changing them does not recompile."""
-  return dict(eos=np.int32(eos), temperature=np.float32(s.temperature if s.do_sample else 1.0),
-              top_p=np.float32(s.top_p), repetition_penalty=np.float32(s.repetition_penalty))
+  return dict(
+    eos=np.int32(eos),
+    temperature=np.float32(s.temperature if s.do_sample else 1.0),
+    top_p=np.float32(s.top_p),
+    repetition_penalty=np.float32(s.repetition_penalty),
+  )
 
 
 def _compile_key(s: DecodeSettings) -> DecodeSettings:
   """Only what changes the program: which processors run, top_k, and the beam settings."""
   return dataclasses.replace(
-      s, seed=0, eos_id=None, temperature=1.0 if s.do_sample else 0.0,
-      top_p=0.5 if s.top_p < 1.0 else 1.0,
-      repetition_penalty=2.0 if s.repetition_penalty != 1.0 else 1.0)
+    s,
+    seed=0,
+    eos_id=None,
+    temperature=1.0 if s.do_sample else 0.0,
+    top_p=0.5 if s.top_p < 1.0 else 1.0,
+    repetition_penalty=2.0 if s.repetition_penalty != 1.0 else 1.0,
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -142,19 +153,32 @@ def _emit(s: DecodeSettings, state, logits):
   else:
     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   token = jnp.where(state["done"], eos, token)
-  new = dict(state, step=step + 1, done=state["done"] | (token == eos),
-             out=jax.lax.dynamic_update_slice(state["out"], token[:, None], (0, step)))
+  new = dict(
+    state,
+    step=step + 1,
+    done=state["done"] | (token == eos),
+    out=jax.lax.dynamic_update_slice(state["out"], token[:, None], (0, step)),
+  )
   if "seen" in state:
     new["seen"] = state["seen"].at[jnp.arange(token.shape[0]), token].set(True)
   return new
 
 
-def _sample_init(stack, s, max_new, tokens, positions, segment_ids, prompt_lens, active, row_ids,
-                 key, knobs):
+def _sample_init(
+  stack, s, max_new, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, knobs
+):
   logits, cache = stack.prefill(tokens, positions, segment_ids)
   b = tokens.shape[0]
-  state = dict(cache=cache, step=jnp.int32(0), done=~active, row_ids=row_ids, key=key,
-               lens=prompt_lens, knobs=knobs, out=jnp.full((b, max_new), knobs["eos"], jnp.int32))
+  state = dict(
+    cache=cache,
+    step=jnp.int32(0),
+    done=~active,
+    row_ids=row_ids,
+    key=key,
+    lens=prompt_lens,
+    knobs=knobs,
+    out=jnp.full((b, max_new), knobs["eos"], jnp.int32),
+  )
   if s.repetition_penalty != 1.0:
     state["seen"] = logits_processors.seen_mask(tokens, segment_ids, stack.config.vocab_size)
   return _emit(s, state, logits)
@@ -177,33 +201,95 @@ _STATICS = ("config", "s", "max_new", "layer_loop")
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
-def _generate_sample(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key,
-                     knobs, *, config, s, max_new, layer_loop):
+def _generate_sample(
+  params,
+  tokens,
+  positions,
+  segment_ids,
+  prompt_lens,
+  active,
+  row_ids,
+  key,
+  knobs,
+  *,
+  config,
+  s,
+  max_new,
+  layer_loop,
+):
   stack = DecodeStack(config, params, layer_loop)
-  state = _sample_init(stack, s, max_new, tokens, positions, segment_ids, prompt_lens, active,
-                       row_ids, key, knobs)
+  state = _sample_init(
+    stack, s, max_new, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, knobs
+  )
   return _sample_steps(stack, s, state, max_new)["out"]
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
-def _generate_beam(params, tokens, positions, segment_ids, prompt_lens, active, knobs, *, config,
-                   s, max_new, layer_loop):
-  return beam_search.beam_search(DecodeStack(config, params, layer_loop), s, max_new, knobs,
-                                 tokens, positions, segment_ids, prompt_lens, active)
+def _generate_beam(
+  params,
+  tokens,
+  positions,
+  segment_ids,
+  prompt_lens,
+  active,
+  knobs,
+  *,
+  config,
+  s,
+  max_new,
+  layer_loop,
+):
+  return beam_search.beam_search(
+    DecodeStack(config, params, layer_loop),
+    s,
+    max_new,
+    knobs,
+    tokens,
+    positions,
+    segment_ids,
+    prompt_lens,
+    active,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
-def _stream_init(params, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, knobs,
-                 *, config, s, max_new, layer_loop):
-  return _sample_init(DecodeStack(config, params, layer_loop), s, max_new, tokens, positions,
-                      segment_ids, prompt_lens, active, row_ids, key, knobs)
+def _stream_init(
+  params,
+  tokens,
+  positions,
+  segment_ids,
+  prompt_lens,
+  active,
+  row_ids,
+  key,
+  knobs,
+  *,
+  config,
+  s,
+  max_new,
+  layer_loop,
+):
+  return _sample_init(
+    DecodeStack(config, params, layer_loop),
+    s,
+    max_new,
+    tokens,
+    positions,
+    segment_ids,
+    prompt_lens,
+    active,
+    row_ids,
+    key,
+    knobs,
+  )
 
 
 _prepare_params = jax.jit(decode_stack.prepare_params, static_argnums=(0, 2))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "s", "layer_loop"),
-                   donate_argnames=("state",))
+@functools.partial(
+  jax.jit, static_argnames=("config", "s", "layer_loop"), donate_argnames=("state",)
+)
 def _stream_steps(params, state, limit, *, config, s, layer_loop):
   return _sample_steps(DecodeStack(config, params, layer_loop), s, state, limit)
 
@@ -216,7 +302,9 @@ def _bucket(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def _check_ids(kind: str, i: int, ids: Any, vocab_size: int, allow_empty: bool = False) -> list[int]:
+def _check_ids(
+  kind: str, i: int, ids: Any, vocab_size: int, allow_empty: bool = False
+) -> list[int]:
   if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
     raise TypeError(f"{kind} {i} must be a list of token ids, got {type(ids).__name__}")
   ids = [int(t) for t in ids]
@@ -228,24 +316,31 @@ def _check_ids(kind: str, i: int, ids: Any, vocab_size: int, allow_empty: bool =
   return ids
 
 
-def validate_prompts(config: PolyLMConfig, prompts: Sequence[Sequence[int]],
-                     max_new_tokens: int) -> list[list[int]]:
+def validate_prompts(
+  config: PolyLMConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> list[list[int]]:
   """Clear errors for empty prompts, bad ids and prompts that do not fit the positions."""
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
   if max_new_tokens >= config.max_len:
-    raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt: the model "
-                     f"has max_len={config.max_len} positions")
+    raise ValueError(
+      f"max_new_tokens={max_new_tokens} leaves no room for a prompt: the model "
+      f"has max_len={config.max_len} positions"
+    )
   out = []
   for i, p in enumerate(prompts):
     p = _check_ids("prompt", i, p, config.vocab_size)
     if len(p) > config.max_len:
-      raise ValueError(f"prompt {i} has {len(p)} tokens, more than the model's max_len="
-                       f"{config.max_len} positions (truncate it, e.g. keep the last tokens)")
+      raise ValueError(
+        f"prompt {i} has {len(p)} tokens, more than the model's max_len="
+        f"{config.max_len} positions (truncate it, e.g. keep the last tokens)"
+      )
     if len(p) + max_new_tokens > config.max_len:
-      raise ValueError(f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} "
-                       f"that is {len(p) + max_new_tokens} > max_len={config.max_len}: shorten "
-                       f"the prompt to {config.max_len - max_new_tokens} tokens or generate fewer")
+      raise ValueError(
+        f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} "
+        f"that is {len(p) + max_new_tokens} > max_len={config.max_len}: shorten "
+        f"the prompt to {config.max_len - max_new_tokens} tokens or generate fewer"
+      )
     out.append(p)
   return out
 
@@ -257,9 +352,9 @@ def _left_pad(prompts: list[list[int]], rows: int, width: int):
   lens = np.ones((rows,), np.int32)
   for i in range(rows):
     p = prompts[i] if i < len(prompts) else [0]  # padding rows: one dummy token, inactive
-    tokens[i, width - len(p):] = p
-    positions[i, width - len(p):] = np.arange(len(p))
-    segments[i, width - len(p):] = 1
+    tokens[i, width - len(p) :] = p
+    positions[i, width - len(p) :] = np.arange(len(p))
+    segments[i, width - len(p) :] = 1
     lens[i] = len(p)
   active = np.arange(rows) < len(prompts)
   return tokens, positions, segments, lens, active
@@ -282,6 +377,7 @@ class _Placement:
 
   def context(self):
     import contextlib
+
     return contextlib.nullcontext() if self.mesh is None else partitioning.use_mesh(self.mesh)
 
 
@@ -297,14 +393,23 @@ def _decode_config(config: PolyLMConfig, width: int, max_new: int) -> PolyLMConf
 def _trim(row: np.ndarray, eos: int, include_eos: bool) -> list[int]:
   row = [int(t) for t in row]
   if eos in row:
-    row = row[:row.index(eos) + (1 if include_eos else 0)]
+    row = row[: row.index(eos) + (1 if include_eos else 0)]
   return row
 
 
-def generate(config: PolyLMConfig, params: Any, prompts: Sequence[Sequence[int]],
-             max_new_tokens: int, *, batch_size: int | None = None, mesh=None,
-             include_eos: bool = False, preset: str | None = None,
-             layer_loop: str = "unrolled", **settings: Any) -> list[list[int]]:
+def generate(
+  config: PolyLMConfig,
+  params: Any,
+  prompts: Sequence[Sequence[int]],
+  max_new_tokens: int,
+  *,
+  batch_size: int | None = None,
+  mesh=None,
+  include_eos: bool = False,
+  preset: str | None = None,
+  layer_loop: str = "unrolled",
+  **settings: Any,
+) -> list[list[int]]:
   """New token ids for each prompt (greedy, sampling or beam search; see DecodeSettings).
 
   prompts are processed `batch_size` at a time (default: all at once), each batch left-padded
@@ -331,27 +436,52 @@ def generate(config: PolyLMConfig, params: Any, prompts: Sequence[Sequence[int]]
     with place.context():
       args = place.batch(tokens, positions, segments, lens, active, row_ids)
       if s.num_beams > 1:
-        out, _ = _generate_beam(place.params, *args[:5], knobs, config=dcfg, s=statics,
-                                max_new=max_new_tokens, layer_loop=layer_loop)
+        out, _ = _generate_beam(
+          place.params,
+          *args[:5],
+          knobs,
+          config=dcfg,
+          s=statics,
+          max_new=max_new_tokens,
+          layer_loop=layer_loop,
+        )
       else:
-        out = _generate_sample(place.params, *args, jax.random.key(s.seed), knobs, config=dcfg,
-                               s=statics, max_new=max_new_tokens, layer_loop=layer_loop)
+        out = _generate_sample(
+          place.params,
+          *args,
+          jax.random.key(s.seed),
+          knobs,
+          config=dcfg,
+          s=statics,
+          max_new=max_new_tokens,
+          layer_loop=layer_loop,
+        )
     out = np.asarray(jax.device_get(out))
     results.extend(_trim(out[i], eos, include_eos) for i in range(hi - lo))
   return results
 
 
-def generate_stream(config: PolyLMConfig, params: Any, prompt: Sequence[int],
-                    max_new_tokens: int, *, chunk_tokens: int = 1, preset: str | None = None,
-                    layer_loop: str = "unrolled", **settings: Any) -> Iterator[list[int]]:
+def generate_stream(
+  config: PolyLMConfig,
+  params: Any,
+  prompt: Sequence[int],
+  max_new_tokens: int,
+  *,
+  chunk_tokens: int = 1,
+  preset: str | None = None,
+  layer_loop: str = "unrolled",
+  **settings: Any,
+) -> Iterator[list[int]]:
   """Yields the new tokens of one prompt in chunks as they are generated (eos not yielded).
 
   Same tokens as `generate` with the same settings; beam search cannot stream (error).
   """
   s = make_settings(preset, **settings)
   if s.num_beams > 1:
-    raise ValueError("beam search cannot stream: its best hypothesis is only known at the end; "
-                     "use generate() or num_beams=1")
+    raise ValueError(
+      "beam search cannot stream: its best hypothesis is only known at the end; "
+      "use generate() or num_beams=1"
+    )
   if chunk_tokens < 1:
     raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
   decode_stack.check_layer_loop(layer_loop)
@@ -362,22 +492,40 @@ def generate_stream(config: PolyLMConfig, params: Any, prompt: Sequence[int],
   dcfg = _decode_config(config, width, max_new_tokens)
   statics = _compile_key(s)
   params = _prepare_params(dcfg, params, layer_loop)  # once, not per chunk
-  state = _stream_init(params, tokens, positions, segments, lens, active, np.zeros(1, np.int32),
-                       jax.random.key(s.seed), _knobs(s, eos), config=dcfg, s=statics,
-                       max_new=max_new_tokens, layer_loop=layer_loop)
+  state = _stream_init(
+    params,
+    tokens,
+    positions,
+    segments,
+    lens,
+    active,
+    np.zeros(1, np.int32),
+    jax.random.key(s.seed),
+    _knobs(s, eos),
+    config=dcfg,
+    s=statics,
+    max_new=max_new_tokens,
+    layer_loop=layer_loop,
+  )
   emitted = 0
   while True:
     out, step, done = jax.device_get((state["out"][0], state["step"], state["done"][0]))
     new = [int(t) for t in out[emitted:step]]
     emitted = int(step)
     if eos in new:
-      new = new[:new.index(eos)]
+      new = new[: new.index(eos)]
     if new:
       yield new
     if done or emitted >= max_new_tokens:
       return
-    state = _stream_steps(params, state, jnp.int32(min(emitted + chunk_tokens, max_new_tokens)),
-                          config=dcfg, s=statics, layer_loop=layer_loop)
+    state = _stream_steps(
+      params,
+      state,
+      jnp.int32(min(emitted + chunk_tokens, max_new_tokens)),
+      config=dcfg,
+      s=statics,
+      layer_loop=layer_loop,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -405,9 +553,15 @@ def _score_batch(params, tokens, segments, target_mask, *, config):
   return jnp.sum(jnp.where(mask, token_lp, 0.0), axis=-1), greedy
 
 
-def score(config: PolyLMConfig, params: Any, contexts: Sequence[Sequence[int]],
-          continuations: Sequence[Sequence[int]], *, batch_size: int | None = None,
-          mesh=None) -> Scores:
+def score(
+  config: PolyLMConfig,
+  params: Any,
+  contexts: Sequence[Sequence[int]],
+  continuations: Sequence[Sequence[int]],
+  *,
+  batch_size: int | None = None,
+  mesh=None,
+) -> Scores:
   """log p(continuation | context) for each pair, batched (rank classification)."""
   if len(contexts) != len(continuations):
     raise ValueError(f"score: {len(contexts)} contexts but {len(continuations)} continuations")
@@ -416,8 +570,10 @@ def score(config: PolyLMConfig, params: Any, contexts: Sequence[Sequence[int]],
     c = _check_ids("context", i, c, config.vocab_size)
     x = _check_ids("continuation", i, x, config.vocab_size)
     if len(c) + len(x) > config.max_len:
-      raise ValueError(f"context {i} + continuation {i} have {len(c) + len(x)} tokens, more than "
-                       f"max_len={config.max_len}")
+      raise ValueError(
+        f"context {i} + continuation {i} have {len(c) + len(x)} tokens, more than "
+        f"max_len={config.max_len}"
+      )
     rows_in.append((c, x))
   n = len(rows_in)
   total, greedy = np.zeros(n, np.float32), np.zeros(n, bool)
@@ -425,19 +581,19 @@ def score(config: PolyLMConfig, params: Any, contexts: Sequence[Sequence[int]],
   place = _Placement(config, params, mesh)
   for lo, hi in _chunks(n, batch_size):
     rows = _bucket(hi - lo if not batch_size else batch_size, place.dp)
-    width = min(_bucket(max(len(c) + len(x) for c, x in rows_in[lo:hi]), _PROMPT_BUCKET),
-                config.max_len)
+    width = min(
+      _bucket(max(len(c) + len(x) for c, x in rows_in[lo:hi]), _PROMPT_BUCKET), config.max_len
+    )
     tokens = np.zeros((rows, width + 1), np.int32)  # one spare column: inputs are [:, :-1]
     segments = np.zeros_like(tokens)
     target = np.zeros(tokens.shape, bool)
     for r, (c, x) in enumerate(rows_in[lo:hi]):
-      tokens[r, :len(c) + len(x)] = c + x
-      segments[r, :len(c) + len(x)] = 1
-      target[r, len(c):len(c) + len(x)] = True
+      tokens[r, : len(c) + len(x)] = c + x
+      segments[r, : len(c) + len(x)] = 1
+      target[r, len(c) : len(c) + len(x)] = True
     with place.context():
-      t, g = _score_batch(place.params, *place.batch(tokens, segments, target),
-                          config=config)
-    total[lo:hi], greedy[lo:hi] = np.asarray(t)[:hi - lo], np.asarray(g)[:hi - lo]
+      t, g = _score_batch(place.params, *place.batch(tokens, segments, target), config=config)
+    total[lo:hi], greedy[lo:hi] = np.asarray(t)[: hi - lo], np.asarray(g)[: hi - lo]
   return Scores(total, total / np.maximum(lengths, 1), lengths, greedy)
 
 
@@ -450,13 +606,17 @@ def check_vocab(config: PolyLMConfig, vocab: Any) -> None:
   size = int(vocab.vocab_size)
   where = getattr(vocab, "sentencepiece_model_file", type(vocab).__name__)
   if size != config.vocab_size:
-    raise ValueError(f"vocabulary mismatch: the tokenizer ({where}) has {size} pieces but the "
-                     f"checkpoint's vocab_size is {config.vocab_size}; load the tokenizer the "
-                     f"model was trained with")
+    raise ValueError(
+      f"vocabulary mismatch: the tokenizer ({where}) has {size} pieces but the "
+      f"checkpoint's vocab_size is {config.vocab_size}; load the tokenizer the "
+      f"model was trained with"
+    )
   eos = getattr(vocab, "eos_id", None)
   if eos is not None and int(eos) != config.eos_id:
-    raise ValueError(f"vocabulary mismatch: the tokenizer ({where}) has eos id {eos} but the "
-                     f"model config says eos_id={config.eos_id}")
+    raise ValueError(
+      f"vocabulary mismatch: the tokenizer ({where}) has eos id {eos} but the "
+      f"model config says eos_id={config.eos_id}"
+    )
 
 
 def _encode(vocab, texts: Sequence[str], what: str) -> list[list[int]]:
@@ -465,20 +625,37 @@ def _encode(vocab, texts: Sequence[str], what: str) -> list[list[int]]:
   return [list(vocab.encode(t)) for t in texts]
 
 
-def generate_text(config: PolyLMConfig, params: Any, vocab: Any, prompts: Sequence[str],
-                  max_new_tokens: int, **kwargs: Any) -> list[str]:
+def generate_text(
+  config: PolyLMConfig,
+  params: Any,
+  vocab: Any,
+  prompts: Sequence[str],
+  max_new_tokens: int,
+  **kwargs: Any,
+) -> list[str]:
   """`generate` on text: encodes with `vocab` (no BOS, as in training), decodes the output."""
   check_vocab(config, vocab)
   ids = generate(config, params, _encode(vocab, prompts, "prompts"), max_new_tokens, **kwargs)
   return [vocab.decode(x) for x in ids]
 
 
-def score_text(config: PolyLMConfig, params: Any, vocab: Any, contexts: Sequence[str],
-               continuations: Sequence[str], **kwargs: Any) -> Scores:
+def score_text(
+  config: PolyLMConfig,
+  params: Any,
+  vocab: Any,
+  contexts: Sequence[str],
+  continuations: Sequence[str],
+  **kwargs: Any,
+) -> Scores:
   """`score` on text; context and continuation are tokenized separately."""
   check_vocab(config, vocab)
-  return score(config, params, _encode(vocab, contexts, "contexts"),
-               _encode(vocab, continuations, "continuations"), **kwargs)
+  return score(
+    config,
+    params,
+    _encode(vocab, contexts, "contexts"),
+    _encode(vocab, continuations, "continuations"),
+    **kwargs,
+  )
 
 
 class TextStreamer:
@@ -492,11 +669,11 @@ class TextStreamer:
     text = self.vocab.decode(self.ids)
     if text.endswith("\ufffd"):
       return ""
-    new, self.printed = text[len(self.printed):], text
+    new, self.printed = text[len(self.printed) :], text
     return new
 
   def flush(self) -> str:
     """Whatever is still held back (an incomplete character at the very end)."""
     text = self.vocab.decode(self.ids)
-    new, self.printed = text[len(self.printed):], text
+    new, self.printed = text[len(self.printed) :], text
     return new

@@ -41,28 +41,28 @@ def _vocabulary(vocab_path: str | None, checkpoint_path: str):
 
 
 def evaluate_checkpoint(
-    *,
-    checkpoint_path: str,
-    output_dir: str,
-    mixture_or_task_name: str | Sequence[str],
-    vocab_path: str | None = None,
-    data_dir: str | None = None,
-    tfds_data_dir: str | None = None,
-    paths: Mapping[str, str] | None = None,
-    step: int | None = None,
-    shot_seed: int = 0,
-    max_examples: int | None = None,
-    batch_size: int = 32,
-    max_new_tokens: int | Mapping[str, int] | None = None,
-    decode_settings: Mapping[str, Any] | None = None,
-    template_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    bleu_tokenizers: Mapping[str, str] | None = None,
-    prefix_eos: bool = True,
-    mesh_data: int = -1,
-    mesh_fsdp: int = 1,
-    mesh_tensor: int = 1,
-    plot: bool = True,
-    print_fn: Callable[..., None] = print,
+  *,
+  checkpoint_path: str,
+  output_dir: str,
+  mixture_or_task_name: str | Sequence[str],
+  vocab_path: str | None = None,
+  data_dir: str | None = None,
+  tfds_data_dir: str | None = None,
+  paths: Mapping[str, str] | None = None,
+  step: int | None = None,
+  shot_seed: int = 0,
+  max_examples: int | None = None,
+  batch_size: int = 32,
+  max_new_tokens: int | Mapping[str, int] | None = None,
+  decode_settings: Mapping[str, Any] | None = None,
+  template_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+  bleu_tokenizers: Mapping[str, str] | None = None,
+  prefix_eos: bool = True,
+  mesh_data: int = -1,
+  mesh_fsdp: int = 1,
+  mesh_tensor: int = 1,
+  plot: bool = True,
+  print_fn: Callable[..., None] = print,
 ) -> evaluation.EvalResults:
   """Loads a checkpoint, evaluates it, writes the report; returns the results.
 
@@ -78,8 +78,12 @@ def evaluate_checkpoint(
   if not output_dir:
     raise ValueError("EVAL_OUTPUT_DIR is empty: pass --gin.EVAL_OUTPUT_DIR=\\\"/path\\\"")
   templates.apply_overrides(template_overrides or {})
-  benchmark.configure(data_dir=data_dir, tfds_data_dir=tfds_data_dir, shot_seed=shot_seed,
-                      paths=dict(paths) if paths else None)
+  benchmark.configure(
+    data_dir=data_dir,
+    tfds_data_dir=tfds_data_dir,
+    shot_seed=shot_seed,
+    paths=dict(paths) if paths else None,
+  )
   task_names = benchmark.resolve_all(mixture_or_task_name)  # unknown names fail before loading
   mesh = None
   if len(jax.devices()) > 1:
@@ -87,15 +91,27 @@ def evaluate_checkpoint(
   config, params = checkpoints.load(checkpoint_path, step=step, mesh=mesh)
   vocab = _vocabulary(vocab_path, checkpoint_path)
   logging.info("evaluating %s on %d tasks", checkpoint_path, len(task_names))
-  results = evaluation.evaluate(config, params, vocab, task_names, max_examples=max_examples,
-                                batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                decode_settings=decode_settings, mesh=mesh,
-                                prefix_eos=prefix_eos, bleu_tokenizers=bleu_tokenizers)
+  results = evaluation.evaluate(
+    config,
+    params,
+    vocab,
+    task_names,
+    max_examples=max_examples,
+    batch_size=batch_size,
+    max_new_tokens=max_new_tokens,
+    decode_settings=decode_settings,
+    mesh=mesh,
+    prefix_eos=prefix_eos,
+    bleu_tokenizers=bleu_tokenizers,
+  )
   eval_report.write_report(results, output_dir, plot=plot)
   gin_utils.write_operative_config(output_dir)  # the gin settings of this run, if any
   for t in results.tasks:
-    print_fn(f"{t.task}: " + ", ".join(f"{k} {v:.2f}" for k, v in t.metrics.items())
-             + f" ({t.num_examples} examples)")
+    print_fn(
+      f"{t.task}: "
+      + ", ".join(f"{k} {v:.2f}" for k, v in t.metrics.items())
+      + f" ({t.num_examples} examples)"
+    )
   print_fn(f"report: {os.path.join(output_dir, 'results.md')}")
   return results
 

@@ -82,12 +82,15 @@ def squad_scores(prediction: str, references: Sequence[str]) -> dict[str, float]
   """Per example: best F1 and EM over the references (0-1)."""
   if not references:
     raise ValueError("squad_scores: an example needs at least one reference answer")
-  return {"f1": max(qa_f1(prediction, r) for r in references),
-          "exact_match": max(qa_exact_match(prediction, r) for r in references)}
+  return {
+    "f1": max(qa_f1(prediction, r) for r in references),
+    "exact_match": max(qa_exact_match(prediction, r) for r in references),
+  }
 
 
-def squad_metrics(predictions: Sequence[str],
-                  references: Sequence[Sequence[str]]) -> dict[str, float]:
+def squad_metrics(
+  predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> dict[str, float]:
   """Corpus F1 and exact match in percent."""
   _check_lengths("squad_metrics", predictions, references)
   if not predictions:
@@ -108,16 +111,22 @@ def _reference_streams(references: Sequence[Sequence[str] | str]) -> list[list[s
   refs = [[r] if isinstance(r, str) else list(r) for r in references]
   counts = {len(r) for r in refs}
   if len(counts) > 1:
-    raise ValueError(f"translation metrics: every example needs the same number of "
-                     f"references, got counts {sorted(counts)}")
+    raise ValueError(
+      f"translation metrics: every example needs the same number of "
+      f"references, got counts {sorted(counts)}"
+    )
   n = counts.pop() if counts else 1
   if n == 0:
     raise ValueError("translation metrics: an example has no reference")
   return [[r[i] for r in refs] for i in range(n)]
 
 
-def bleu(predictions: Sequence[str], references: Sequence[Sequence[str] | str], lang: str,
-         tokenize: str | None = None) -> float:
+def bleu(
+  predictions: Sequence[str],
+  references: Sequence[Sequence[str] | str],
+  lang: str,
+  tokenize: str | None = None,
+) -> float:
   """Corpus sacreBLEU with the target language's tokenizer (see BLEU_TOKENIZERS)."""
   _check_lengths("bleu", predictions, references)
   if not predictions:
@@ -131,36 +140,43 @@ def chrf(predictions: Sequence[str], references: Sequence[Sequence[str] | str]) 
   _check_lengths("chrf", predictions, references)
   if not predictions:
     return 0.0
-  return float(sacrebleu.CHRF().corpus_score(list(predictions),
-                                             _reference_streams(references)).score)
+  return float(
+    sacrebleu.CHRF().corpus_score(list(predictions), _reference_streams(references)).score
+  )
 
 
 def sentence_chrf(prediction: str, references: Sequence[str]) -> float:
   return float(sacrebleu.CHRF().sentence_score(prediction, list(references)).score)
 
 
-def translation_metrics(predictions: Sequence[str], references: Sequence[Sequence[str] | str],
-                        lang: str, tokenize: str | None = None) -> dict[str, float]:
-  return {"bleu": bleu(predictions, references, lang, tokenize),
-          "chrf": chrf(predictions, references)}
+def translation_metrics(
+  predictions: Sequence[str],
+  references: Sequence[Sequence[str] | str],
+  lang: str,
+  tokenize: str | None = None,
+) -> dict[str, float]:
+  return {
+    "bleu": bleu(predictions, references, lang, tokenize),
+    "chrf": chrf(predictions, references),
+  }
 
 
 # -- ROUGE ------------------------------------------------------------------------------------
 
 # Scripts written without spaces between words: each character is one token.
 _CHAR_RANGES = (
-    (0x0E00, 0x0EFF),   # Thai, Lao
-    (0x1000, 0x109F),   # Myanmar
-    (0x1780, 0x17FF),   # Khmer
-    (0x2E80, 0x2FDF),   # CJK radicals
-    (0x3040, 0x30FF),   # Hiragana, Katakana
-    (0x3100, 0x31BF),   # Bopomofo
-    (0x31F0, 0x31FF),   # Katakana extensions
-    (0x3400, 0x4DBF),   # CJK extension A
-    (0x4E00, 0x9FFF),   # CJK unified ideographs
-    (0xF900, 0xFAFF),   # CJK compatibility ideographs
-    (0xFF66, 0xFF9F),   # half-width Katakana
-    (0x20000, 0x3134F),  # CJK extensions B-G
+  (0x0E00, 0x0EFF),  # Thai, Lao
+  (0x1000, 0x109F),  # Myanmar
+  (0x1780, 0x17FF),  # Khmer
+  (0x2E80, 0x2FDF),  # CJK radicals
+  (0x3040, 0x30FF),  # Hiragana, Katakana
+  (0x3100, 0x31BF),  # Bopomofo
+  (0x31F0, 0x31FF),  # Katakana extensions
+  (0x3400, 0x4DBF),  # CJK extension A
+  (0x4E00, 0x9FFF),  # CJK unified ideographs
+  (0xF900, 0xFAFF),  # CJK compatibility ideographs
+  (0xFF66, 0xFF9F),  # half-width Katakana
+  (0x20000, 0x3134F),  # CJK extensions B-G
 )
 
 
@@ -203,8 +219,10 @@ def _rouge_scorer():
   global _SCORER
   if _SCORER is None:
     from rouge_score import rouge_scorer
-    _SCORER = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False,
-                                       tokenizer=MultilingualTokenizer())
+
+    _SCORER = rouge_scorer.RougeScorer(
+      list(ROUGE_TYPES), use_stemmer=False, tokenizer=MultilingualTokenizer()
+    )
   return _SCORER
 
 
@@ -216,12 +234,12 @@ def rouge_scores(prediction: str, references: Sequence[str]) -> dict[str, float]
   return {t: max(s[t].fmeasure for s in scored) for t in ROUGE_TYPES}
 
 
-def rouge_metrics(predictions: Sequence[str],
-                  references: Sequence[Sequence[str] | str]) -> dict[str, float]:
+def rouge_metrics(
+  predictions: Sequence[str], references: Sequence[Sequence[str] | str]
+) -> dict[str, float]:
   """Mean ROUGE-1/2/L F-measure in percent."""
   _check_lengths("rouge", predictions, references)
   if not predictions:
     return {t: 0.0 for t in ROUGE_TYPES}
-  per = [rouge_scores(p, [r] if isinstance(r, str) else r)
-         for p, r in zip(predictions, references)]
+  per = [rouge_scores(p, [r] if isinstance(r, str) else r) for p, r in zip(predictions, references)]
   return {t: 100.0 * float(np.mean([s[t] for s in per])) for t in ROUGE_TYPES}

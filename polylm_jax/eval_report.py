@@ -25,8 +25,17 @@ from typing import Any
 
 from polylm_jax.evaluation import EvalResults, TaskResult
 
-CSV_FIELDS = ("task", "family", "lang", "shots", "metric", "value", "primary", "examples",
-              "truncated")
+CSV_FIELDS = (
+  "task",
+  "family",
+  "lang",
+  "shots",
+  "metric",
+  "value",
+  "primary",
+  "examples",
+  "truncated",
+)
 
 
 def _atomic_write(path: Path, data: str | bytes) -> Path:
@@ -39,8 +48,9 @@ def _atomic_write(path: Path, data: str | bytes) -> Path:
 
 
 def predictions_jsonl(task: TaskResult) -> str:
-  return "".join(json.dumps({"task": task.task, **p}, ensure_ascii=False) + "\n"
-                 for p in task.predictions)
+  return "".join(
+    json.dumps({"task": task.task, **p}, ensure_ascii=False) + "\n" for p in task.predictions
+  )
 
 
 def results_csv(results: EvalResults) -> str:
@@ -63,20 +73,27 @@ def results_markdown(results: EvalResults) -> str:
   """A table per (family, shots): a row per language, the primary metric first."""
   lines = ["# Evaluation results", ""]
   for (family, shots), tasks in _groups(results).items():
-    metrics = [tasks[0].primary_metric] + [m for m in tasks[0].metrics
-                                           if m != tasks[0].primary_metric]
-    lines += [f"## {family}, {shots}-shot", "",
-              "| language | " + " | ".join(metrics) + " | examples | truncated |",
-              "|---|" + "---:|" * (len(metrics) + 2)]
+    metrics = [tasks[0].primary_metric] + [
+      m for m in tasks[0].metrics if m != tasks[0].primary_metric
+    ]
+    lines += [
+      f"## {family}, {shots}-shot",
+      "",
+      "| language | " + " | ".join(metrics) + " | examples | truncated |",
+      "|---|" + "---:|" * (len(metrics) + 2),
+    ]
     for t in tasks:
       cells = [f"{t.metrics[m]:.2f}" for m in metrics]
-      lines.append(f"| {t.lang} | " + " | ".join(cells) + f" | {t.num_examples} | "
-                   f"{t.num_truncated} |")
+      lines.append(
+        f"| {t.lang} | " + " | ".join(cells) + f" | {t.num_examples} | {t.num_truncated} |"
+      )
     if len(tasks) > 1:
       means = [sum(t.metrics[m] for t in tasks) / len(tasks) for m in metrics]
-      lines.append("| **mean** | " + " | ".join(f"{v:.2f}" for v in means) + " | "
-                   f"{sum(t.num_examples for t in tasks)} | "
-                   f"{sum(t.num_truncated for t in tasks)} |")
+      lines.append(
+        "| **mean** | " + " | ".join(f"{v:.2f}" for v in means) + " | "
+        f"{sum(t.num_examples for t in tasks)} | "
+        f"{sum(t.num_truncated for t in tasks)} |"
+      )
     notes = {k: v for t in tasks for k, v in t.notes.items() if k != "score"}
     if any("bleu_tokenizer" in t.notes for t in tasks):
       tokenizers = sorted({f"{t.lang}: {t.notes['bleu_tokenizer']}" for t in tasks})
@@ -89,11 +106,28 @@ def results_markdown(results: EvalResults) -> str:
 
 
 def results_json(results: EvalResults) -> str:
-  return json.dumps([{"task": t.task, "family": t.family, "lang": t.lang, "shots": t.shots,
-                      "metrics": t.metrics, "primary_metric": t.primary_metric,
-                      "examples": t.num_examples, "truncated": t.num_truncated,
-                      "seconds": round(t.seconds, 3), "notes": t.notes}
-                     for t in results.tasks], indent=1, ensure_ascii=False) + "\n"
+  return (
+    json.dumps(
+      [
+        {
+          "task": t.task,
+          "family": t.family,
+          "lang": t.lang,
+          "shots": t.shots,
+          "metrics": t.metrics,
+          "primary_metric": t.primary_metric,
+          "examples": t.num_examples,
+          "truncated": t.num_truncated,
+          "seconds": round(t.seconds, 3),
+          "notes": t.notes,
+        }
+        for t in results.tasks
+      ],
+      indent=1,
+      ensure_ascii=False,
+    )
+    + "\n"
+  )
 
 
 def plot_png(results: EvalResults) -> bytes:
@@ -114,8 +148,7 @@ def plot_png(results: EvalResults) -> bytes:
     bars = ax.bar(range(len(tasks)), values, color="tab:blue")
     ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels([t.lang for t in tasks], rotation=60 if len(tasks) > 8 else 0,
-                       fontsize=8)
+    ax.set_xticklabels([t.lang for t in tasks], rotation=60 if len(tasks) > 8 else 0, fontsize=8)
     ax.set_ylim(0, max(100.0 if metric == "accuracy" else 0.0, max(values) * 1.15, 1.0))
     ax.set_title(f"{family} ({shots}-shot)", fontsize=10)
     ax.set_ylabel(metric)
@@ -128,16 +161,18 @@ def plot_png(results: EvalResults) -> bytes:
   return buf.getvalue()
 
 
-def write_report(results: EvalResults, output_dir: str | os.PathLike, *,
-                 plot: bool = True) -> dict[str, Path]:
+def write_report(
+  results: EvalResults, output_dir: str | os.PathLike, *, plot: bool = True
+) -> dict[str, Path]:
   """Writes everything listed in the module docstring; returns {name: path}."""
   if not results.tasks:
     raise ValueError("write_report: no task results to write")
   out = Path(output_dir)
   written = {}
   for t in results.tasks:
-    written[f"predictions/{t.task}"] = _atomic_write(out / "predictions" / f"{t.task}.jsonl",
-                                                     predictions_jsonl(t))
+    written[f"predictions/{t.task}"] = _atomic_write(
+      out / "predictions" / f"{t.task}.jsonl", predictions_jsonl(t)
+    )
   written["csv"] = _atomic_write(out / "results.csv", results_csv(results))
   written["markdown"] = _atomic_write(out / "results.md", results_markdown(results))
   written["json"] = _atomic_write(out / "results.json", results_json(results))

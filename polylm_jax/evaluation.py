@@ -62,9 +62,21 @@ class EvalResults:
 
   def rows(self) -> list[dict[str, Any]]:
     """One row per task and metric (the results table)."""
-    return [{"task": t.task, "family": t.family, "lang": t.lang, "shots": t.shots, "metric": k,
-             "value": v, "primary": k == t.primary_metric, "examples": t.num_examples,
-             "truncated": t.num_truncated} for t in self.tasks for k, v in t.metrics.items()]
+    return [
+      {
+        "task": t.task,
+        "family": t.family,
+        "lang": t.lang,
+        "shots": t.shots,
+        "metric": k,
+        "value": v,
+        "primary": k == t.primary_metric,
+        "examples": t.num_examples,
+        "truncated": t.num_truncated,
+      }
+      for t in self.tasks
+      for k, v in t.metrics.items()
+    ]
 
   def __getitem__(self, task: str) -> TaskResult:
     for t in self.tasks:
@@ -82,8 +94,9 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
   return n
 
 
-def split_encode(vocab: Any, prompt: str, choice: str,
-                 prompt_ids: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
+def split_encode(
+  vocab: Any, prompt: str, choice: str, prompt_ids: Sequence[int] | None = None
+) -> tuple[list[int], list[int]]:
   """Tokens of prompt+choice, split into (context, continuation) where the prompt's end."""
   whole = list(vocab.encode(prompt + choice))
   if not whole:
@@ -98,10 +111,10 @@ def _fit(context: list[int], continuation: list[int], max_len: int):
   right) so that both fit in max_len with at least one context token."""
   truncated = False
   if len(continuation) > max_len - 1:
-    continuation, truncated = continuation[:max_len - 1], True
+    continuation, truncated = continuation[: max_len - 1], True
   room = max_len - len(continuation)
   if len(context) > room:
-    context, truncated = context[len(context) - room:], True
+    context, truncated = context[len(context) - room :], True
   return context, continuation, truncated
 
 
@@ -123,8 +136,14 @@ def _rank_task(config, params, vocab, task, examples, *, batch_size, mesh, prefi
       contexts.append(ctx)
       conts.append(cont)
   order = _by_length([len(c) + len(x) for c, x in zip(contexts, conts)])
-  scores = decoding.score(config, params, [contexts[j] for j in order], [conts[j] for j in order],
-                          batch_size=batch_size, mesh=mesh)
+  scores = decoding.score(
+    config,
+    params,
+    [contexts[j] for j in order],
+    [conts[j] for j in order],
+    batch_size=batch_size,
+    mesh=mesh,
+  )
   total, per_token = np.empty(len(order), np.float32), np.empty(len(order), np.float32)
   total[order], per_token[order] = scores.total, scores.per_token
   n = len(examples[0].choices)
@@ -132,23 +151,50 @@ def _rank_task(config, params, vocab, task, examples, *, batch_size, mesh, prefi
   ranking = total if template.score == "sum" else per_token
   predicted = np.argmax(ranking, axis=1)
   labels = np.array([ex.label for ex in examples])
-  predictions = [{"id": ex.id, "lang": ex.lang, "prompt": ex.prompt, "choices": list(ex.choices),
-                  "label": int(ex.label), "prediction": int(predicted[i]),
-                  "correct": bool(predicted[i] == ex.label), "scores": total[i].tolist(),
-                  "per_token_scores": per_token[i].tolist(), "truncated": bool(truncated[i])}
-                 for i, ex in enumerate(examples)]
+  predictions = [
+    {
+      "id": ex.id,
+      "lang": ex.lang,
+      "prompt": ex.prompt,
+      "choices": list(ex.choices),
+      "label": int(ex.label),
+      "prediction": int(predicted[i]),
+      "correct": bool(predicted[i] == ex.label),
+      "scores": total[i].tolist(),
+      "per_token_scores": per_token[i].tolist(),
+      "truncated": bool(truncated[i]),
+    }
+    for i, ex in enumerate(examples)
+  ]
   metrics = {"accuracy": eval_metrics.accuracy(predicted, labels)}
   return metrics, predictions, int(truncated.sum()), {"score": template.score}
 
 
-def _generate_task(config, params, vocab, task, examples, *, batch_size, mesh, prefix_eos,
-                   max_new_tokens, decode_settings, bleu_tokenizers):
+def _generate_task(
+  config,
+  params,
+  vocab,
+  task,
+  examples,
+  *,
+  batch_size,
+  mesh,
+  prefix_eos,
+  max_new_tokens,
+  decode_settings,
+  bleu_tokenizers,
+):
   fam = task.family
   template = templates.get_template(fam.template)
   max_new = min(max_new_tokens, config.max_len // 2)
   if max_new < max_new_tokens:
-    logging.info("%s: max_new_tokens %d capped at %d (half the model's %d positions)",
-                 task.name, max_new_tokens, max_new, config.max_len)
+    logging.info(
+      "%s: max_new_tokens %d capped at %d (half the model's %d positions)",
+      task.name,
+      max_new_tokens,
+      max_new,
+      config.max_len,
+    )
   notes: dict[str, Any] = {"max_new_tokens": max_new}
   start = [config.eos_id] if prefix_eos else []
   prompts, truncated = [], np.zeros(len(examples), bool)
@@ -156,11 +202,18 @@ def _generate_task(config, params, vocab, task, examples, *, batch_size, mesh, p
   for i, ex in enumerate(examples):
     ids = start + list(vocab.encode(ex.prompt))
     if len(ids) > room:
-      ids, truncated[i] = ids[len(ids) - room:], True
+      ids, truncated[i] = ids[len(ids) - room :], True
     prompts.append(ids or [config.eos_id])
   order = _by_length([len(p) for p in prompts])
-  out = decoding.generate(config, params, [prompts[j] for j in order], max_new,
-                          batch_size=batch_size, mesh=mesh, **(decode_settings or {}))
+  out = decoding.generate(
+    config,
+    params,
+    [prompts[j] for j in order],
+    max_new,
+    batch_size=batch_size,
+    mesh=mesh,
+    **(decode_settings or {}),
+  )
   texts = [""] * len(examples)
   for j, ids in zip(order, out):
     text = vocab.decode(ids)
@@ -180,9 +233,18 @@ def _generate_task(config, params, vocab, task, examples, *, batch_size, mesh, p
     metrics = eval_metrics.translation_metrics(texts, refs, tgt, tokenize)
     notes["bleu_tokenizer"] = tokenize or eval_metrics.bleu_tokenizer(tgt)
     per = [{"chrf": eval_metrics.sentence_chrf(p, r)} for p, r in zip(texts, refs)]
-  predictions = [{"id": ex.id, "lang": ex.lang, "prompt": ex.prompt, "prediction": texts[i],
-                  "references": refs[i], "scores": per[i], "truncated": bool(truncated[i])}
-                 for i, ex in enumerate(examples)]
+  predictions = [
+    {
+      "id": ex.id,
+      "lang": ex.lang,
+      "prompt": ex.prompt,
+      "prediction": texts[i],
+      "references": refs[i],
+      "scores": per[i],
+      "truncated": bool(truncated[i]),
+    }
+    for i, ex in enumerate(examples)
+  ]
   return metrics, predictions, int(truncated.sum()), notes
 
 
@@ -192,18 +254,27 @@ def _max_new_for(family: benchmark.Family, max_new_tokens: int | Mapping[str, in
   if isinstance(max_new_tokens, Mapping):
     unknown = sorted(set(max_new_tokens) - set(benchmark.FAMILIES))
     if unknown:
-      raise ValueError(f"max_new_tokens: unknown families {unknown}; known: "
-                       f"{sorted(benchmark.FAMILIES)}")
+      raise ValueError(
+        f"max_new_tokens: unknown families {unknown}; known: {sorted(benchmark.FAMILIES)}"
+      )
     return int(max_new_tokens.get(family.name, family.max_new_tokens))
   return int(max_new_tokens)
 
 
-def evaluate(config: PolyLMConfig, params: Any, vocab: Any, task_names: str | Sequence[str], *,
-             max_examples: int | None = None, batch_size: int = 32,
-             max_new_tokens: int | Mapping[str, int] | None = None,
-             decode_settings: Mapping[str, Any] | None = None, mesh=None,
-             prefix_eos: bool = True,
-             bleu_tokenizers: Mapping[str, str] | None = None) -> EvalResults:
+def evaluate(
+  config: PolyLMConfig,
+  params: Any,
+  vocab: Any,
+  task_names: str | Sequence[str],
+  *,
+  max_examples: int | None = None,
+  batch_size: int = 32,
+  max_new_tokens: int | Mapping[str, int] | None = None,
+  decode_settings: Mapping[str, Any] | None = None,
+  mesh=None,
+  prefix_eos: bool = True,
+  bleu_tokenizers: Mapping[str, str] | None = None,
+) -> EvalResults:
   """Evaluates `params` on benchmark tasks and/or mixtures (names or a comma-separated string).
 
   max_examples: the first N examples of each task (None: all). max_new_tokens: one limit for
@@ -214,8 +285,9 @@ def evaluate(config: PolyLMConfig, params: Any, vocab: Any, task_names: str | Se
   vocab_lib.check_vocab_matches(vocab, config.vocab_size)
   eos = getattr(vocab, "eos_id", None)
   if eos is not None and int(eos) != config.eos_id:
-    raise ValueError(f"vocabulary eos id {eos} differs from the model config's eos_id "
-                     f"{config.eos_id}")
+    raise ValueError(
+      f"vocabulary eos id {eos} differs from the model config's eos_id {config.eos_id}"
+    )
   if max_examples is not None and max_examples < 1:
     raise ValueError(f"max_examples must be >= 1 or None, got {max_examples}")
   if batch_size < 1:
@@ -227,20 +299,51 @@ def evaluate(config: PolyLMConfig, params: Any, vocab: Any, task_names: str | Se
     t0 = time.perf_counter()
     examples = benchmark.load_examples(name, max_examples=max_examples)
     if task.family.kind == "rank":
-      metrics, predictions, cut, notes = _rank_task(config, params, vocab, task, examples,
-                                             batch_size=batch_size, mesh=mesh,
-                                             prefix_eos=prefix_eos)
+      metrics, predictions, cut, notes = _rank_task(
+        config,
+        params,
+        vocab,
+        task,
+        examples,
+        batch_size=batch_size,
+        mesh=mesh,
+        prefix_eos=prefix_eos,
+      )
     else:
       metrics, predictions, cut, notes = _generate_task(
-          config, params, vocab, task, examples, batch_size=batch_size, mesh=mesh,
-          prefix_eos=prefix_eos, max_new_tokens=_max_new_for(task.family, max_new_tokens),
-          decode_settings=decode_settings, bleu_tokenizers=bleu_tokenizers)
+        config,
+        params,
+        vocab,
+        task,
+        examples,
+        batch_size=batch_size,
+        mesh=mesh,
+        prefix_eos=prefix_eos,
+        max_new_tokens=_max_new_for(task.family, max_new_tokens),
+        decode_settings=decode_settings,
+        bleu_tokenizers=bleu_tokenizers,
+      )
     seconds = time.perf_counter() - t0
-    result = TaskResult(name, task.family.name, task.lang, task.shots, metrics,
-                        task.family.primary_metric, len(examples), cut, seconds, predictions,
-                        notes)
-    logging.info("%s: %s over %d examples (%d cut to fit) in %.1f s", name,
-                 ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), len(examples), cut,
-                 seconds)
+    result = TaskResult(
+      name,
+      task.family.name,
+      task.lang,
+      task.shots,
+      metrics,
+      task.family.primary_metric,
+      len(examples),
+      cut,
+      seconds,
+      predictions,
+      notes,
+    )
+    logging.info(
+      "%s: %s over %d examples (%d cut to fit) in %.1f s",
+      name,
+      ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()),
+      len(examples),
+      cut,
+      seconds,
+    )
     results.append(result)
   return EvalResults(results)

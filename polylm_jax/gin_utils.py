@@ -33,7 +33,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
   out = []
   for arg in argv:
     if arg.startswith("--gin.") and "=" in arg:
-      key, value = arg[len("--gin."):].split("=", 1)
+      key, value = arg[len("--gin.") :].split("=", 1)
       out.append(f"--gin_bindings={key} = {value}")
     else:
       out.append(arg)
@@ -43,6 +43,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
 def define_flags() -> None:
   """The gin flags every binary takes (idempotent)."""
   from absl import flags
+
   if "gin_file" in flags.FLAGS:
     return
   flags.DEFINE_multi_string("gin_file", [], "Gin files to parse, in order.")
@@ -57,8 +58,9 @@ class _QuietSearchMisses(logging.Filter):
     return not str(record.getMessage()).startswith("Path not found:")
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
-              search_paths: Sequence[str] = ()) -> None:
+def parse_gin(
+  gin_files: Sequence[str], bindings: Sequence[str] = (), search_paths: Sequence[str] = ()
+) -> None:
   """Parses files then bindings; unknown names fail here, before any compute.
 
   Errors name the file or binding at fault (gin's message includes the location).
@@ -67,8 +69,10 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     gin.add_config_file_search_path(path)
   for f in gin_files:
     if not any(os.path.exists(os.path.join(p, f)) for p in [*search_paths, "", str(GIN_DIR)]):
-      raise FileNotFoundError(f"--gin_file={f}: not found (searched {list(search_paths)}, the "
-                              f"working directory and {GIN_DIR})")
+      raise FileNotFoundError(
+        f"--gin_file={f}: not found (searched {list(search_paths)}, the "
+        f"working directory and {GIN_DIR})"
+      )
   quiet = _QuietSearchMisses()
   root = logging.getLogger()
   root.addFilter(quiet)
@@ -97,6 +101,7 @@ def write_operative_config(directory: str | os.PathLike, name: str = "config.gin
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """absl `app.run` with the gin flags defined and `--gin.KEY=VALUE` accepted."""
   from absl import app
+
   define_flags()
   sys.argv = rewrite_gin_args(sys.argv)
   app.run(main)
@@ -105,6 +110,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
 def parse_from_flags() -> None:
   """Parses the gin flags of the running binary."""
   from absl import flags
+
   f = flags.FLAGS
   parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths)
 
@@ -117,8 +123,9 @@ def configurable(fn: Callable[..., T], name: str) -> Callable[..., T]:
     return gin.get_configurable(name)
 
 
-def call_configured(entry: Callable[[], T], name: str,
-                    errors: tuple[type[BaseException], ...] = ()) -> T:
+def call_configured(
+  entry: Callable[[], T], name: str, errors: tuple[type[BaseException], ...] = ()
+) -> T:
   """Parses the gin flags and calls a binary's configured entry point.
 
   Bad configuration (and `errors`) ends the process with the message alone, no traceback:

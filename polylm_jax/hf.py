@@ -34,39 +34,63 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 TANH_GELUS = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model", "PolyLMHeadModel")
 # Fields compared between a checkpoint and the config a caller expects.
-ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "head_dim", "d_ff",
-               "max_len", "layer_norm_eps")
-_HF_NAME_OF = {"vocab_size": "vocab_size", "num_layers": "n_layer", "d_model": "n_embd",
-               "num_heads": "n_head", "head_dim": "n_embd / n_head", "d_ff": "n_inner",
-               "max_len": "n_positions", "layer_norm_eps": "layer_norm_epsilon"}
+ARCH_FIELDS = (
+  "vocab_size",
+  "num_layers",
+  "d_model",
+  "num_heads",
+  "head_dim",
+  "d_ff",
+  "max_len",
+  "layer_norm_eps",
+)
+_HF_NAME_OF = {
+  "vocab_size": "vocab_size",
+  "num_layers": "n_layer",
+  "d_model": "n_embd",
+  "num_heads": "n_head",
+  "head_dim": "n_embd / n_head",
+  "d_ff": "n_inner",
+  "max_len": "n_positions",
+  "layer_norm_eps": "layer_norm_epsilon",
+}
 
 # (HF name after "h.{i}.", project path under "layers", HF shape as a function of config).
 _LAYER_TENSORS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
-    ("ln_1.weight", ("ln_1", "scale"), lambda c: (c.d_model,)),
-    ("ln_1.bias", ("ln_1", "bias"), lambda c: (c.d_model,)),
-    ("attn.c_attn.weight", ("attn", "qkv_kernel"), lambda c: (c.d_model, 3 * c.d_model)),
-    ("attn.c_attn.bias", ("attn", "qkv_bias"), lambda c: (3 * c.d_model,)),
-    ("attn.c_proj.weight", ("attn", "out_kernel"), lambda c: (c.d_model, c.d_model)),
-    ("attn.c_proj.bias", ("attn", "out_bias"), lambda c: (c.d_model,)),
-    ("ln_2.weight", ("ln_2", "scale"), lambda c: (c.d_model,)),
-    ("ln_2.bias", ("ln_2", "bias"), lambda c: (c.d_model,)),
-    ("mlp.c_fc.weight", ("mlp", "fc1_kernel"), lambda c: (c.d_model, c.d_ff)),
-    ("mlp.c_fc.bias", ("mlp", "fc1_bias"), lambda c: (c.d_ff,)),
-    ("mlp.c_proj.weight", ("mlp", "fc2_kernel"), lambda c: (c.d_ff, c.d_model)),
-    ("mlp.c_proj.bias", ("mlp", "fc2_bias"), lambda c: (c.d_model,)),
+  ("ln_1.weight", ("ln_1", "scale"), lambda c: (c.d_model,)),
+  ("ln_1.bias", ("ln_1", "bias"), lambda c: (c.d_model,)),
+  ("attn.c_attn.weight", ("attn", "qkv_kernel"), lambda c: (c.d_model, 3 * c.d_model)),
+  ("attn.c_attn.bias", ("attn", "qkv_bias"), lambda c: (3 * c.d_model,)),
+  ("attn.c_proj.weight", ("attn", "out_kernel"), lambda c: (c.d_model, c.d_model)),
+  ("attn.c_proj.bias", ("attn", "out_bias"), lambda c: (c.d_model,)),
+  ("ln_2.weight", ("ln_2", "scale"), lambda c: (c.d_model,)),
+  ("ln_2.bias", ("ln_2", "bias"), lambda c: (c.d_model,)),
+  ("mlp.c_fc.weight", ("mlp", "fc1_kernel"), lambda c: (c.d_model, c.d_ff)),
+  ("mlp.c_fc.bias", ("mlp", "fc1_bias"), lambda c: (c.d_ff,)),
+  ("mlp.c_proj.weight", ("mlp", "fc2_kernel"), lambda c: (c.d_ff, c.d_model)),
+  ("mlp.c_proj.bias", ("mlp", "fc2_bias"), lambda c: (c.d_model,)),
 )
 _GLOBAL_TENSORS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
-    ("wte.weight", ("wte",), lambda c: (c.vocab_size, c.d_model)),
-    ("wpe.weight", ("wpe",), lambda c: (c.max_len, c.d_model)),
-    ("ln_f.weight", ("ln_f", "scale"), lambda c: (c.d_model,)),
-    ("ln_f.bias", ("ln_f", "bias"), lambda c: (c.d_model,)),
+  ("wte.weight", ("wte",), lambda c: (c.vocab_size, c.d_model)),
+  ("wpe.weight", ("wpe",), lambda c: (c.max_len, c.d_model)),
+  ("ln_f.weight", ("ln_f", "scale"), lambda c: (c.d_model,)),
+  ("ln_f.bias", ("ln_f", "bias"), lambda c: (c.d_model,)),
 )
 # Buffers older GPT-2 checkpoints carry (causal mask, -1e4 constant); the tied head.
 _IGNORED = re.compile(r"^(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)$|^lm_head\.weight$")
 
-_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-              "BOOL": "bool"}
+_ST_DTYPES = {
+  "F64": "float64",
+  "F32": "float32",
+  "F16": "float16",
+  "BF16": "bfloat16",
+  "I64": "int64",
+  "I32": "int32",
+  "I16": "int16",
+  "I8": "int8",
+  "U8": "uint8",
+  "BOOL": "bool",
+}
 
 
 class HFFormatError(ValueError):
@@ -77,6 +101,7 @@ def np_dtype(name: str) -> np.dtype:
   """numpy dtype by name; bfloat16 comes from ml_dtypes (installed with JAX)."""
   if name == "bfloat16":
     import ml_dtypes  # pylint: disable=import-outside-toplevel
+
     return np.dtype(ml_dtypes.bfloat16)
   return np.dtype(name)
 
@@ -85,8 +110,9 @@ def np_dtype(name: str) -> np.dtype:
 # config.json
 
 
-def config_from_hf(config_json: Mapping[str, Any], where: str = CONFIG_FILE,
-                   expected: PolyLMConfig | None = None) -> PolyLMConfig:
+def config_from_hf(
+  config_json: Mapping[str, Any], where: str = CONFIG_FILE, expected: PolyLMConfig | None = None
+) -> PolyLMConfig:
   """The PolyLMConfig of an HF GPT-2 config, refusing anything that is not PolyLM's design.
 
   `where` names the file in errors. With `expected`, every architecture field must match it,
@@ -115,8 +141,17 @@ def config_from_hf(config_json: Mapping[str, Any], where: str = CONFIG_FILE,
   for flag in ("bias", "use_bias", "attention_bias", "mlp_bias", "add_bias_linear"):
     if flag in c and not c[flag]:
       raise fail(flag, "PolyLM has a bias on every linear layer")
-  for flag in ("rotary_dim", "rotary_pct", "rotary_emb_base", "rope_theta", "rope_scaling",
-               "rope_parameters", "alibi", "use_alibi", "use_rotary_position_embeddings"):
+  for flag in (
+    "rotary_dim",
+    "rotary_pct",
+    "rotary_emb_base",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "alibi",
+    "use_alibi",
+    "use_rotary_position_embeddings",
+  ):
     if c.get(flag) not in (None, False):
       raise fail(flag, "PolyLM uses learned absolute positions, not rotary/ALiBi")
   if c.get("position_embedding_type", "absolute") != "absolute":
@@ -142,47 +177,63 @@ def config_from_hf(config_json: Mapping[str, Any], where: str = CONFIG_FILE,
     raise fail("layer_norm_epsilon", "must be a positive number")
   eos = c.get("eos_token_id")
   if eos is not None and eos != PolyLMConfig.eos_id:
-    logging.warning("%s: eos_token_id %r ignored: PolyLM's eos is </s> = %d (older released "
-                    "configs say 255999, which is wrong)", where, eos, PolyLMConfig.eos_id)
+    logging.warning(
+      "%s: eos_token_id %r ignored: PolyLM's eos is </s> = %d (older released "
+      "configs say 255999, which is wrong)",
+      where,
+      eos,
+      PolyLMConfig.eos_id,
+    )
 
-  arch = dict(vocab_size=c["vocab_size"], num_layers=c["n_layer"], d_model=d, num_heads=h,
-              head_dim=d // h, d_ff=4 * d if n_inner is None else n_inner,
-              max_len=c["n_positions"], layer_norm_eps=float(eps))
+  arch = dict(
+    vocab_size=c["vocab_size"],
+    num_layers=c["n_layer"],
+    d_model=d,
+    num_heads=h,
+    head_dim=d // h,
+    d_ff=4 * d if n_inner is None else n_inner,
+    max_len=c["n_positions"],
+    layer_norm_eps=float(eps),
+  )
   if expected is None:
     return PolyLMConfig().replace(**arch)
   for field in ARCH_FIELDS:
     if arch[field] != getattr(expected, field):
       raise HFFormatError(
-          f"{where}: {_HF_NAME_OF[field]} gives {field} = {arch[field]!r} but the expected "
-          f"config has {field} = {getattr(expected, field)!r}")
+        f"{where}: {_HF_NAME_OF[field]} gives {field} = {arch[field]!r} but the expected "
+        f"config has {field} = {getattr(expected, field)!r}"
+      )
   return expected
 
 
 def config_to_hf(config: PolyLMConfig, dtype: str = "float32") -> dict[str, Any]:
   """The config.json that makes transformers build this model as a GPT2LMHeadModel."""
   return {
-      "architectures": ["GPT2LMHeadModel"],
-      "model_type": "gpt2",
-      "activation_function": "gelu_new",
-      "vocab_size": config.vocab_size,
-      "n_positions": config.max_len,
-      "n_embd": config.d_model,
-      "n_layer": config.num_layers,
-      "n_head": config.num_heads,
-      "n_inner": config.d_ff,
-      "layer_norm_epsilon": config.layer_norm_eps,
-      "initializer_range": config.init_std,
-      "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "summary_first_dropout": 0.0,
-      "scale_attn_weights": True,
-      "scale_attn_by_inverse_layer_idx": False,
-      "reorder_and_upcast_attn": False,
-      "add_cross_attention": False,
-      "tie_word_embeddings": True,
-      "bos_token_id": 1,
-      "eos_token_id": config.eos_id,
-      "pad_token_id": None,
-      "use_cache": True,
-      "dtype": dtype,
+    "architectures": ["GPT2LMHeadModel"],
+    "model_type": "gpt2",
+    "activation_function": "gelu_new",
+    "vocab_size": config.vocab_size,
+    "n_positions": config.max_len,
+    "n_embd": config.d_model,
+    "n_layer": config.num_layers,
+    "n_head": config.num_heads,
+    "n_inner": config.d_ff,
+    "layer_norm_epsilon": config.layer_norm_eps,
+    "initializer_range": config.init_std,
+    "attn_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "resid_pdrop": 0.0,
+    "summary_first_dropout": 0.0,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": config.eos_id,
+    "pad_token_id": None,
+    "use_cache": True,
+    "dtype": dtype,
   }
 
 
@@ -199,9 +250,10 @@ def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any]:
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
   """A directory with config.json and weights in one of the layouts import_hf reads."""
-  return (os.path.isfile(os.path.join(path, CONFIG_FILE))
-          and any(os.path.isfile(os.path.join(path, n))
-                  for n in (SAFETENSORS_FILE, SAFETENSORS_INDEX, BIN_FILE, BIN_INDEX)))
+  return os.path.isfile(os.path.join(path, CONFIG_FILE)) and any(
+    os.path.isfile(os.path.join(path, n))
+    for n in (SAFETENSORS_FILE, SAFETENSORS_INDEX, BIN_FILE, BIN_INDEX)
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,6 +310,7 @@ class _TorchBin:
 
   def __init__(self, path: str):
     import torch  # pylint: disable=import-outside-toplevel
+
     try:
       state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as e:  # legacy (pre-zipfile) format cannot be memory-mapped
@@ -272,6 +325,7 @@ class _TorchBin:
 
   def _numpy(self, t) -> np.ndarray:
     import torch  # pylint: disable=import-outside-toplevel
+
     if t.dtype == torch.bfloat16:
       return t.view(torch.int16).numpy().view(np_dtype("bfloat16"))
     return t.numpy()
@@ -285,8 +339,10 @@ class _TorchBin:
 
 def _open_sources(model_dir: str) -> list[Any]:
   """The weight files of an HF directory: single or sharded, safetensors preferred."""
-  for single, index, cls in ((SAFETENSORS_FILE, SAFETENSORS_INDEX, _Safetensors),
-                             (BIN_FILE, BIN_INDEX, _TorchBin)):
+  for single, index, cls in (
+    (SAFETENSORS_FILE, SAFETENSORS_INDEX, _Safetensors),
+    (BIN_FILE, BIN_INDEX, _TorchBin),
+  ):
     if os.path.isfile(os.path.join(model_dir, single)):
       return [cls(os.path.join(model_dir, single))]
     index_path = os.path.join(model_dir, index)
@@ -300,8 +356,10 @@ def _open_sources(model_dir: str) -> list[Any]:
       if missing:
         raise HFFormatError(f"{index_path}: shard files missing: {missing}")
       return [cls(os.path.join(model_dir, n)) for n in files]
-  raise HFFormatError(f"{model_dir}: no weights: expected one of {SAFETENSORS_FILE}, "
-                      f"{SAFETENSORS_INDEX}, {BIN_FILE}, {BIN_INDEX}")
+  raise HFFormatError(
+    f"{model_dir}: no weights: expected one of {SAFETENSORS_FILE}, "
+    f"{SAFETENSORS_INDEX}, {BIN_FILE}, {BIN_INDEX}"
+  )
 
 
 def _names_list(names: list[str], limit: int = 20) -> str:
@@ -326,15 +384,22 @@ def param_shapes(config: PolyLMConfig) -> dict[tuple[str, ...], tuple[int, ...]]
   """Project param path -> shape, as model.py declares them (layers stacked first)."""
   d, f, h, k, n = config.d_model, config.d_ff, config.num_heads, config.head_dim, config.num_layers
   return {
-      ("wte",): (config.vocab_size, d), ("wpe",): (config.max_len, d),
-      ("ln_f", "scale"): (d,), ("ln_f", "bias"): (d,),
-      ("layers", "ln_1", "scale"): (n, d), ("layers", "ln_1", "bias"): (n, d),
-      ("layers", "ln_2", "scale"): (n, d), ("layers", "ln_2", "bias"): (n, d),
-      ("layers", "attn", "qkv_kernel"): (n, d, 3, h, k),
-      ("layers", "attn", "qkv_bias"): (n, 3, h, k),
-      ("layers", "attn", "out_kernel"): (n, h, k, d), ("layers", "attn", "out_bias"): (n, d),
-      ("layers", "mlp", "fc1_kernel"): (n, d, f), ("layers", "mlp", "fc1_bias"): (n, f),
-      ("layers", "mlp", "fc2_kernel"): (n, f, d), ("layers", "mlp", "fc2_bias"): (n, d),
+    ("wte",): (config.vocab_size, d),
+    ("wpe",): (config.max_len, d),
+    ("ln_f", "scale"): (d,),
+    ("ln_f", "bias"): (d,),
+    ("layers", "ln_1", "scale"): (n, d),
+    ("layers", "ln_1", "bias"): (n, d),
+    ("layers", "ln_2", "scale"): (n, d),
+    ("layers", "ln_2", "bias"): (n, d),
+    ("layers", "attn", "qkv_kernel"): (n, d, 3, h, k),
+    ("layers", "attn", "qkv_bias"): (n, 3, h, k),
+    ("layers", "attn", "out_kernel"): (n, h, k, d),
+    ("layers", "attn", "out_bias"): (n, d),
+    ("layers", "mlp", "fc1_kernel"): (n, d, f),
+    ("layers", "mlp", "fc1_bias"): (n, f),
+    ("layers", "mlp", "fc2_kernel"): (n, f, d),
+    ("layers", "mlp", "fc2_bias"): (n, d),
   }
 
 
@@ -355,8 +420,9 @@ def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
   return tree
 
 
-def import_hf(model_dir: str | os.PathLike, expected: PolyLMConfig | None = None,
-              param_dtype: str | None = None) -> tuple[PolyLMConfig, dict[str, Any]]:
+def import_hf(
+  model_dir: str | os.PathLike, expected: PolyLMConfig | None = None, param_dtype: str | None = None
+) -> tuple[PolyLMConfig, dict[str, Any]]:
   """Reads an HF GPT-2-layout PolyLM directory into (config, numpy param tree).
 
   Arrays come out in `param_dtype` (default: `expected.param_dtype`, else float32). Raises
@@ -374,8 +440,9 @@ def import_hf(model_dir: str | os.PathLike, expected: PolyLMConfig | None = None
   for src in sources:
     for name in src.entries:
       if name in where:
-        raise HFFormatError(f"{model_dir}: tensor {name!r} is in both {where[name].path} "
-                            f"and {src.path}")
+        raise HFFormatError(
+          f"{model_dir}: tensor {name!r} is in both {where[name].path} and {src.path}"
+        )
       where[name] = src
   prefix = "" if "wte.weight" in where and "transformer.wte.weight" not in where else "transformer."
   wanted = hf_tensor_names(config, prefix)
@@ -383,15 +450,18 @@ def import_hf(model_dir: str | os.PathLike, expected: PolyLMConfig | None = None
   unexpected = [n for n in where if n not in wanted and not _IGNORED.match(n)]
   if missing or unexpected:
     raise HFFormatError(
-        f"{model_dir}: tensors do not match a PolyLM of this config.json "
-        f"({config.num_layers} layers)."
-        + (f"\n  missing: {_names_list(missing)}" if missing else "")
-        + (f"\n  unexpected: {_names_list(unexpected)}" if unexpected else ""))
+      f"{model_dir}: tensors do not match a PolyLM of this config.json "
+      f"({config.num_layers} layers)."
+      + (f"\n  missing: {_names_list(missing)}" if missing else "")
+      + (f"\n  unexpected: {_names_list(unexpected)}" if unexpected else "")
+    )
   for name, (_, shape, _) in wanted.items():
     got = where[name].entries[name][0]
     if got != shape:
-      raise HFFormatError(f"{where[name].path}: tensor {name!r} has shape {list(got)} but "
-                          f"{config_path} implies {list(shape)}")
+      raise HFFormatError(
+        f"{where[name].path}: tensor {name!r} has shape {list(got)} but "
+        f"{config_path} implies {list(shape)}"
+      )
 
   params = _allocate(config, np_dtype(config.param_dtype))
   for name, (path, _, layer) in wanted.items():
@@ -405,20 +475,25 @@ def import_hf(model_dir: str | os.PathLike, expected: PolyLMConfig | None = None
   return config, params
 
 
-def _check_tied(src: Any, name: str, wte: np.ndarray, model_dir: str,
-                chunk_bytes: int = 64 << 20) -> None:
+def _check_tied(
+  src: Any, name: str, wte: np.ndarray, model_dir: str, chunk_bytes: int = 64 << 20
+) -> None:
   """lm_head must equal wte (tied); compared in row chunks so no second copy is made."""
   shape = src.entries[name][0]
   if shape != wte.shape:
-    raise HFFormatError(f"{model_dir}: {name} has shape {list(shape)}, wte {list(wte.shape)}: "
-                        "the output embedding is not tied")
+    raise HFFormatError(
+      f"{model_dir}: {name} has shape {list(shape)}, wte {list(wte.shape)}: "
+      "the output embedding is not tied"
+    )
   step = max(1, chunk_bytes // max(1, wte[0].nbytes))
   for start in range(0, shape[0], step):
     stop = min(shape[0], start + step)
     rows = src.rows(name, start, stop).astype(wte.dtype)
     if not np.array_equal(rows, wte[start:stop]):
-      raise HFFormatError(f"{model_dir}: {name} differs from the token embedding (rows "
-                          f"{start}-{stop}): PolyLM ties them; this checkpoint is untied")
+      raise HFFormatError(
+        f"{model_dir}: {name} differs from the token embedding (rows "
+        f"{start}-{stop}): PolyLM ties them; this checkpoint is untied"
+      )
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,10 +512,13 @@ def _export_order(config: PolyLMConfig) -> list[tuple[str, tuple[str, ...], tupl
   return [t for path in param_shapes(config) for t in by_leaf[path]]
 
 
-def export_hf(config: PolyLMConfig,
-              params: Mapping[str, Any] | Callable[[tuple[str, ...]], Any],
-              out_dir: str | os.PathLike, dtype: str = "float32",
-              max_shard_bytes: int | None = None) -> list[str]:
+def export_hf(
+  config: PolyLMConfig,
+  params: Mapping[str, Any] | Callable[[tuple[str, ...]], Any],
+  out_dir: str | os.PathLike,
+  dtype: str = "float32",
+  max_shard_bytes: int | None = None,
+) -> list[str]:
   """Writes config.json and safetensors that transformers.GPT2LMHeadModel loads.
 
   `params` is the project tree (numpy or jax arrays), or a function path -> stacked leaf,
@@ -484,8 +562,10 @@ def export_hf(config: PolyLMConfig,
       held.clear()  # drop the previous leaf before fetching the next
       leaf = get(path)
       if tuple(leaf.shape) != expected[path]:
-        raise ValueError(f"params: {'/'.join(path)} has shape {tuple(leaf.shape)} but the "
-                         f"config implies {expected[path]}")
+        raise ValueError(
+          f"params: {'/'.join(path)} has shape {tuple(leaf.shape)} but the "
+          f"config implies {expected[path]}"
+        )
       held[path] = leaf
     leaf = held[path]
     value = np.asarray(leaf if layer is None else leaf[layer])
@@ -498,8 +578,11 @@ def export_hf(config: PolyLMConfig,
     offset = 0
     for i in members:
       name, _, shape, _ = order[i]
-      header[name] = {"dtype": st_dtype, "shape": list(shape),
-                      "data_offsets": [offset, offset + sizes[i]]}
+      header[name] = {
+        "dtype": st_dtype,
+        "shape": list(shape),
+        "data_offsets": [offset, offset + sizes[i]],
+      }
       offset += sizes[i]
       weight_map[name] = file_name
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -539,5 +622,6 @@ def _check_tree(config: PolyLMConfig, params: Mapping[str, Any]) -> None:
     except (KeyError, TypeError):
       raise ValueError(f"params: missing {'/'.join(path)}") from None
     if tuple(leaf.shape) != shape:
-      raise ValueError(f"params: {'/'.join(path)} has shape {tuple(leaf.shape)} but the config "
-                       f"implies {shape}")
+      raise ValueError(
+        f"params: {'/'.join(path)} has shape {tuple(leaf.shape)} but the config implies {shape}"
+      )

@@ -37,6 +37,7 @@ OUTPUT_FILE = "outputs.jsonl"
 
 def _vocabulary(vocab_path: str | None, checkpoint_path: str):
   from polylm_jax import vocab as vocab_lib  # seqio/TensorFlow: only when the binary runs
+
   if vocab_path:
     if not os.path.isfile(vocab_path):
       raise FileNotFoundError(f"VOCAB_PATH={vocab_path}: no such file")
@@ -67,32 +68,48 @@ def read_jsonl_prompts(path: str, style: str = "plain") -> list[dict[str, Any]]:
       if isinstance(obj.get("prompt"), str):
         text = prompts_lib.wrap_message(obj["prompt"], style)
       elif isinstance(obj.get("instruction"), str):
-        text = prompts_lib.format_prompt(obj["instruction"], obj.get("input"),
-                                         "multialpaca" if style == "plain" else style)
+        text = prompts_lib.format_prompt(
+          obj["instruction"], obj.get("input"), "multialpaca" if style == "plain" else style
+        )
       else:
-        raise ValueError(f"{where}: needs a string field 'prompt' (or 'instruction' and "
-                         f"optional 'input'); got keys {sorted(obj)}")
+        raise ValueError(
+          f"{where}: needs a string field 'prompt' (or 'instruction' and "
+          f"optional 'input'); got keys {sorted(obj)}"
+        )
       records.append({"id": obj.get("id", len(records)), "prompt": text})
   if not records:
     raise ValueError(f"INFER_INPUT_FILE={path}: no prompts in the file")
   return records
 
 
-def read_task_prompts(name: str, split: str, vocab: Any, feature: str = "inputs",
-                      task_feature_lengths: Mapping[str, int] | None = None,
-                      max_examples: int | None = None) -> list[dict[str, Any]]:
+def read_task_prompts(
+  name: str,
+  split: str,
+  vocab: Any,
+  feature: str = "inputs",
+  task_feature_lengths: Mapping[str, int] | None = None,
+  max_examples: int | None = None,
+) -> list[dict[str, Any]]:
   """Records {"id", "prompt", "ids", "target"?} from a SeqIO task or mixture."""
   import seqio
   import tasks  # noqa: F401  (registers the project's tasks)
+
   try:
     task = seqio.get_mixture_or_task(name)
   except ValueError as e:
     raise ValueError(f"MIXTURE_OR_TASK_NAME={name!r}: {e}") from None
   if feature not in task.output_features:
-    raise ValueError(f"task {name!r} has no feature {feature!r} to use as the prompt (it has "
-                     f"{sorted(task.output_features)}); set infer.prompt_feature")
-  ds = task.get_dataset(sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,
-                        split=split, shuffle=False, use_cached=False, num_epochs=1)
+    raise ValueError(
+      f"task {name!r} has no feature {feature!r} to use as the prompt (it has "
+      f"{sorted(task.output_features)}); set infer.prompt_feature"
+    )
+  ds = task.get_dataset(
+    sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,
+    split=split,
+    shuffle=False,
+    use_cached=False,
+    num_epochs=1,
+  )
   if max_examples is not None:
     ds = ds.take(max_examples)
   eos = getattr(vocab, "eos_id", None)
@@ -102,8 +119,11 @@ def read_task_prompts(name: str, split: str, vocab: Any, feature: str = "inputs"
     if ids and ids[-1] == eos:
       ids = ids[:-1]  # a prompt is continued, not ended
     text = ex.get(f"{feature}_pretokenized")
-    record = {"id": i, "ids": ids,
-              "prompt": text.decode("utf-8") if isinstance(text, bytes) else vocab.decode(ids)}
+    record = {
+      "id": i,
+      "ids": ids,
+      "prompt": text.decode("utf-8") if isinstance(text, bytes) else vocab.decode(ids),
+    }
     target = ex.get("targets_pretokenized")
     if isinstance(target, bytes) and feature != "targets":
       record["target"] = target.decode("utf-8")
@@ -113,13 +133,16 @@ def read_task_prompts(name: str, split: str, vocab: Any, feature: str = "inputs"
   return records
 
 
-def _fit(config: PolyLMConfig, records: list[dict[str, Any]], max_new_tokens: int,
-         truncate: bool) -> int:
+def _fit(
+  config: PolyLMConfig, records: list[dict[str, Any]], max_new_tokens: int, truncate: bool
+) -> int:
   """Checks prompt lengths (or left-truncates them); returns how many were truncated."""
   limit = config.max_len - max_new_tokens
   if limit < 1:
-    raise ValueError(f"infer.max_new_tokens={max_new_tokens} leaves no room for a prompt "
-                     f"(max_len={config.max_len})")
+    raise ValueError(
+      f"infer.max_new_tokens={max_new_tokens} leaves no room for a prompt "
+      f"(max_len={config.max_len})"
+    )
   truncated = 0
   for r in records:
     if not r["ids"]:
@@ -127,9 +150,10 @@ def _fit(config: PolyLMConfig, records: list[dict[str, Any]], max_new_tokens: in
     if len(r["ids"]) > limit:
       if not truncate:
         raise ValueError(
-            f"record {r['id']!r}: the prompt has {len(r['ids'])} tokens; with max_new_tokens="
-            f"{max_new_tokens} at most {limit} fit in max_len={config.max_len}. Shorten it, "
-            f"lower INFER_MAX_NEW_TOKENS or set infer.truncate_prompts = True")
+          f"record {r['id']!r}: the prompt has {len(r['ids'])} tokens; with max_new_tokens="
+          f"{max_new_tokens} at most {limit} fit in max_len={config.max_len}. Shorten it, "
+          f"lower INFER_MAX_NEW_TOKENS or set infer.truncate_prompts = True"
+        )
       r["ids"] = r["ids"][-limit:]
       truncated += 1
   return truncated
@@ -144,28 +168,28 @@ def _write_jsonl_atomic(path: str, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def run_inference(
-    *,
-    checkpoint_path: str,
-    output_dir: str,
-    input_file: str | None = None,
-    mixture_or_task_name: str | None = None,
-    split: str = "validation",
-    prompt_feature: str = "inputs",
-    task_feature_lengths: Mapping[str, int] | None = None,
-    prompt_style: str = "plain",
-    vocab_path: str | None = None,
-    step: int | None = None,
-    max_examples: int | None = None,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    preset: str = "greedy",
-    decode_settings: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    truncate_prompts: bool = False,
-    mesh_data: int = -1,
-    mesh_fsdp: int = 1,
-    mesh_tensor: int = 1,
-    print_fn: Callable[..., None] = print,
+  *,
+  checkpoint_path: str,
+  output_dir: str,
+  input_file: str | None = None,
+  mixture_or_task_name: str | None = None,
+  split: str = "validation",
+  prompt_feature: str = "inputs",
+  task_feature_lengths: Mapping[str, int] | None = None,
+  prompt_style: str = "plain",
+  vocab_path: str | None = None,
+  step: int | None = None,
+  max_examples: int | None = None,
+  max_new_tokens: int = 128,
+  batch_size: int = 8,
+  preset: str = "greedy",
+  decode_settings: Mapping[str, Any] | None = None,
+  seed: int = 0,
+  truncate_prompts: bool = False,
+  mesh_data: int = -1,
+  mesh_fsdp: int = 1,
+  mesh_tensor: int = 1,
+  print_fn: Callable[..., None] = print,
 ) -> str:
   """Generates for every prompt; returns the path of the JSONL written.
 
@@ -178,12 +202,14 @@ def run_inference(
   if not output_dir:
     raise ValueError("INFER_OUTPUT_DIR is empty: pass --gin.INFER_OUTPUT_DIR=\\\"/path\\\"")
   if bool(input_file) == bool(mixture_or_task_name):
-    raise ValueError("give exactly one prompt source: INFER_INPUT_FILE (JSONL) or "
-                     f"MIXTURE_OR_TASK_NAME (got {input_file!r} and {mixture_or_task_name!r})")
+    raise ValueError(
+      "give exactly one prompt source: INFER_INPUT_FILE (JSONL) or "
+      f"MIXTURE_OR_TASK_NAME (got {input_file!r} and {mixture_or_task_name!r})"
+    )
   if batch_size < 1:
     raise ValueError(f"infer.batch_size must be >= 1, got {batch_size}")
   settings = decoding.make_settings(preset, **{"seed": seed, **dict(decode_settings or {})})
-  records = (read_jsonl_prompts(input_file, prompt_style) if input_file else None)
+  records = read_jsonl_prompts(input_file, prompt_style) if input_file else None
   if records is not None and max_examples is not None:
     records = records[:max_examples]
 
@@ -194,25 +220,38 @@ def run_inference(
   vocab = _vocabulary(vocab_path, checkpoint_path)
   decoding.check_vocab(config, vocab)
   if records is None:
-    records = read_task_prompts(mixture_or_task_name, split, vocab, prompt_feature,
-                                task_feature_lengths, max_examples)
+    records = read_task_prompts(
+      mixture_or_task_name, split, vocab, prompt_feature, task_feature_lengths, max_examples
+    )
   for r in records:
     if "ids" not in r:
       r["ids"] = list(vocab.encode(r["prompt"]))
   truncated = _fit(config, records, max_new_tokens, truncate_prompts)
   if truncated:
-    logging.warning("left-truncated %d prompts to %d tokens", truncated,
-                    config.max_len - max_new_tokens)
+    logging.warning(
+      "left-truncated %d prompts to %d tokens", truncated, config.max_len - max_new_tokens
+    )
 
   # Longest first, so each batch pads little; outputs go back to input order.
   order = sorted(range(len(records)), key=lambda i: -len(records[i]["ids"]))
-  outputs = decoding.generate(config, params, [records[i]["ids"] for i in order], max_new_tokens,
-                              batch_size=batch_size, mesh=mesh, **dataclasses.asdict(settings))
+  outputs = decoding.generate(
+    config,
+    params,
+    [records[i]["ids"] for i in order],
+    max_new_tokens,
+    batch_size=batch_size,
+    mesh=mesh,
+    **dataclasses.asdict(settings),
+  )
   rows: list[dict[str, Any]] = [{}] * len(records)
   for j, i in enumerate(order):
     r = records[i]
-    row = {"id": r["id"], "prompt": r["prompt"], "output": vocab.decode(outputs[j]),
-           "num_tokens": len(outputs[j])}
+    row = {
+      "id": r["id"],
+      "prompt": r["prompt"],
+      "output": vocab.decode(outputs[j]),
+      "num_tokens": len(outputs[j]),
+    }
     if "target" in r:
       row["target"] = r["target"]
     rows[i] = row

@@ -27,18 +27,34 @@ from rouge_score import rouge_scorer
 
 from polylm_jax import langid
 
-REASONS = ("format", "too_short", "too_long", "language", "unservable", "duplicate",
-           "near_duplicate", "rouge")
+REASONS = (
+  "format",
+  "too_short",
+  "too_long",
+  "language",
+  "unservable",
+  "duplicate",
+  "near_duplicate",
+  "rouge",
+)
 
-_CHAR_TOKEN = (r"\u0e00-\u0e7f\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
-               r"\uf900-\ufaff\uac00-\ud7af\u1100-\u11ff\u3130-\u318f")
+_CHAR_TOKEN = (
+  r"\u0e00-\u0e7f\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+  r"\uf900-\ufaff\uac00-\ud7af\u1100-\u11ff\u3130-\u318f"
+)
 _TOKEN_RE = re.compile(rf"[{_CHAR_TOKEN}]|[^\W_{_CHAR_TOKEN}]+")
 _WIDE_RE = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _THAI_RE = re.compile(r"[\u0e00-\u0e7f]+")
-_URL_RE = re.compile(r"(https?://|www\.)\S+|\b[\w-]+\.(com|org|net|io|html?|pdf|docx?|xlsx?|"
-                     r"csv|png|jpe?g|gif|mp[34]|wav)\b", re.IGNORECASE)
-_TEMPLATE_RE = re.compile(r"(^|\n)\s*(\d+\s*[.)]\s*)?(\*\*)?(instruction|input|output)(\*\*)?\s*:"
-                          r"|<\s*no\s*input\s*>|###", re.IGNORECASE)
+_URL_RE = re.compile(
+  r"(https?://|www\.)\S+|\b[\w-]+\.(com|org|net|io|html?|pdf|docx?|xlsx?|"
+  r"csv|png|jpe?g|gif|mp[34]|wav)\b",
+  re.IGNORECASE,
+)
+_TEMPLATE_RE = re.compile(
+  r"(^|\n)\s*(\d+\s*[.)]\s*)?(\*\*)?(instruction|input|output)(\*\*)?\s*:"
+  r"|<\s*no\s*input\s*>|###",
+  re.IGNORECASE,
+)
 
 
 def tokenize(text: str) -> list[str]:
@@ -89,46 +105,46 @@ def shingles(text: str, n: int = 3) -> frozenset[str]:
   key = normalize(text)
   if len(key) <= n:
     return frozenset([key]) if key else frozenset()
-  return frozenset(key[i:i + n] for i in range(len(key) - n + 1))
+  return frozenset(key[i : i + n] for i in range(len(key) - n + 1))
 
 
 # Words for things a text-only model cannot see, hear, open or produce (the self-instruct
 # blacklist idea), per language. Latin/Cyrillic entries are whole words (regex, lower case);
 # the others are matched as substrings (no spaces, or clitics attached).
 UNSERVABLE: dict[str, str] = {
-    "en": r"images?|pictures?|photos?|photographs?|drawings?|draw|graphs?|charts?|diagrams?|"
-          r"maps?|videos?|audio|recordings?|attached|attachments?|files?|spreadsheets?|links?|"
-          r"url|websites?|web ?page|screenshots?|go to|click",
-    "es": r"imagen|imágenes|fotos?|fotografías?|dibujos?|dibuja|gráficos?|gráficas?|"
-          r"diagramas?|mapas?|vídeos?|videos?|audios?|grabación|grabaciones|archivos?|"
-          r"ficheros?|adjuntos?|adjunta|enlaces?|links?|url|sitio web|página web|"
-          r"captura de pantalla",
-    "pt": r"imagem|imagens|fotos?|fotografias?|desenhos?|desenhe|gráficos?|diagramas?|mapas?|"
-          r"vídeos?|áudios?|gravação|gravações|arquivos?|ficheiros?|anexos?|anexad[oa]|links?|"
-          r"url|site|página web|captura de tela",
-    "fr": r"images?|photos?|photographies?|dessins?|dessine[zr]?|graphiques?|diagrammes?|"
-          r"schémas?|cartes?|vidéos?|audios?|enregistrements?|fichiers?|pièces? jointes?|"
-          r"liens?|url|sites? web|pages? web|captures? d'écran",
-    "de": r"bild|bilder|bildes|fotos?|fotografien?|zeichnung(en)?|zeichne|grafik(en)?|"
-          r"diagramms?|diagramme|karten?|landkarten?|videos?|audios?|aufnahmen?|dateien|datei|"
-          r"anhang|anhänge|angehängt(e|en)?|links?|url|webseiten?|website|screenshots?",
-    "id": r"gambar|foto|fotografi|lukisan|grafik|diagram|bagan|peta|video|audio|rekaman|"
-          r"berkas|file|lampiran|terlampir|tautan|link|url|situs|halaman web|tangkapan layar",
-    "vi": r"hình ảnh|bức ảnh|ảnh chụp|hình vẽ|vẽ|biểu đồ|sơ đồ|bản đồ|video|âm thanh|ghi âm|"
-          r"tệp|tập tin|file|đính kèm|liên kết|đường dẫn|url|trang web",
-    "ru": r"изображени\w*|картинк\w*|фото\w*|рисун\w*|нарисуй\w*|график\w*|диаграмм\w*|"
-          r"схем\w*|карт[аеуы]|видео\w*|аудио\w*|файл\w*|вложени\w*|прикреп\w*|ссылк\w*|"
-          r"url|сайт\w*|веб-страниц\w*|скриншот\w*",
-    "ar": r"(?:[وفبلك]?(?:ال)?)(?:صورة|صور|رسمة|ارسم|مخطط|خريطة|فيديو|ملف|ملفات|مرفق|رابط|"
-          r"روابط)|رسم بياني|تسجيل صوتي|موقع ويب|الموقع الإلكتروني|لقطة شاشة",
-    "ja": "画像|写真|イラスト|描いて|描け|図表|(?<!パラ)グラフ|チャート|地図|動画|ビデオ|音声|録音|"
-          "ファイル|添付|リンク|URL|ウェブサイト|サイト|スクリーンショット",
-    "ko": "이미지|사진|그림|그려|그래프|차트|도표|다이어그램|동영상|비디오|영상|오디오|음성|"
-          "녹음|파일|첨부|링크|URL|웹사이트|사이트|스크린샷",
-    "th": "รูปภาพ|รูปถ่าย|ภาพถ่าย|วาดภาพ|วาดรูป|กราฟ|แผนภูมิ|แผนภาพ|แผนที่|วิดีโอ|"
-          "ไฟล์เสียง|บันทึกเสียง|ไฟล์|แนบ|ลิงก์|ลิงค์|URL|เว็บไซต์",
-    "zh": "图片|圖片|图像|照片|画图|绘图|绘制|图表|圖表|地图|视频|影片|音频|录音|文件|附件|"
-          "链接|鏈接|网址|网站|截图",
+  "en": r"images?|pictures?|photos?|photographs?|drawings?|draw|graphs?|charts?|diagrams?|"
+  r"maps?|videos?|audio|recordings?|attached|attachments?|files?|spreadsheets?|links?|"
+  r"url|websites?|web ?page|screenshots?|go to|click",
+  "es": r"imagen|imágenes|fotos?|fotografías?|dibujos?|dibuja|gráficos?|gráficas?|"
+  r"diagramas?|mapas?|vídeos?|videos?|audios?|grabación|grabaciones|archivos?|"
+  r"ficheros?|adjuntos?|adjunta|enlaces?|links?|url|sitio web|página web|"
+  r"captura de pantalla",
+  "pt": r"imagem|imagens|fotos?|fotografias?|desenhos?|desenhe|gráficos?|diagramas?|mapas?|"
+  r"vídeos?|áudios?|gravação|gravações|arquivos?|ficheiros?|anexos?|anexad[oa]|links?|"
+  r"url|site|página web|captura de tela",
+  "fr": r"images?|photos?|photographies?|dessins?|dessine[zr]?|graphiques?|diagrammes?|"
+  r"schémas?|cartes?|vidéos?|audios?|enregistrements?|fichiers?|pièces? jointes?|"
+  r"liens?|url|sites? web|pages? web|captures? d'écran",
+  "de": r"bild|bilder|bildes|fotos?|fotografien?|zeichnung(en)?|zeichne|grafik(en)?|"
+  r"diagramms?|diagramme|karten?|landkarten?|videos?|audios?|aufnahmen?|dateien|datei|"
+  r"anhang|anhänge|angehängt(e|en)?|links?|url|webseiten?|website|screenshots?",
+  "id": r"gambar|foto|fotografi|lukisan|grafik|diagram|bagan|peta|video|audio|rekaman|"
+  r"berkas|file|lampiran|terlampir|tautan|link|url|situs|halaman web|tangkapan layar",
+  "vi": r"hình ảnh|bức ảnh|ảnh chụp|hình vẽ|vẽ|biểu đồ|sơ đồ|bản đồ|video|âm thanh|ghi âm|"
+  r"tệp|tập tin|file|đính kèm|liên kết|đường dẫn|url|trang web",
+  "ru": r"изображени\w*|картинк\w*|фото\w*|рисун\w*|нарисуй\w*|график\w*|диаграмм\w*|"
+  r"схем\w*|карт[аеуы]|видео\w*|аудио\w*|файл\w*|вложени\w*|прикреп\w*|ссылк\w*|"
+  r"url|сайт\w*|веб-страниц\w*|скриншот\w*",
+  "ar": r"(?:[وفبلك]?(?:ال)?)(?:صورة|صور|رسمة|ارسم|مخطط|خريطة|فيديو|ملف|ملفات|مرفق|رابط|"
+  r"روابط)|رسم بياني|تسجيل صوتي|موقع ويب|الموقع الإلكتروني|لقطة شاشة",
+  "ja": "画像|写真|イラスト|描いて|描け|図表|(?<!パラ)グラフ|チャート|地図|動画|ビデオ|音声|録音|"
+  "ファイル|添付|リンク|URL|ウェブサイト|サイト|スクリーンショット",
+  "ko": "이미지|사진|그림|그려|그래프|차트|도표|다이어그램|동영상|비디오|영상|오디오|음성|"
+  "녹음|파일|첨부|링크|URL|웹사이트|사이트|스크린샷",
+  "th": "รูปภาพ|รูปถ่าย|ภาพถ่าย|วาดภาพ|วาดรูป|กราฟ|แผนภูมิ|แผนภาพ|แผนที่|วิดีโอ|"
+  "ไฟล์เสียง|บันทึกเสียง|ไฟล์|แนบ|ลิงก์|ลิงค์|URL|เว็บไซต์",
+  "zh": "图片|圖片|图像|照片|画图|绘图|绘制|图表|圖表|地图|视频|影片|音频|录音|文件|附件|"
+  "链接|鏈接|网址|网站|截图",
 }
 _WORD_BOUNDARY = {"en", "es", "pt", "fr", "de", "id", "vi", "ru", "ar"}
 
@@ -159,7 +175,7 @@ def unservable_match(text: str, lang: str) -> str | None:
 class FilterConfig:
   """Thresholds; lengths in length_units (about-words)."""
 
-  rouge_threshold: float = 0.7        # reject when ROUGE-L to any pool instruction >= this
+  rouge_threshold: float = 0.7  # reject when ROUGE-L to any pool instruction >= this
   near_duplicate_threshold: float = 0.6  # Jaccard of character 3-grams of instruction+input
   min_instruction_units: float = 2.0
   max_instruction_units: float = 150.0
@@ -179,7 +195,7 @@ class FilterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-  reason: str | None    # None: keep
+  reason: str | None  # None: keep
   detail: str = ""
   rouge: float | None = None  # highest ROUGE-L against the pool (None if not reached)
 
@@ -224,7 +240,7 @@ class _Growable:
 
   @property
   def values(self) -> np.ndarray:
-    return self.data[:self.n]
+    return self.data[: self.n]
 
 
 class _Index:
@@ -259,7 +275,7 @@ class InstructionPool:
     self.lang, self.config = lang, config
     self.instructions: list[str] = []
     self._keys: set[str] = set()
-    self._tokens = _Index()    # ROUGE tokens of each instruction
+    self._tokens = _Index()  # ROUGE tokens of each instruction
     self._shingles = _Index()  # character 3-grams of each instruction + input
 
   def __len__(self) -> int:
@@ -316,15 +332,18 @@ class InstructionPool:
     n = length_units(instruction)
     if n < cfg.min_instruction_units:
       return Verdict("too_short", f"instruction has {n:g} units < {cfg.min_instruction_units:g}")
-    for field, text, limit in (("instruction", instruction, cfg.max_instruction_units),
-                               ("input", input_text, cfg.max_input_units),
-                               ("output", output, cfg.max_output_units)):
+    for field, text, limit in (
+      ("instruction", instruction, cfg.max_instruction_units),
+      ("input", input_text, cfg.max_input_units),
+      ("output", output, cfg.max_output_units),
+    ):
       n = length_units(text)
       if n > limit:
         return Verdict("too_long", f"{field} has {n:g} units > {limit:g}")
     if cfg.check_language and not langid.is_language(instruction, self.lang):
-      return Verdict("language", f"instruction reads as {langid.identify(instruction).lang!r}, "
-                                 f"not {self.lang!r}")
+      return Verdict(
+        "language", f"instruction reads as {langid.identify(instruction).lang!r}, not {self.lang!r}"
+      )
     if cfg.check_unservable:
       # Words in the instruction only (an input text may well tell of a photo); links anywhere.
       link = _URL_RE.search(input_text)
@@ -335,8 +354,9 @@ class InstructionPool:
       return Verdict("duplicate", "same instruction and input already in the pool")
     jac, j = self.max_jaccard(instruction, input_text)
     if jac >= cfg.near_duplicate_threshold:
-      return Verdict("near_duplicate", f"3-gram Jaccard {jac:.2f} with "
-                                       f"{self.instructions[j][:60]!r}")
+      return Verdict(
+        "near_duplicate", f"3-gram Jaccard {jac:.2f} with {self.instructions[j][:60]!r}"
+      )
     score, i = self.max_rouge(instruction)
     if score >= cfg.rouge_threshold:
       return Verdict("rouge", f"ROUGE-L {score:.2f} with {self.instructions[i][:60]!r}", score)

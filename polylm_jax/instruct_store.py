@@ -24,7 +24,7 @@ def repair_jsonl(path: str) -> int:
     data = f.read()
   if not data:
     return 0
-  body = data if data.endswith(b"\n") else data[:data.rfind(b"\n") + 1]
+  body = data if data.endswith(b"\n") else data[: data.rfind(b"\n") + 1]
   if body:
     last_start = body.rfind(b"\n", 0, len(body) - 1) + 1
     try:
@@ -51,8 +51,10 @@ def read_jsonl(path: str) -> list[dict]:
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {lineno}: invalid JSON ({e.msg}); only a partial last "
-                         "line is repaired automatically") from None
+        raise ValueError(
+          f"{path} line {lineno}: invalid JSON ({e.msg}); only a partial last "
+          "line is repaired automatically"
+        ) from None
       if not isinstance(obj, dict):
         raise ValueError(f"{path} line {lineno}: expected a JSON object")
       records.append(obj)
@@ -112,8 +114,14 @@ def load_seed_tasks(path: str) -> list[dict[str, str]]:
       inp = obj.get("input")
       if inp is not None and not isinstance(inp, str):
         raise ValueError(f"{where}: field 'input' must be a string or null")
-      seeds.append({"instruction": obj["instruction"], "input": inp or "",
-                    "output": obj["output"], "type": str(obj.get("type", ""))})
+      seeds.append(
+        {
+          "instruction": obj["instruction"],
+          "input": inp or "",
+          "output": obj["output"],
+          "type": str(obj.get("type", "")),
+        }
+      )
   if not seeds:
     raise ValueError(f"seed file {path} holds no seed tasks")
   return seeds
@@ -122,8 +130,9 @@ def load_seed_tasks(path: str) -> list[dict[str, str]]:
 # -- statistics ---------------------------------------------------------------------------
 
 
-def compute_stats(kept: Mapping[str, Sequence[Mapping]], rejected: Sequence[Mapping],
-                  languages: Sequence[str]) -> dict[str, Any]:
+def compute_stats(
+  kept: Mapping[str, Sequence[Mapping]], rejected: Sequence[Mapping], languages: Sequence[str]
+) -> dict[str, Any]:
   """Per language: candidates (parsed tasks that were filtered), kept, rejections by reason
   (also failed requests "teacher_error" and replies "unparsed"); ROUGE-L values of kept and
   rejected candidates (the highest against the pool when each was checked)."""
@@ -131,13 +140,23 @@ def compute_stats(kept: Mapping[str, Sequence[Mapping]], rejected: Sequence[Mapp
   for lang in languages:
     reasons = Counter(r.get("reason", "?") for r in rejected if r.get("lang") == lang)
     n_kept = len(kept.get(lang, ()))
-    per[lang] = {"kept": n_kept, "rejected": dict(sorted(reasons.items())),
-                 "candidates": n_kept + sum(v for k, v in reasons.items()
-                                            if k not in ("teacher_error", "unparsed"))}
-  rouge_kept = [float(r["rouge_l"]) for lang in languages for r in kept.get(lang, ())
-                if r.get("rouge_l") is not None]
-  rouge_rejected = [float(r["rouge_l"]) for r in rejected
-                    if r.get("lang") in languages and r.get("rouge_l") is not None]
+    per[lang] = {
+      "kept": n_kept,
+      "rejected": dict(sorted(reasons.items())),
+      "candidates": n_kept
+      + sum(v for k, v in reasons.items() if k not in ("teacher_error", "unparsed")),
+    }
+  rouge_kept = [
+    float(r["rouge_l"])
+    for lang in languages
+    for r in kept.get(lang, ())
+    if r.get("rouge_l") is not None
+  ]
+  rouge_rejected = [
+    float(r["rouge_l"])
+    for r in rejected
+    if r.get("lang") in languages and r.get("rouge_l") is not None
+  ]
   return {"languages": per, "rouge_l": {"kept": rouge_kept, "rejected": rouge_rejected}}
 
 
@@ -145,8 +164,7 @@ def _quantiles(values: Sequence[float]) -> str:
   if not values:
     return "none"
   q = np.quantile(np.asarray(values), [0, 0.25, 0.5, 0.75, 0.9, 1.0])
-  return ("min {:.2f}  p25 {:.2f}  median {:.2f}  p75 {:.2f}  p90 {:.2f}  max {:.2f}"
-          .format(*q))
+  return "min {:.2f}  p25 {:.2f}  median {:.2f}  p75 {:.2f}  p90 {:.2f}  max {:.2f}".format(*q)
 
 
 def format_stats(stats: Mapping[str, Any], threshold: float | None = None) -> str:
@@ -156,25 +174,32 @@ def format_stats(stats: Mapping[str, Any], threshold: float | None = None) -> st
   head = f"{'lang':<6}{'candidates':>11}{'kept':>7}" + "".join(f"{r:>15}" for r in reasons)
   lines = [head]
   for lang, v in per.items():
-    lines.append(f"{lang:<6}{v['candidates']:>11}{v['kept']:>7}" +
-                 "".join(f"{v['rejected'].get(r, 0):>15}" for r in reasons))
+    lines.append(
+      f"{lang:<6}{v['candidates']:>11}{v['kept']:>7}"
+      + "".join(f"{v['rejected'].get(r, 0):>15}" for r in reasons)
+    )
   total_c = sum(v["candidates"] for v in per.values())
   total_k = sum(v["kept"] for v in per.values())
-  lines.append(f"{'all':<6}{total_c:>11}{total_k:>7}" + "".join(
-      f"{sum(v['rejected'].get(r, 0) for v in per.values()):>15}" for r in reasons))
+  lines.append(
+    f"{'all':<6}{total_c:>11}{total_k:>7}"
+    + "".join(f"{sum(v['rejected'].get(r, 0) for v in per.values()):>15}" for r in reasons)
+  )
   rk, rr = stats["rouge_l"]["kept"], stats["rouge_l"]["rejected"]
   lines.append(f"ROUGE-L to the pool, kept ({len(rk)}): {_quantiles(rk)}")
   lines.append(f"ROUGE-L to the pool, rejected ({len(rr)}): {_quantiles(rr)}")
   if threshold is not None:
     both = rk + rr
-    lines.append(f"  at or above the threshold {threshold:g}: "
-                 f"{sum(x >= threshold for x in both)} of {len(both)}")
+    lines.append(
+      f"  at or above the threshold {threshold:g}: "
+      f"{sum(x >= threshold for x in both)} of {len(both)}"
+    )
   return "\n".join(lines)
 
 
 def plot_stats(stats: Mapping[str, Any], path: str, threshold: float | None = None) -> str:
   """Three panels (kept per language, rejections by reason, ROUGE-L histogram) as a PNG."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -197,8 +222,9 @@ def plot_stats(stats: Mapping[str, Any], path: str, threshold: float | None = No
     ax.set_xticks(x, langs)
   bins = np.linspace(0, 1, 21)
   rk, rr = stats["rouge_l"]["kept"], stats["rouge_l"]["rejected"]
-  axes[2].hist([rk, rr], bins=bins, stacked=True, label=["kept", "rejected"],
-               color=["tab:green", "tab:red"])
+  axes[2].hist(
+    [rk, rr], bins=bins, stacked=True, label=["kept", "rejected"], color=["tab:green", "tab:red"]
+  )
   if threshold is not None:
     axes[2].axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
   axes[2].set_title("highest ROUGE-L to the pool")

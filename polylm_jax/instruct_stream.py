@@ -43,14 +43,17 @@ def _get_task(name: str, split: str) -> seqio.Task:
   try:
     task = seqio.get_mixture_or_task(name)
   except ValueError as e:
-    raise ValueError(f"instruction task {name!r} is not registered with seqio "
-                     "(import tasks.instructions first?)") from e
+    raise ValueError(
+      f"instruction task {name!r} is not registered with seqio (import tasks.instructions first?)"
+    ) from e
   if not isinstance(task, seqio.Task):
     raise ValueError(f"{name!r} is a seqio Mixture; a reader needs a Task")
   missing = [k for k in ("inputs", "targets") if k not in task.output_features]
   if missing:
-    raise ValueError(f"task {name!r} has no output feature(s) {missing}: instruction tuning "
-                     "needs 'inputs' (prompt) and 'targets' (response)")
+    raise ValueError(
+      f"task {name!r} has no output feature(s) {missing}: instruction tuning "
+      "needs 'inputs' (prompt) and 'targets' (response)"
+    )
   if split not in task.splits:
     raise ValueError(f"task {name!r} has no split {split!r}; it has {list(task.splits)}")
   return task
@@ -59,8 +62,12 @@ def _get_task(name: str, split: str) -> seqio.Task:
 def task_lang_index(name: str) -> int:
   """Language index (mixing.LANGUAGES) of an instruction task, -1 if unknown."""
   from tasks import instructions  # registry of instruction tasks; imported when needed
-  lang = (instructions.instruction_task_info(name)["lang"]
-          if instructions.is_instruction_task(name) else mixing.language_of_task(name))
+
+  lang = (
+    instructions.instruction_task_info(name)["lang"]
+    if instructions.is_instruction_task(name)
+    else mixing.language_of_task(name)
+  )
   return mixing.language_index(lang) if lang in mixing.LANGUAGES else -1
 
 
@@ -68,8 +75,15 @@ class ExampleReader:
   """One task's (prompt, response) pairs for one host, in memory; `get(epoch, i)` is the i-th
   example of that epoch's permutation (identity with shuffle=False)."""
 
-  def __init__(self, task_name: str, split: str = "train", shard_index: int = 0,
-               num_shards: int = 1, seed: int = 0, shuffle: bool = True):
+  def __init__(
+    self,
+    task_name: str,
+    split: str = "train",
+    shard_index: int = 0,
+    num_shards: int = 1,
+    seed: int = 0,
+    shuffle: bool = True,
+  ):
     self.name, self.split, self.shuffle = task_name, split, shuffle
     self.task = _get_task(task_name, split)
     self.shard_index, self.num_shards = shard_index, num_shards
@@ -80,9 +94,16 @@ class ExampleReader:
 
   def _load(self) -> None:
     shard = seqio.ShardInfo(self.shard_index, self.num_shards) if self.num_shards > 1 else None
-    ds = self.task.get_dataset(sequence_length=None, split=self.split, use_cached=False,
-                               shuffle=False, shard_info=shard, num_epochs=1,
-                               trim_output_features=False, try_in_mem_cache=False)
+    ds = self.task.get_dataset(
+      sequence_length=None,
+      split=self.split,
+      use_cached=False,
+      shuffle=False,
+      shard_info=shard,
+      num_epochs=1,
+      trim_output_features=False,
+      try_in_mem_cache=False,
+    )
     chunks, offsets, prompt_lens = [], [0], []
     for ex in ds.as_numpy_iterator():
       prompt = np.asarray(ex["inputs"], np.int32)
@@ -93,8 +114,10 @@ class ExampleReader:
       offsets.append(offsets[-1] + len(prompt) + len(response))
       prompt_lens.append(len(prompt))
     if not prompt_lens:
-      raise ValueError(f"task {self.name!r} split {self.split!r} yielded no examples for host "
-                       f"shard {self.shard_index} of {self.num_shards}")
+      raise ValueError(
+        f"task {self.name!r} split {self.split!r} yielded no examples for host "
+        f"shard {self.shard_index} of {self.num_shards}"
+      )
     self._tokens = np.concatenate(chunks).astype(np.int32)
     self._offsets, self._prompt_lens = np.array(offsets), np.array(prompt_lens)
 
@@ -107,8 +130,9 @@ class ExampleReader:
     if not self.shuffle:
       return i
     if epoch != self._order_epoch:
-      bits = np.random.Philox(key=np.array(self._key, np.uint64),
-                              counter=np.array([epoch, 0, 0, 0], np.uint64))
+      bits = np.random.Philox(
+        key=np.array(self._key, np.uint64), counter=np.array([epoch, 0, 0, 0], np.uint64)
+      )
       self._order, self._order_epoch = np.random.Generator(bits).permutation(len(self)), epoch
     return int(self._order[i])
 
@@ -117,15 +141,16 @@ class ExampleReader:
     if not 0 <= i < len(self):
       raise IndexError(f"task {self.name!r}: example {i} of {len(self)}")
     j = self._index(epoch, i)
-    return self._tokens[self._offsets[j]:self._offsets[j + 1]], int(self._prompt_lens[j])
+    return self._tokens[self._offsets[j] : self._offsets[j + 1]], int(self._prompt_lens[j])
 
 
-def example_slots(tokens: np.ndarray, prompt_len: int, seq_len: int
-                  ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
+def example_slots(
+  tokens: np.ndarray, prompt_len: int, seq_len: int
+) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
   """(inputs, targets, loss weights, truncated) of one example cut to seq_len slots, or None
   when no response token is left to predict."""
   truncated = len(tokens) - 1 > seq_len
-  x = tokens[:seq_len + 1]
+  x = tokens[: seq_len + 1]
   if prompt_len >= len(x) or len(x) < 2:
     return None
   weights = (np.arange(1, len(x)) >= prompt_len).astype(np.float32)
@@ -138,12 +163,12 @@ class RowPacker:
   def __init__(self, batch_size: int, seq_len: int, pack: bool = True):
     self.B, self.T, self.pack = batch_size, seq_len, pack
     self.arrays = {
-        "inputs": np.zeros((batch_size, seq_len), np.int32),
-        "targets": np.zeros((batch_size, seq_len), np.int32),
-        "loss_weights": np.zeros((batch_size, seq_len), np.float32),
-        "positions": np.zeros((batch_size, seq_len), np.int32),
-        "segment_ids": np.zeros((batch_size, seq_len), np.int32),
-        "langs": np.full((batch_size, seq_len), -1, np.int32),
+      "inputs": np.zeros((batch_size, seq_len), np.int32),
+      "targets": np.zeros((batch_size, seq_len), np.int32),
+      "loss_weights": np.zeros((batch_size, seq_len), np.float32),
+      "positions": np.zeros((batch_size, seq_len), np.int32),
+      "segment_ids": np.zeros((batch_size, seq_len), np.int32),
+      "langs": np.full((batch_size, seq_len), -1, np.int32),
     }
     self.row, self.used, self.segments = 0, 0, 0
 
@@ -155,8 +180,7 @@ class RowPacker:
     """Whether an example of `slots` slots goes into the current row (else a new row opens)."""
     return self.used == 0 or (self.pack and self.used + slots <= self.T)
 
-  def add(self, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray,
-          lang: int) -> None:
+  def add(self, inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray, lang: int) -> None:
     n = len(inputs)
     if not self.fits(n):
       self.row, self.used, self.segments = self.row + 1, 0, 0
@@ -164,12 +188,12 @@ class RowPacker:
       raise RuntimeError("RowPacker.add on a full batch")
     a, r, lo = self.arrays, self.row, self.used
     self.segments += 1
-    a["inputs"][r, lo:lo + n] = inputs
-    a["targets"][r, lo:lo + n] = targets
-    a["loss_weights"][r, lo:lo + n] = weights
-    a["positions"][r, lo:lo + n] = np.arange(n)
-    a["segment_ids"][r, lo:lo + n] = self.segments
-    a["langs"][r, lo:lo + n] = lang
+    a["inputs"][r, lo : lo + n] = inputs
+    a["targets"][r, lo : lo + n] = targets
+    a["loss_weights"][r, lo : lo + n] = weights
+    a["positions"][r, lo : lo + n] = np.arange(n)
+    a["segment_ids"][r, lo : lo + n] = self.segments
+    a["langs"][r, lo : lo + n] = lang
     self.used += n
 
   def accepts(self, slots: int) -> bool:
@@ -180,11 +204,21 @@ class RowPacker:
 class InstructionStream:
   """Endless packed instruction batches for one host (see the module docstring)."""
 
-  def __init__(self, tasks: Sequence[str], rates: Sequence[float], *, seq_len: int,
-               batch_size: int, seed: int = 0, shard_index: int = 0, num_shards: int = 1,
-               split: str = "train", pack: bool = True, name: str = ""):
-    for flag, v in (("seq_len", seq_len), ("batch_size", batch_size),
-                    ("num_shards", num_shards)):
+  def __init__(
+    self,
+    tasks: Sequence[str],
+    rates: Sequence[float],
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int = 0,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    split: str = "train",
+    pack: bool = True,
+    name: str = "",
+  ):
+    for flag, v in (("seq_len", seq_len), ("batch_size", batch_size), ("num_shards", num_shards)):
       if not isinstance(v, (int, np.integer)) or v <= 0:
         raise ValueError(f"{flag} must be a positive int, got {v!r}")
     if not 0 <= shard_index < num_shards:
@@ -199,16 +233,24 @@ class InstructionStream:
     self.langs = [task_lang_index(t) for t in tasks]
     total = sum(self.rates)
     # What the trainer reads of a PackedStream: one stage, starting at step 0.
-    self.stages = [stream_lib.StagePlan(name or tasks[0], tuple(tasks),
-                                        tuple(r / total for r in self.rates), tuple(self.langs))]
+    self.stages = [
+      stream_lib.StagePlan(
+        name or tasks[0], tuple(tasks), tuple(r / total for r in self.rates), tuple(self.langs)
+      )
+    ]
     self.boundaries = (0,)
     key = (self.seed, mixing.stable_u64("instruct-mix", name, *tasks, shard_index, num_shards))
     self._sched = mixing.TokenScheduler(self.rates, key, jitter=1.0)
     self.positions = [[0, 0] for _ in tasks]  # (epoch, index) of each task's next example
     self._pending: Optional[list[int]] = None  # [task, epoch, index] drawn, not yet placed
     self.step = 0
-    self.stats = {"examples": 0, "truncated": 0, "dropped_overlong": 0, "prompt_tokens": 0,
-                  "response_tokens": 0}
+    self.stats = {
+      "examples": 0,
+      "truncated": 0,
+      "dropped_overlong": 0,
+      "prompt_tokens": 0,
+      "response_tokens": 0,
+    }
 
   @property
   def stage(self) -> int:
@@ -254,28 +296,45 @@ class InstructionStream:
     return self
 
   def _config(self) -> dict:
-    return {"name": self.name, "tasks": self.tasks, "rates": [round(r, 9) for r in self.rates],
-            "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
-            "shard_index": self.shard_index, "num_shards": self.num_shards,
-            "split": self.split, "pack": self.pack}
+    return {
+      "name": self.name,
+      "tasks": self.tasks,
+      "rates": [round(r, 9) for r in self.rates],
+      "seq_len": self.seq_len,
+      "batch_size": self.batch_size,
+      "seed": self.seed,
+      "shard_index": self.shard_index,
+      "num_shards": self.num_shards,
+      "split": self.split,
+      "pack": self.pack,
+    }
 
   def state(self) -> dict:
-    return {"version": STATE_VERSION, "kind": "instruction", "config": self._config(),
-            "step": self.step, "scheduler": self._sched.state(),
-            "positions": [list(p) for p in self.positions],
-            "pending": list(self._pending) if self._pending else None,
-            "stats": dict(self.stats)}
+    return {
+      "version": STATE_VERSION,
+      "kind": "instruction",
+      "config": self._config(),
+      "step": self.step,
+      "scheduler": self._sched.state(),
+      "positions": [list(p) for p in self.positions],
+      "pending": list(self._pending) if self._pending else None,
+      "stats": dict(self.stats),
+    }
 
   def restore(self, state: Mapping) -> None:
     state = json.loads(json.dumps(state))
     if state.get("version") != STATE_VERSION or state.get("kind") != "instruction":
-      raise ValueError(f"not an instruction stream state (version {state.get('version')!r}, "
-                       f"kind {state.get('kind')!r})")
+      raise ValueError(
+        f"not an instruction stream state (version {state.get('version')!r}, "
+        f"kind {state.get('kind')!r})"
+      )
     mine, saved = self._config(), state["config"]
     diff = [k for k in mine if mine[k] != saved.get(k)]
     if diff:
-      raise ValueError("instruction stream state does not match this stream: " + "; ".join(
-          f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in diff))
+      raise ValueError(
+        "instruction stream state does not match this stream: "
+        + "; ".join(f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in diff)
+      )
     self.step = int(state["step"])
     self._sched.restore(state["scheduler"])
     self.positions = [[int(e), int(i)] for e, i in state["positions"]]
@@ -288,14 +347,17 @@ def resolve(name: str) -> tuple[list[str], list[float]]:
   try:
     provider = seqio.get_mixture_or_task(name)
   except ValueError as e:
-    raise ValueError(f"MIXTURE_OR_TASK_NAME={name!r} is no registered seqio task or mixture "
-                     "(import tasks.instructions first?)") from e
+    raise ValueError(
+      f"MIXTURE_OR_TASK_NAME={name!r} is no registered seqio task or mixture "
+      "(import tasks.instructions first?)"
+    ) from e
   if isinstance(provider, seqio.Mixture):
     tasks = [t.name for t in provider.tasks]
     rates = [float(provider.get_rate(t)) for t in provider.tasks]
     if any(not np.isfinite(r) or r < 0 for r in rates) or sum(rates) <= 0:
-      raise ValueError(f"mixture {name!r}: rates must be >= 0 and not all zero, "
-                       f"got {dict(zip(tasks, rates))}")
+      raise ValueError(
+        f"mixture {name!r}: rates must be >= 0 and not all zero, got {dict(zip(tasks, rates))}"
+      )
     keep = [i for i, r in enumerate(rates) if r > 0]
     return [tasks[i] for i in keep], [rates[i] for i in keep]
   return [name], [1.0]
@@ -305,6 +367,7 @@ def is_instruction_data(name: str) -> bool:
   """Whether `name` is an instruction task, or a mixture made only of them: the trainer's
   test for building an InstructionStream instead of a PackedStream."""
   from tasks import instructions
+
   if instructions.is_instruction_task(name):
     return True
   try:
@@ -312,18 +375,37 @@ def is_instruction_data(name: str) -> bool:
   except ValueError:
     return False
   return isinstance(provider, seqio.Mixture) and all(
-      instructions.is_instruction_task(t.name) for t in provider.tasks)
+    instructions.is_instruction_task(t.name) for t in provider.tasks
+  )
 
 
-def build_instruction_stream(name: str, seq_len: int, batch_size: int, *, seed: int = 0,
-                             shard_index: int = 0, num_shards: int = 1, split: str = "train",
-                             pack: bool = True, **unused) -> InstructionStream:
+def build_instruction_stream(
+  name: str,
+  seq_len: int,
+  batch_size: int,
+  *,
+  seed: int = 0,
+  shard_index: int = 0,
+  num_shards: int = 1,
+  split: str = "train",
+  pack: bool = True,
+  **unused,
+) -> InstructionStream:
   """The trainer's entry point, with stream.build_stream's signature (extra keywords such as
   train_steps and segment_aware are accepted and ignored: instruction rows always reset)."""
   tasks, rates = resolve(name)
-  return InstructionStream(tasks, rates, seq_len=seq_len, batch_size=batch_size, seed=seed,
-                           shard_index=shard_index, num_shards=num_shards, split=split,
-                           pack=pack, name=name)
+  return InstructionStream(
+    tasks,
+    rates,
+    seq_len=seq_len,
+    batch_size=batch_size,
+    seed=seed,
+    shard_index=shard_index,
+    num_shards=num_shards,
+    split=split,
+    pack=pack,
+    name=name,
+  )
 
 
 # polylm_jax.stream's names, so a trainer can use this module in its place.
@@ -347,10 +429,18 @@ def eval_tasks(name: str, split: str = "validation") -> dict[str, tuple[str, ...
   return {k: tuple(v) for k, v in out.items()}
 
 
-def eval_batches(tasks: Sequence[str], seq_len: int, batch_size: int, *,
-                 split: str = "validation", shard_index: int = 0, num_shards: int = 1,
-                 pack: bool = True, num_batches: Optional[int] = None,
-                 **unused) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  tasks: Sequence[str],
+  seq_len: int,
+  batch_size: int,
+  *,
+  split: str = "validation",
+  shard_index: int = 0,
+  num_shards: int = 1,
+  pack: bool = True,
+  num_batches: Optional[int] = None,
+  **unused,
+) -> Iterator[dict[str, np.ndarray]]:
   """Finite, deterministic batches of `tasks` read once in order, packed as in training; the
   last batch is padded (weight 0). num_batches: exactly that many (cut, or padded with empty
   batches), the same on every host."""

@@ -36,8 +36,9 @@ def top_p_filter(logits: jax.Array, top_p: Any) -> jax.Array:
   return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
-def process_logits(logits: jax.Array, seen: jax.Array | None, s: Any,
-                   knobs: dict[str, Any]) -> jax.Array:
+def process_logits(
+  logits: jax.Array, seen: jax.Array | None, s: Any, knobs: dict[str, Any]
+) -> jax.Array:
   """`s` (DecodeSettings) decides which processors run; `knobs` holds their (traced) values."""
   if s.repetition_penalty != 1.0:
     logits = apply_repetition_penalty(logits, seen, knobs["repetition_penalty"])

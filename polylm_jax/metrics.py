@@ -33,22 +33,23 @@ import numpy as np
 
 # Substring of `device.device_kind` (lower case) -> peak dense bf16 FLOP/s. Checked in order.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("h100 pcie", 756e12),
-    ("h100", 989e12),
-    ("h200", 989e12),
-    ("gh200", 989e12),
-    ("a100", 312e12),
-    ("tpu v4", 275e12),
-    ("tpu v5p", 459e12),
-    ("tpu v5 lite", 197e12),
-    ("tpu v5e", 197e12),
+  ("h100 pcie", 756e12),
+  ("h100", 989e12),
+  ("h200", 989e12),
+  ("gh200", 989e12),
+  ("a100", 312e12),
+  ("tpu v4", 275e12),
+  ("tpu v5p", 459e12),
+  ("tpu v5 lite", 197e12),
+  ("tpu v5e", 197e12),
 )
 CPU_FLOPS_PER_CYCLE = 32
 CPU_NOMINAL_HZ = 3.5e9
 
 
-def device_peak_flops(device: jax.Device | None = None,
-                      override: float | None = None) -> tuple[float | None, str]:
+def device_peak_flops(
+  device: jax.Device | None = None, override: float | None = None
+) -> tuple[float | None, str]:
   """(peak FLOP/s per device, where the number comes from); None when the kind is unknown."""
   env = os.environ.get("POLYLM_PEAK_FLOPS")
   if override:
@@ -60,17 +61,20 @@ def device_peak_flops(device: jax.Device | None = None,
   if device.platform == "cpu":
     n_cpu_devices = max(1, len([d for d in jax.local_devices() if d.platform == "cpu"]))
     total = (os.cpu_count() or 1) * CPU_FLOPS_PER_CYCLE * CPU_NOMINAL_HZ
-    return total / n_cpu_devices, (f"CPU nominal: {os.cpu_count()} logical CPUs x "
-                                   f"{CPU_FLOPS_PER_CYCLE} FLOP/cycle x "
-                                   f"{CPU_NOMINAL_HZ / 1e9:.2f} GHz / {n_cpu_devices} devices")
+    return total / n_cpu_devices, (
+      f"CPU nominal: {os.cpu_count()} logical CPUs x "
+      f"{CPU_FLOPS_PER_CYCLE} FLOP/cycle x "
+      f"{CPU_NOMINAL_HZ / 1e9:.2f} GHz / {n_cpu_devices} devices"
+    )
   for key, peak in PEAK_FLOPS:
     if key in kind:
       return peak, f"{device.device_kind} bf16 dense peak"
   return None, f"unknown device kind {device.device_kind!r} (set $POLYLM_PEAK_FLOPS)"
 
 
-def mfu(tokens_per_second: float, flops_per_token: float, num_devices: int,
-        peak_per_device: float | None) -> float | None:
+def mfu(
+  tokens_per_second: float, flops_per_token: float, num_devices: int, peak_per_device: float | None
+) -> float | None:
   """Model FLOPs utilisation in [0, 1] (None when the peak is unknown)."""
   if not peak_per_device or num_devices <= 0:
     return None
@@ -139,12 +143,20 @@ class Throughput:
     self._t0, self._step0 = now, step
     self._recent = (self._recent + [dt])[-20:]
     step_time = float(np.median(self._recent))
-    return {"step_time": dt, "tokens_per_second": self.tokens_per_step / dt,
-            "eta_seconds": step_time * max(0, self.total_steps - step)}
+    return {
+      "step_time": dt,
+      "tokens_per_second": self.tokens_per_step / dt,
+      "eta_seconds": step_time * max(0, self.total_steps - step),
+    }
 
 
-def eval_summary(nll_sum: float, tokens: float, lang_nll_sum: Sequence[float],
-                 lang_tokens: Sequence[float], languages: Sequence[str]) -> dict[str, float]:
+def eval_summary(
+  nll_sum: float,
+  tokens: float,
+  lang_nll_sum: Sequence[float],
+  lang_tokens: Sequence[float],
+  languages: Sequence[str],
+) -> dict[str, float]:
   """Loss (mean nll per token) and perplexity, overall and for each language with tokens."""
   out: dict[str, float] = {}
   if tokens > 0:
@@ -193,23 +205,30 @@ class MetricsWriter:
         self.log(f"WARNING: no TensorBoard event files ({e}); metrics.jsonl is still written")
         return None
       self._writers[kind] = metric_writers.AsyncWriter(
-          metric_writers.SummaryWriter(os.path.join(self.model_dir, kind)))
+        metric_writers.SummaryWriter(os.path.join(self.model_dir, kind))
+      )
     return self._writers[kind]
 
   def log(self, message: str) -> None:
     if self.is_chief:
       self._print(message, flush=True)
 
-  def write(self, kind: str, step: int, values: Mapping[str, Any], *,
-            tensorboard: bool = True) -> None:
+  def write(
+    self, kind: str, step: int, values: Mapping[str, Any], *, tensorboard: bool = True
+  ) -> None:
     """Scalars to TensorBoard (`kind` = 'train' or 'eval') and one JSON line."""
     if not self.is_chief:
       return
     scalars = {k: s for k, v in values.items() if (s := _scalar(v)) is not None}
     if self._jsonl is not None:
-      record = {"kind": kind, "step": int(step), **{
+      record = {
+        "kind": kind,
+        "step": int(step),
+        **{
           k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-          for k, v in scalars.items()}}
+          for k, v in scalars.items()
+        },
+      }
       for k, v in values.items():
         if k not in scalars and isinstance(v, (str, list, tuple)):
           record[k] = v

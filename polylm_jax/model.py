@@ -24,30 +24,44 @@ from polylm_jax.config import PolyLMConfig
 Array = jax.Array
 
 # Logical axis names used below (see partitioning.DEFAULT_RULES).
-BATCH, LENGTH, EMBED, HEADS, KV, MLP, VOCAB = "batch", "length", "embed", "heads", "kv", "mlp", "vocab"
+BATCH, LENGTH, EMBED, HEADS, KV, MLP, VOCAB = (
+  "batch",
+  "length",
+  "embed",
+  "heads",
+  "kv",
+  "mlp",
+  "vocab",
+)
 LAYERS, QKV, POSITION = "layers", "qkv", "position"
 
 _REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  "full": None,
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
-def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
-           std: float | None) -> Array:
+def _param(
+  module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...], std: float | None
+) -> Array:
   """A parameter with logical axes; std=None means zeros (biases)."""
   init = nn.initializers.zeros if std is None else nn.initializers.normal(std)
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape,
-                      jnp.dtype(module.config.param_dtype))
+  return module.param(
+    name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(module.config.param_dtype)
+  )
 
 
 def _layer_norm(config: PolyLMConfig, name: str) -> nn.LayerNorm:
   """LayerNorm with bias, computed in fp32."""
   return nn.LayerNorm(
-      epsilon=config.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.dtype(config.param_dtype),
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)), name=name)
+    epsilon=config.layer_norm_eps,
+    dtype=jnp.float32,
+    param_dtype=jnp.dtype(config.param_dtype),
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)),
+    name=name,
+  )
 
 
 def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
@@ -80,14 +94,16 @@ class Attention(nn.Module):
     k_segments = segment_ids
     if decode:
       k, v, k_segments, q_slots = self._update_cache(k, v, segment_ids)
-    mask = ((jnp.arange(k.shape[1])[None, None, :] <= q_slots[None, :, None])
-            & (segment_ids[:, :, None] == k_segments[:, None, :]))
+    mask = (jnp.arange(k.shape[1])[None, None, :] <= q_slots[None, :, None]) & (
+      segment_ids[:, :, None] == k_segments[:, None, :]
+    )
 
     if cfg.attention_impl == "cudnn" and not decode:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
     else:
-      logits = jnp.einsum("bqhk,bshk->bhqs", q * (1.0 / math.sqrt(dh)), k,
-                          preferred_element_type=jnp.float32)
+      logits = jnp.einsum(
+        "bqhk,bshk->bhqs", q * (1.0 / math.sqrt(dh)), k, preferred_element_type=jnp.float32
+      )
       logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
       out = jnp.einsum("bhqs,bshk->bqhk", probs, v)
@@ -113,7 +129,8 @@ class Attention(nn.Module):
       cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
       cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
       cached_seg.value = jax.lax.dynamic_update_slice(
-          cached_seg.value, segment_ids.astype(jnp.int32), (0, start))
+        cached_seg.value, segment_ids.astype(jnp.int32), (0, start)
+      )
       index.value = start + t
     return cached_k.value, cached_v.value, cached_seg.value, start + jnp.arange(t)
 
@@ -170,8 +187,13 @@ class PolyLM(nn.Module):
   config: PolyLMConfig
 
   @nn.compact
-  def __call__(self, tokens: Array, positions: Array | None = None,
-               segment_ids: Array | None = None, decode: bool = False) -> Array:
+  def __call__(
+    self,
+    tokens: Array,
+    positions: Array | None = None,
+    segment_ids: Array | None = None,
+    decode: bool = False,
+  ) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     if positions is None:
@@ -189,9 +211,13 @@ class PolyLM(nn.Module):
     if cfg.remat_policy != "none":
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     stack = nn.scan(
-        block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast,), length=cfg.num_layers,
-        metadata_params={nn.PARTITION_NAME: LAYERS})
+      block,
+      variable_axes={"params": 0, "cache": 0},
+      split_rngs={"params": True},
+      in_axes=(nn.broadcast,),
+      length=cfg.num_layers,
+      metadata_params={nn.PARTITION_NAME: LAYERS},
+    )
     x, _ = stack(cfg, decode, name="layers")(x, segment_ids)
 
     h = _layer_norm(cfg, "ln_f")(x).astype(dtype)
@@ -214,6 +240,7 @@ def abstract_params(config: PolyLMConfig) -> Any:
 def init_cache(config: PolyLMConfig, batch_size: int) -> dict[str, Any]:
   """An empty decode cache for `batch_size` rows of up to `config.max_len` tokens."""
   tokens = jax.ShapeDtypeStruct((batch_size, 1), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda t: PolyLM(config).init(jax.random.key(0), t, decode=True), tokens)["cache"]
+  shapes = jax.eval_shape(lambda t: PolyLM(config).init(jax.random.key(0), t, decode=True), tokens)[
+    "cache"
+  ]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), nn.unbox(shapes))

@@ -28,8 +28,12 @@ Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 _NO_DECAY_NAMES = ("scale",)
 
 
-def learning_rate_schedule(peak: float, min: float, warmup_steps: int,  # pylint: disable=redefined-builtin
-                           decay_steps: int) -> Schedule:
+def learning_rate_schedule(
+  peak: float,
+  min: float,
+  warmup_steps: int,  # pylint: disable=redefined-builtin
+  decay_steps: int,
+) -> Schedule:
   """Linear warmup 0 -> peak over `warmup_steps`, cosine peak -> min over the next
   `decay_steps`, then constant at `min`.
 
@@ -63,15 +67,22 @@ def _leaf_name(path: tuple[Any, ...]) -> str:
 
 def decay_mask(params: Any) -> Any:
   """True where weight decay applies: not biases, not LayerNorm params, not rank <= 1 arrays."""
+
   def decays(path, leaf) -> bool:
     name = _leaf_name(path)
     return not (name.endswith("bias") or name in _NO_DECAY_NAMES or len(leaf.shape) <= 1)
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(schedule: Schedule | float, b1: float = 0.9, b2: float = 0.95,
-                   eps: float = 1e-8, weight_decay: float = 1e-4,
-                   clip_norm: float | None = 1.0) -> optax.GradientTransformation:
+def make_optimizer(
+  schedule: Schedule | float,
+  b1: float = 0.9,
+  b2: float = 0.95,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-4,
+  clip_norm: float | None = 1.0,
+) -> optax.GradientTransformation:
   """clip_by_global_norm(clip_norm) then AdamW with the decay mask (clip_norm None: no clip).
 
   The decayed update is lr * (adam_direction + weight_decay * param), the same as PyTorch's
@@ -81,8 +92,7 @@ def make_optimizer(schedule: Schedule | float, b1: float = 0.9, b2: float = 0.95
     raise ValueError(f"make_optimizer: clip_norm must be > 0 or None, got {clip_norm}")
   if weight_decay < 0:
     raise ValueError(f"make_optimizer: weight_decay must be >= 0, got {weight_decay}")
-  adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                      mask=decay_mask)
+  adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
   if clip_norm is None:
     return adamw
   return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
@@ -93,8 +103,9 @@ def _as_shape_structs(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
-def opt_state_shardings(optimizer: optax.GradientTransformation, param_shardings: Any,
-                        abstract_params: Any) -> Any:
+def opt_state_shardings(
+  optimizer: optax.GradientTransformation, param_shardings: Any, abstract_params: Any
+) -> Any:
   """Shardings for `optimizer.init(params)`, derived without allocating anything.
 
   Any state leaf found under a path that ends with a parameter's path and has that
@@ -106,10 +117,14 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, param_shardings
   param_leaves = jax.tree_util.tree_flatten_with_path(structs)[0]
   sharding_leaves = jax.tree.leaves(param_shardings)
   if len(param_leaves) != len(sharding_leaves):
-    raise ValueError(f"opt_state_shardings: {len(sharding_leaves)} param shardings for "
-                     f"{len(param_leaves)} params; the trees must match")
-  by_path = {tuple(path): (leaf.shape, sharding)
-             for (path, leaf), sharding in zip(param_leaves, sharding_leaves)}
+    raise ValueError(
+      f"opt_state_shardings: {len(sharding_leaves)} param shardings for "
+      f"{len(param_leaves)} params; the trees must match"
+    )
+  by_path = {
+    tuple(path): (leaf.shape, sharding)
+    for (path, leaf), sharding in zip(param_leaves, sharding_leaves)
+  }
   mesh = sharding_leaves[0].mesh
   replicated = NamedSharding(mesh, P())
   max_depth = max(len(p) for p in by_path)
@@ -127,11 +142,13 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, param_shardings
   return jax.tree_util.tree_map_with_path(pick, state)
 
 
-def abstract_opt_state(optimizer: optax.GradientTransformation, abstract_params: Any,
-                       shardings: Any | None = None) -> Any:
+def abstract_opt_state(
+  optimizer: optax.GradientTransformation, abstract_params: Any, shardings: Any | None = None
+) -> Any:
   """ShapeDtypeStructs of the optimizer state (with `shardings` attached if given)."""
   state = jax.eval_shape(optimizer.init, _as_shape_structs(abstract_params))
   if shardings is None:
     return state
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      state, shardings)
+  return jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings
+  )

@@ -26,16 +26,16 @@ BATCH_AXES = ("data", "fsdp")
 # so `embed` is split over fsdp in parameters but stays whole in activations, whose batch
 # axis already took fsdp.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_AXES),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("embed", "fsdp"),
-    ("kv", None),
-    ("length", None),
-    ("position", None),
-    ("qkv", None),
-    ("layers", None),
+  ("batch", BATCH_AXES),
+  ("vocab", "tensor"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("embed", "fsdp"),
+  ("kv", None),
+  ("length", None),
+  ("position", None),
+  ("qkv", None),
+  ("layers", None),
 )
 
 
@@ -51,21 +51,25 @@ def mesh_shape(num_devices: int, data: int = -1, fsdp: int = 1, tensor: int = 1)
   known = math.prod(v for v in sizes.values() if v != -1)
   if unknown:
     if num_devices % known:
-      raise ValueError(f"mesh {sizes} does not divide the {num_devices} devices "
-                       f"({num_devices} is not a multiple of {known})")
+      raise ValueError(
+        f"mesh {sizes} does not divide the {num_devices} devices "
+        f"({num_devices} is not a multiple of {known})"
+      )
     sizes[unknown[0]] = num_devices // known
   elif known != num_devices:
     raise ValueError(f"mesh {sizes} uses {known} devices but {num_devices} are available")
   return tuple(sizes[a] for a in MESH_AXES)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """A (data, fsdp, tensor) mesh with Auto axis types (Explicit breaks embedding lookups)."""
   devices = list(devices) if devices is not None else jax.devices()
   shape = mesh_shape(len(devices), data, fsdp, tensor)
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                       devices=devices)
+  return jax.make_mesh(
+    shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices
+  )
 
 
 @contextlib.contextmanager
@@ -75,15 +79,17 @@ def use_mesh(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> It
     yield
 
 
-def logical_shardings(boxed_tree: Any, mesh: Mesh,
-                      rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+def logical_shardings(
+  boxed_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+) -> Any:
   """NamedShardings for a tree of nn.LogicallyPartitioned leaves (or plain leaves: replicated)."""
   specs = nn.get_partition_spec(boxed_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def param_shardings(config: PolyLMConfig, mesh: Mesh,
-                    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+def param_shardings(
+  config: PolyLMConfig, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+) -> Any:
   """Shardings of the parameter tree, derived without allocating any weight."""
   return logical_shardings(abstract_params(config), mesh, rules)
 

@@ -50,20 +50,28 @@ def wrap_message(message: str, style: str = "multialpaca") -> str:
   return message
 
 
-def format_prompt(instruction: str, input: str | None = None,  # noqa: A002
-                  style: str = "multialpaca") -> str:
+def format_prompt(
+  instruction: str,
+  input: str | None = None,  # noqa: A002
+  style: str = "multialpaca",
+) -> str:
   """The prompt the model continues with its response."""
   return wrap_message(user_message(instruction, input), style)
 
 
-def format_example(instruction: str, input: str | None, output: str,  # noqa: A002
-                   style: str = "multialpaca") -> tuple[str, str]:
+def format_example(
+  instruction: str,
+  input: str | None,
+  output: str,  # noqa: A002
+  style: str = "multialpaca",
+) -> tuple[str, str]:
   """(prompt, response) of one record; training appends eos after the response."""
   return format_prompt(instruction, input, style), output
 
 
-def format_dialogue(history: Sequence[tuple[str, str]], message: str,
-                    style: str = "multialpaca") -> str:
+def format_dialogue(
+  history: Sequence[tuple[str, str]], message: str, style: str = "multialpaca"
+) -> str:
   """Prompt for `message` after earlier (message, response) turns."""
   check_style(style)
   if style == "plain":
@@ -71,5 +79,6 @@ def format_dialogue(history: Sequence[tuple[str, str]], message: str,
   if style == "multialpaca":
     # "{q1}\n\n{r1}\n{q2}\n\n" (SPEC section 5)
     return "".join(f"{q}\n\n{r}\n" for q, r in history) + f"{message}\n\n"
-  return "".join(f"{CHAT_USER}{q}\n{CHAT_ASSISTANT}{r}\n" for q, r in history) + \
-      wrap_message(message, "chat")
+  return "".join(f"{CHAT_USER}{q}\n{CHAT_ASSISTANT}{r}\n" for q, r in history) + wrap_message(
+    message, "chat"
+  )

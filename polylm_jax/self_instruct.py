@@ -44,13 +44,24 @@ MULTIALPACA_LANGUAGES = ("ar", "de", "es", "fr", "id", "ja", "ko", "pt", "ru", "
 # (English name, endonym) of the 18 PolyLM languages, for the teacher prompt; the same as
 # tasks.languages (a test checks), kept here so an HTTP-teacher run does not import TF.
 LANGUAGE_NAMES: dict[str, tuple[str, str]] = {
-    "zh": ("Chinese", "中文"), "en": ("English", "English"), "es": ("Spanish", "Español"),
-    "fr": ("French", "Français"), "pt": ("Portuguese", "Português"), "ru": ("Russian", "Русский"),
-    "de": ("German", "Deutsch"), "it": ("Italian", "Italiano"), "ar": ("Arabic", "العربية"),
-    "ja": ("Japanese", "日本語"), "ko": ("Korean", "한국어"), "th": ("Thai", "ไทย"),
-    "vi": ("Vietnamese", "Tiếng Việt"), "id": ("Indonesian", "Bahasa Indonesia"),
-    "nl": ("Dutch", "Nederlands"), "pl": ("Polish", "Polski"), "tr": ("Turkish", "Türkçe"),
-    "he": ("Hebrew", "עברית"),
+  "zh": ("Chinese", "中文"),
+  "en": ("English", "English"),
+  "es": ("Spanish", "Español"),
+  "fr": ("French", "Français"),
+  "pt": ("Portuguese", "Português"),
+  "ru": ("Russian", "Русский"),
+  "de": ("German", "Deutsch"),
+  "it": ("Italian", "Italiano"),
+  "ar": ("Arabic", "العربية"),
+  "ja": ("Japanese", "日本語"),
+  "ko": ("Korean", "한국어"),
+  "th": ("Thai", "ไทย"),
+  "vi": ("Vietnamese", "Tiếng Việt"),
+  "id": ("Indonesian", "Bahasa Indonesia"),
+  "nl": ("Dutch", "Nederlands"),
+  "pl": ("Polish", "Polski"),
+  "tr": ("Turkish", "Türkçe"),
+  "he": ("Hebrew", "עברית"),
 }
 LOOP_REASONS = ("teacher_error", "unparsed")  # besides instruct_filters.REASONS
 NO_INPUT = "<noinput>"
@@ -63,12 +74,12 @@ class SelfInstructConfig:
   output_dir: str = "selfinstruct"
   seed_dir: str = DEFAULT_SEED_DIR
   rounds: int = 10
-  target_per_language: int = 1000   # stop a language once this many were kept
-  requests_per_round: int = 4       # prompts per language per round
+  target_per_language: int = 1000  # stop a language once this many were kept
+  requests_per_round: int = 4  # prompts per language per round
   num_seed_demos: int = 3
   num_generated_demos: int = 2
-  tasks_per_request: int = 10       # demonstrations + new tasks asked for, numbered
-  max_failed_rounds: int = 3        # rounds in a row where every request failed -> stop
+  tasks_per_request: int = 10  # demonstrations + new tasks asked for, numbered
+  max_failed_rounds: int = 3  # rounds in a row where every request failed -> stop
   random_seed: int = 0
   filters: filters_lib.FilterConfig = filters_lib.FilterConfig()
 
@@ -79,8 +90,10 @@ class SelfInstructConfig:
     if self.num_seed_demos < 1 or self.num_generated_demos < 0:
       raise ValueError("--num_seed_demos must be >= 1 and --num_generated_demos >= 0")
     if self.tasks_per_request <= self.num_seed_demos + self.num_generated_demos:
-      raise ValueError(f"--tasks_per_request={self.tasks_per_request} must exceed the "
-                       f"{self.num_seed_demos + self.num_generated_demos} demonstrations")
+      raise ValueError(
+        f"--tasks_per_request={self.tasks_per_request} must exceed the "
+        f"{self.num_seed_demos + self.num_generated_demos} demonstrations"
+      )
     if not self.languages:
       raise ValueError("--languages: give at least one language")
 
@@ -91,14 +104,20 @@ def check_languages(codes: Sequence[str], seed_dir: str) -> tuple[str, ...]:
     if code not in LANGUAGE_NAMES:
       close = difflib.get_close_matches(code, list(LANGUAGE_NAMES), n=3, cutoff=0.5)
       hint = f" (did you mean {', '.join(close)}?)" if close else ""
-      raise ValueError(f"--languages: unknown language code {code!r}{hint}; known: "
-                       f"{', '.join(LANGUAGE_NAMES)}")
+      raise ValueError(
+        f"--languages: unknown language code {code!r}{hint}; known: {', '.join(LANGUAGE_NAMES)}"
+      )
     if not os.path.isfile(os.path.join(seed_dir, f"{code}.jsonl")):
-      have = sorted(p[:-6] for p in os.listdir(seed_dir) if p.endswith(".jsonl")) \
-          if os.path.isdir(seed_dir) else []
-      raise ValueError(f"--languages: no seed tasks for {code!r}: write {seed_dir}/{code}.jsonl "
-                       f"(one {{instruction, input, output}} object per line); seed files "
-                       f"exist for: {', '.join(have) or 'none'}")
+      have = (
+        sorted(p[:-6] for p in os.listdir(seed_dir) if p.endswith(".jsonl"))
+        if os.path.isdir(seed_dir)
+        else []
+      )
+      raise ValueError(
+        f"--languages: no seed tasks for {code!r}: write {seed_dir}/{code}.jsonl "
+        f"(one {{instruction, input, output}} object per line); seed files "
+        f"exist for: {', '.join(have) or 'none'}"
+      )
   if len(set(codes)) != len(codes):
     raise ValueError(f"--languages: repeated codes in {list(codes)}")
   return tuple(codes)
@@ -122,9 +141,11 @@ def check_output_dir(path: str) -> None:
 
 
 def _task_block(n: int, task: Mapping[str, str]) -> str:
-  return (f"{n}. Instruction: {task['instruction'].strip()}\n"
-          f"{n}. Input:\n{task['input'].strip() or NO_INPUT}\n"
-          f"{n}. Output:\n{task['output'].strip()}")
+  return (
+    f"{n}. Instruction: {task['instruction'].strip()}\n"
+    f"{n}. Input:\n{task['input'].strip() or NO_INPUT}\n"
+    f"{n}. Output:\n{task['output'].strip()}"
+  )
 
 
 def build_prompt(lang: str, demos: Sequence[Mapping[str, str]], num_tasks: int) -> str:
@@ -132,23 +153,24 @@ def build_prompt(lang: str, demos: Sequence[Mapping[str, str]], num_tasks: int) 
   Instruction:" for the teacher to go on from."""
   name, native = LANGUAGE_NAMES[lang]
   head = (
-      f"You are asked to come up with a set of {num_tasks} diverse task instructions written "
-      f"in {name} ({native}). These task instructions will be given to a language model and we "
-      f"will evaluate it on completing them.\n\n"
-      f"Here are the requirements:\n"
-      f"1. Write every instruction, input and output in {name}, except where the task itself "
-      f"needs another language (for example a translation).\n"
-      f"2. Vary the tasks: open questions, rewriting, classification, extraction, "
-      f"brainstorming, translation, summarization, writing and reasoning. Do not start two "
-      f"instructions with the same verb.\n"
-      f"3. A text-only model must be able to do each task: nothing about images, drawings, "
-      f"audio, video, files or links, and nothing that needs acting in the world.\n"
-      f"4. An instruction is one or two sentences: an imperative or a question.\n"
-      f"5. Give an input only when the task needs one (a text to rewrite, classify or extract "
-      f"from, ...); it must be the real content, not a description of it. Otherwise write "
-      f"{NO_INPUT}.\n"
-      f"6. The output is a correct, complete answer of at most about 100 words.\n\n"
-      f"List of {num_tasks} tasks:\n")
+    f"You are asked to come up with a set of {num_tasks} diverse task instructions written "
+    f"in {name} ({native}). These task instructions will be given to a language model and we "
+    f"will evaluate it on completing them.\n\n"
+    f"Here are the requirements:\n"
+    f"1. Write every instruction, input and output in {name}, except where the task itself "
+    f"needs another language (for example a translation).\n"
+    f"2. Vary the tasks: open questions, rewriting, classification, extraction, "
+    f"brainstorming, translation, summarization, writing and reasoning. Do not start two "
+    f"instructions with the same verb.\n"
+    f"3. A text-only model must be able to do each task: nothing about images, drawings, "
+    f"audio, video, files or links, and nothing that needs acting in the world.\n"
+    f"4. An instruction is one or two sentences: an imperative or a question.\n"
+    f"5. Give an input only when the task needs one (a text to rewrite, classify or extract "
+    f"from, ...); it must be the real content, not a description of it. Otherwise write "
+    f"{NO_INPUT}.\n"
+    f"6. The output is a correct, complete answer of at most about 100 words.\n\n"
+    f"List of {num_tasks} tasks:\n"
+  )
   blocks = [_task_block(i + 1, t) for i, t in enumerate(demos)]
   return head + "###\n" + "\n###\n".join(blocks) + f"\n###\n{len(demos) + 1}. Instruction:"
 
@@ -156,10 +178,11 @@ def build_prompt(lang: str, demos: Sequence[Mapping[str, str]], num_tasks: int) 
 _HEADER = r"^[ \t]*(?:\*\*)?\d+[ \t]*[.)][ \t]*(?:\*\*)?{field}(?:\*\*)?[ \t]*:(?:\*\*)?"
 _SPLIT_RE = re.compile(_HEADER.format(field="Instruction"), re.MULTILINE | re.IGNORECASE)
 _FIELD_RE = re.compile(
-    r"\A[ \t]*(?P<instruction>.*?)"
-    rf"(?:{_HEADER.format(field='Input')}(?P<input>.*?))?"
-    rf"{_HEADER.format(field='Output')}(?P<output>.*)\Z",
-    re.MULTILINE | re.IGNORECASE | re.DOTALL)
+  r"\A[ \t]*(?P<instruction>.*?)"
+  rf"(?:{_HEADER.format(field='Input')}(?P<input>.*?))?"
+  rf"{_HEADER.format(field='Output')}(?P<output>.*)\Z",
+  re.MULTILINE | re.IGNORECASE | re.DOTALL,
+)
 
 
 def parse_reply(reply: str, first_number: int) -> tuple[list[dict[str, str]], int]:
@@ -183,8 +206,13 @@ def parse_reply(reply: str, first_number: int) -> tuple[list[dict[str, str]], in
     inp = (m.group("input") or "").strip()
     if re.fullmatch(r"<\s*no\s*input\s*>|n/?a|none|-", inp, re.IGNORECASE):
       inp = ""
-    tasks.append({"instruction": m.group("instruction").strip(), "input": inp,
-                  "output": m.group("output").strip()})
+    tasks.append(
+      {
+        "instruction": m.group("instruction").strip(),
+        "input": inp,
+        "output": m.group("output").strip(),
+      }
+    )
   return tasks, bad
 
 
@@ -199,12 +227,15 @@ def _rng(seed: int, lang: str, rnd: int, request: int) -> random.Random:
 class SelfInstruct:
   """One run's state: pools, files and counters (see the module docstring)."""
 
-  def __init__(self, teacher: Teacher, config: SelfInstructConfig,
-               log: Callable[[str], None] = print):
+  def __init__(
+    self, teacher: Teacher, config: SelfInstructConfig, log: Callable[[str], None] = print
+  ):
     self.teacher, self.config, self.log = teacher, config, log
     check_languages(config.languages, config.seed_dir)
-    self.seeds = {lang: store.load_seed_tasks(os.path.join(config.seed_dir, f"{lang}.jsonl"))
-                  for lang in config.languages}
+    self.seeds = {
+      lang: store.load_seed_tasks(os.path.join(config.seed_dir, f"{lang}.jsonl"))
+      for lang in config.languages
+    }
     check_output_dir(config.output_dir)
     out = config.output_dir
     self.kept_path = {lang: os.path.join(out, f"{lang}.jsonl") for lang in config.languages}
@@ -220,8 +251,12 @@ class SelfInstruct:
         self.rounds_done = {k: int(v) for k, v in json.load(f).get("rounds_done", {}).items()}
     self.kept = {lang: store.read_jsonl(p) for lang, p in self.kept_path.items()}
     rejected = store.read_jsonl(self.rejected_path)
-    keep = [r for r in rejected if r.get("lang") not in self.config.languages
-            or int(r.get("round", 0)) <= self.rounds_done.get(r["lang"], 0)]
+    keep = [
+      r
+      for r in rejected
+      if r.get("lang") not in self.config.languages
+      or int(r.get("round", 0)) <= self.rounds_done.get(r["lang"], 0)
+    ]
     if len(keep) != len(rejected):  # an interrupted round is run again: drop its log first
       store.rewrite_jsonl(self.rejected_path, keep)
       rejected = keep
@@ -235,14 +270,19 @@ class SelfInstruct:
         pool.add(r["instruction"], r.get("input") or "")
       self.pools[lang] = pool
       self._kept_round[lang] = {
-          pool.key(r["instruction"], r.get("input") or ""): int(r.get("round", 0))
-          for r in self.kept[lang]}
+        pool.key(r["instruction"], r.get("input") or ""): int(r.get("round", 0))
+        for r in self.kept[lang]
+      }
     self._kept_writer = {lang: store.JsonlAppender(p) for lang, p in self.kept_path.items()}
     self._rejected_writer = store.JsonlAppender(self.rejected_path)
     if any(self.kept.values()) or self.rounds_done:
-      self.log(f"resuming in {out}: " + ", ".join(
+      self.log(
+        f"resuming in {out}: "
+        + ", ".join(
           f"{lang} {len(self.kept[lang])} kept / {self.rounds_done.get(lang, 0)} rounds"
-          for lang in config.languages))
+          for lang in config.languages
+        )
+      )
 
   def close(self) -> None:
     for w in [*self._kept_writer.values(), self._rejected_writer]:
@@ -252,21 +292,39 @@ class SelfInstruct:
     """Seed and generated demonstrations; generated ones only from earlier rounds, so a
     round's prompts do not depend on how far it got before an interruption."""
     cfg = self.config
-    generated = [{"instruction": r["instruction"], "input": r.get("input") or "",
-                  "output": r["output"]} for r in self.kept[lang] if int(r["round"]) < rnd]
+    generated = [
+      {"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]}
+      for r in self.kept[lang]
+      if int(r["round"]) < rnd
+    ]
     n_gen = min(cfg.num_generated_demos, len(generated))
     n_seed = min(len(self.seeds[lang]), cfg.num_seed_demos + cfg.num_generated_demos - n_gen)
     demos = rng.sample(self.seeds[lang], n_seed) + rng.sample(generated, n_gen)
     rng.shuffle(demos)
     return demos
 
-  def _reject(self, lang: str, rnd: int, reason: str, detail: str, task: Mapping[str, str],
-              rouge: float | None, counts: Counter) -> None:
+  def _reject(
+    self,
+    lang: str,
+    rnd: int,
+    reason: str,
+    detail: str,
+    task: Mapping[str, str],
+    rouge: float | None,
+    counts: Counter,
+  ) -> None:
     counts[reason] += 1
-    record = {"lang": lang, "round": rnd, "teacher": self.teacher.name, "reason": reason,
-              "detail": detail, "instruction": task.get("instruction", ""),
-              "input": task.get("input", ""), "output": task.get("output", ""),
-              "rouge_l": rouge}
+    record = {
+      "lang": lang,
+      "round": rnd,
+      "teacher": self.teacher.name,
+      "reason": reason,
+      "detail": detail,
+      "instruction": task.get("instruction", ""),
+      "input": task.get("input", ""),
+      "output": task.get("output", ""),
+      "rouge_l": rouge,
+    }
     self._rejected_writer.append(record)
     self.rejected.append(record)
 
@@ -286,10 +344,17 @@ class SelfInstruct:
         self._reject(lang, rnd, "teacher_error", reply.error or "", {}, None, counts)
         continue
       tasks, bad = parse_reply(reply.text, first)
-      tasks = tasks[:cfg.tasks_per_request - first + 1]
+      tasks = tasks[: cfg.tasks_per_request - first + 1]
       if bad or not tasks:
-        self._reject(lang, rnd, "unparsed", f"{bad} unparseable segment(s), "
-                     f"{len(tasks)} parsed", {"output": reply.text[:2000]}, None, counts)
+        self._reject(
+          lang,
+          rnd,
+          "unparsed",
+          f"{bad} unparseable segment(s), {len(tasks)} parsed",
+          {"output": reply.text[:2000]},
+          None,
+          counts,
+        )
       for task in tasks:
         if len(self.kept[lang]) >= cfg.target_per_language:
           break
@@ -302,9 +367,15 @@ class SelfInstruct:
         if not verdict.kept:
           self._reject(lang, rnd, verdict.reason, verdict.detail, task, verdict.rouge, counts)
           continue
-        record = {"instruction": task["instruction"], "input": task["input"] or None,
-                  "output": task["output"], "lang": lang, "round": rnd,
-                  "teacher": self.teacher.name, "rouge_l": round(verdict.rouge or 0.0, 4)}
+        record = {
+          "instruction": task["instruction"],
+          "input": task["input"] or None,
+          "output": task["output"],
+          "lang": lang,
+          "round": rnd,
+          "teacher": self.teacher.name,
+          "rouge_l": round(verdict.rouge or 0.0, 4),
+        }
         self._kept_writer[lang].append(record)
         self.kept[lang].append(record)
         pool.add(task["instruction"], task["input"])
@@ -313,8 +384,10 @@ class SelfInstruct:
     return counts
 
   def _save_progress(self) -> None:
-    store.atomic_write_text(self.progress_path, json.dumps(
-        {"rounds_done": self.rounds_done, "teacher": self.teacher.name}, indent=1) + "\n")
+    store.atomic_write_text(
+      self.progress_path,
+      json.dumps({"rounds_done": self.rounds_done, "teacher": self.teacher.name}, indent=1) + "\n",
+    )
 
   def run(self) -> dict[str, Any]:
     """All rounds (skipping finished ones); returns the statistics."""
@@ -322,26 +395,31 @@ class SelfInstruct:
     failed_rounds = 0
     for rnd in range(1, cfg.rounds + 1):
       for lang in cfg.languages:
-        if self.rounds_done.get(lang, 0) >= rnd or \
-            len(self.kept[lang]) >= cfg.target_per_language:
+        if self.rounds_done.get(lang, 0) >= rnd or len(self.kept[lang]) >= cfg.target_per_language:
           continue
         counts = self.run_round(lang, rnd)
         self.rounds_done[lang] = rnd
         self._save_progress()
-        rejected = {k: v for k, v in counts.items()
-                    if k in filters_lib.REASONS or k in LOOP_REASONS}
-        self.log(f"round {rnd} {lang}: generated {counts['generated']}, kept {counts['kept']}, "
-                 f"rejected {sum(rejected.values())} "
-                 f"({', '.join(f'{k} {v}' for k, v in sorted(rejected.items())) or '-'})"
-                 f"{', replayed ' + str(counts['replayed']) if counts['replayed'] else ''}"
-                 f" | pool {len(self.kept[lang])}/{cfg.target_per_language}")
+        rejected = {
+          k: v for k, v in counts.items() if k in filters_lib.REASONS or k in LOOP_REASONS
+        }
+        self.log(
+          f"round {rnd} {lang}: generated {counts['generated']}, kept {counts['kept']}, "
+          f"rejected {sum(rejected.values())} "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(rejected.items())) or '-'})"
+          f"{', replayed ' + str(counts['replayed']) if counts['replayed'] else ''}"
+          f" | pool {len(self.kept[lang])}/{cfg.target_per_language}"
+        )
         all_failed = counts["teacher_error"] == cfg.requests_per_round
         failed_rounds = failed_rounds + 1 if all_failed else 0
         if failed_rounds >= cfg.max_failed_rounds:
-          last = next((r["detail"] for r in reversed(self.rejected)
-                       if r["reason"] == "teacher_error"), "")
-          raise RuntimeError(f"the teacher failed every request for {failed_rounds} rounds in a "
-                             f"row; stopping (rerun to resume). Last error: {last}")
+          last = next(
+            (r["detail"] for r in reversed(self.rejected) if r["reason"] == "teacher_error"), ""
+          )
+          raise RuntimeError(
+            f"the teacher failed every request for {failed_rounds} rounds in a "
+            f"row; stopping (rerun to resume). Last error: {last}"
+          )
     return self.finish()
 
   def finish(self) -> dict[str, Any]:
@@ -352,13 +430,16 @@ class SelfInstruct:
     threshold = self.config.filters.rouge_threshold
     store.plot_stats(stats, os.path.join(out, "stats.png"), threshold)
     self.log(store.format_stats(stats, threshold))
-    self.log(f"data: {out}/{{{','.join(self.config.languages)}}}.jsonl; rejections: "
-             f"{self.rejected_path}; plot: {out}/stats.png")
+    self.log(
+      f"data: {out}/{{{','.join(self.config.languages)}}}.jsonl; rejections: "
+      f"{self.rejected_path}; plot: {out}/stats.png"
+    )
     return stats
 
 
-def run_self_instruct(teacher: Teacher, config: SelfInstructConfig,
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_self_instruct(
+  teacher: Teacher, config: SelfInstructConfig, log: Callable[[str], None] = print
+) -> dict[str, Any]:
   """The whole run as a plain function: returns the statistics."""
   job = SelfInstruct(teacher, config, log)
   try:
@@ -372,6 +453,7 @@ def run_self_instruct(teacher: Teacher, config: SelfInstructConfig,
 
 def _define_flags() -> None:
   from absl import flags
+
   if "teacher" in flags.FLAGS:
     return
   flags.DEFINE_enum("teacher", "openai", ["openai", "model"], "Teacher backend.")
@@ -383,8 +465,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("concurrency", 1, "Parallel HTTP requests.")
   flags.DEFINE_float("temperature", 0.7, "Teacher sampling temperature.")
   flags.DEFINE_string("checkpoint", None, "Run/checkpoint/HF dir of the model teacher.")
-  flags.DEFINE_string("vocab", None, "SentencePiece model of the model teacher (default: "
-                      "$POLYLM_JAX_VOCAB or the demo tokenizer).")
+  flags.DEFINE_string(
+    "vocab",
+    None,
+    "SentencePiece model of the model teacher (default: $POLYLM_JAX_VOCAB or the demo tokenizer).",
+  )
   flags.DEFINE_integer("max_new_tokens", 512, "Tokens the model teacher writes per request.")
   flags.DEFINE_list("languages", list(MULTIALPACA_LANGUAGES), "Language codes.")
   flags.DEFINE_string("output_dir", None, "Where the pool, logs, stats and plot go.")
@@ -400,6 +485,7 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   from absl import flags
   from polylm_jax import teachers
+
   if len(argv) > 1:
     sys.exit(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
@@ -407,23 +493,39 @@ def main(argv: Sequence[str]) -> None:
     if not f.output_dir:
       raise ValueError("--output_dir is required")
     config = SelfInstructConfig(
-        languages=tuple(f.languages), output_dir=f.output_dir, seed_dir=f.seed_dir,
-        rounds=f.rounds, target_per_language=f.target_per_language,
-        requests_per_round=f.requests_per_round, tasks_per_request=f.tasks_per_request,
-        random_seed=f.seed, filters=filters_lib.FilterConfig(rouge_threshold=f.rouge_threshold))
+      languages=tuple(f.languages),
+      output_dir=f.output_dir,
+      seed_dir=f.seed_dir,
+      rounds=f.rounds,
+      target_per_language=f.target_per_language,
+      requests_per_round=f.requests_per_round,
+      tasks_per_request=f.tasks_per_request,
+      random_seed=f.seed,
+      filters=filters_lib.FilterConfig(rouge_threshold=f.rouge_threshold),
+    )
     check_languages(config.languages, config.seed_dir)
     if f.teacher == "openai":
       if not f.url or not f.model_name:
         raise ValueError("--teacher=openai needs --url and --model_name")
-      teacher = teachers.OpenAITeacher(f.url, f.model_name, api_key_env=f.api_key_env,
-                                       timeout=f.timeout, max_retries=f.max_retries,
-                                       temperature=f.temperature, concurrency=f.concurrency)
+      teacher = teachers.OpenAITeacher(
+        f.url,
+        f.model_name,
+        api_key_env=f.api_key_env,
+        timeout=f.timeout,
+        max_retries=f.max_retries,
+        temperature=f.temperature,
+        concurrency=f.concurrency,
+      )
     else:
       if not f.checkpoint:
         raise ValueError("--teacher=model needs --checkpoint")
       teacher = teachers.ModelTeacher.from_checkpoint(
-          f.checkpoint, f.vocab, max_new_tokens=f.max_new_tokens, preset="sampling",
-          temperature=f.temperature)
+        f.checkpoint,
+        f.vocab,
+        max_new_tokens=f.max_new_tokens,
+        preset="sampling",
+        temperature=f.temperature,
+      )
     run_self_instruct(teacher, config)
   except (ValueError, OSError, RuntimeError) as e:
     sys.exit(f"error: {e}")
@@ -431,5 +533,6 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   from absl import app
+
   _define_flags()
   app.run(main)

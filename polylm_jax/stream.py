@@ -37,359 +37,442 @@ import seqio
 
 from polylm_jax import curriculum as curriculum_lib
 from polylm_jax import mixing
-from polylm_jax.readers import (DISK_CACHE, FEATURE, UNIT_CACHE, Position,  # noqa: F401
-                                SourceReader, get_task, task_stats)
+from polylm_jax.readers import (
+  DISK_CACHE,  # noqa: F401  (re-exported)
+  FEATURE,  # noqa: F401
+  UNIT_CACHE,  # noqa: F401
+  Position,  # noqa: F401
+  SourceReader,
+  get_task,
+  task_stats,
+)
 
 STATE_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class StagePlan:
-    """A resolved stage: tasks with their token shares and language indices (-1 unknown)."""
-    name: str
-    tasks: tuple[str, ...]
-    shares: tuple[float, ...]
-    langs: tuple[int, ...]
+  """A resolved stage: tasks with their token shares and language indices (-1 unknown)."""
 
-    def fingerprint(self) -> str:
-        return f"{self.name}:" + ",".join(
-            f"{t}={s:.9f}" for t, s in zip(self.tasks, self.shares))
+  name: str
+  tasks: tuple[str, ...]
+  shares: tuple[float, ...]
+  langs: tuple[int, ...]
+
+  def fingerprint(self) -> str:
+    return f"{self.name}:" + ",".join(f"{t}={s:.9f}" for t, s in zip(self.tasks, self.shares))
 
 
 def plan_stage(m: mixing.StageMixture, split: str = "train") -> StagePlan:
-    """Token shares per component of a stage mixture (counting tokens when it has no counts)."""
-    lang_shares = mixing.stage_language_shares(m, lambda t: task_stats(t, split)[1])
-    shares = mixing.component_shares(m, lang_shares)
-    keep = [i for i, s in enumerate(shares) if s > 0]
-    return StagePlan(m.name, tuple(m.components[i].task for i in keep),
-                     tuple(shares[i] for i in keep),
-                     tuple(mixing.language_index(m.components[i].language) for i in keep))
+  """Token shares per component of a stage mixture (counting tokens when it has no counts)."""
+  lang_shares = mixing.stage_language_shares(m, lambda t: task_stats(t, split)[1])
+  shares = mixing.component_shares(m, lang_shares)
+  keep = [i for i, s in enumerate(shares) if s > 0]
+  return StagePlan(
+    m.name,
+    tuple(m.components[i].task for i in keep),
+    tuple(shares[i] for i in keep),
+    tuple(mixing.language_index(m.components[i].language) for i in keep),
+  )
 
 
 def _lang_or_unknown(task: str) -> int:
-    lang = mixing.language_of_task(task)
-    return mixing.language_index(lang) if lang else -1
+  lang = mixing.language_of_task(task)
+  return mixing.language_index(lang) if lang else -1
 
 
-def resolve(name: str, train_steps: Optional[int] = None,
-            split: str = "train") -> tuple[list[StagePlan], tuple[int, ...]]:
-    """Stages and their first steps for MIXTURE_OR_TASK_NAME.
+def resolve(
+  name: str, train_steps: Optional[int] = None, split: str = "train"
+) -> tuple[list[StagePlan], tuple[int, ...]]:
+  """Stages and their first steps for MIXTURE_OR_TASK_NAME.
 
-    Looked up in this order: a curriculum (polylm_jax.curriculum), a stage mixture
-    (polylm_jax.mixing), a seqio Mixture (its rates are taken as *token* shares), a seqio Task.
-    """
-    if name in curriculum_lib.curriculum_names():
-        c = curriculum_lib.get_curriculum(name)
-        return ([plan_stage(mixing.get_stage_mixture(m), split) for m in c.mixtures],
-                c.boundaries(train_steps))
-    if name in mixing.stage_mixture_names():
-        return [plan_stage(mixing.get_stage_mixture(name), split)], (0,)
-    try:
-        provider = seqio.get_mixture_or_task(name)
-    except ValueError as e:
-        raise ValueError(f"MIXTURE_OR_TASK_NAME={name!r} names no curriculum, stage mixture, "
-                         "seqio Mixture or Task (import tasks first?)") from e
-    if isinstance(provider, seqio.Mixture):
-        tasks = [t.name for t in provider.tasks]
-        rates = [float(provider.get_rate(t)) for t in provider.tasks]
-        if any(not np.isfinite(r) or r < 0 for r in rates) or sum(rates) <= 0:
-            raise ValueError(f"seqio mixture {name!r}: rates must be >= 0 and not all zero, "
-                             f"got {dict(zip(tasks, rates))}")
-        total = sum(rates)
-        keep = [i for i, r in enumerate(rates) if r > 0]
-        return [StagePlan(name, tuple(tasks[i] for i in keep),
-                          tuple(rates[i] / total for i in keep),
-                          tuple(_lang_or_unknown(tasks[i]) for i in keep))], (0,)
-    return [StagePlan(name, (name,), (1.0,), (_lang_or_unknown(name),))], (0,)
+  Looked up in this order: a curriculum (polylm_jax.curriculum), a stage mixture
+  (polylm_jax.mixing), a seqio Mixture (its rates are taken as *token* shares), a seqio Task.
+  """
+  if name in curriculum_lib.curriculum_names():
+    c = curriculum_lib.get_curriculum(name)
+    return (
+      [plan_stage(mixing.get_stage_mixture(m), split) for m in c.mixtures],
+      c.boundaries(train_steps),
+    )
+  if name in mixing.stage_mixture_names():
+    return [plan_stage(mixing.get_stage_mixture(name), split)], (0,)
+  try:
+    provider = seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    raise ValueError(
+      f"MIXTURE_OR_TASK_NAME={name!r} names no curriculum, stage mixture, "
+      "seqio Mixture or Task (import tasks first?)"
+    ) from e
+  if isinstance(provider, seqio.Mixture):
+    tasks = [t.name for t in provider.tasks]
+    rates = [float(provider.get_rate(t)) for t in provider.tasks]
+    if any(not np.isfinite(r) or r < 0 for r in rates) or sum(rates) <= 0:
+      raise ValueError(
+        f"seqio mixture {name!r}: rates must be >= 0 and not all zero, "
+        f"got {dict(zip(tasks, rates))}"
+      )
+    total = sum(rates)
+    keep = [i for i, r in enumerate(rates) if r > 0]
+    return [
+      StagePlan(
+        name,
+        tuple(tasks[i] for i in keep),
+        tuple(rates[i] / total for i in keep),
+        tuple(_lang_or_unknown(tasks[i]) for i in keep),
+      )
+    ], (0,)
+  return [StagePlan(name, (name,), (1.0,), (_lang_or_unknown(name),))], (0,)
 
 
 class PackedStream:
-    """Packed training batches for one host; see the module docstring for the contract."""
+  """Packed training batches for one host; see the module docstring for the contract."""
 
-    def __init__(self, stages: Sequence[StagePlan], boundaries: Sequence[int] = (0,), *,
-                 seq_len: int, batch_size: int, seed: int = 0, shard_index: int = 0,
-                 num_shards: int = 1, segment_aware: bool = False, split: str = "train",
-                 name: str = "", jitter_tokens: float = 64.0, read_batch: int = 256,
-                 unit_bytes: int = 64 << 20):
-        for flag, v in (("seq_len", seq_len), ("batch_size", batch_size),
-                        ("num_shards", num_shards)):
-            if not isinstance(v, (int, np.integer)) or v <= 0:
-                raise ValueError(f"{flag} must be a positive int, got {v!r}")
-        if not 0 <= shard_index < num_shards:
-            raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-        if not stages or len(stages) != len(boundaries) or boundaries[0] != 0:
-            raise ValueError(f"stream {name!r}: {len(stages)} stages vs boundaries "
-                             f"{tuple(boundaries)} (the first must be 0)")
-        self.stages, self.boundaries = list(stages), tuple(int(b) for b in boundaries)
-        self.seq_len, self.batch_size, self.seed = int(seq_len), int(batch_size), int(seed)
-        self.shard_index, self.num_shards = int(shard_index), int(num_shards)
-        self.segment_aware, self.split, self.name = bool(segment_aware), split, name
-        self._jitter, self._read_batch, self._unit_bytes = jitter_tokens, read_batch, unit_bytes
-        self._readers: dict[str, SourceReader] = {}
-        self._config_cache: Optional[dict] = None
-        self.step = 0
-        self._stage = -1
-        self._sched: Optional[mixing.TokenScheduler] = None
-        self._doc: Optional[tuple[str, int, np.ndarray, Position]] = None  # task, lang, toks, pos
-        self._doc_off = 0
-        self._carry: Optional[tuple[int, int, int]] = None  # token, lang, ends-a-document
-        for st in self.stages:  # fail at build time, not mid-run
-            for t in st.tasks:
-                self._reader(t)
+  def __init__(
+    self,
+    stages: Sequence[StagePlan],
+    boundaries: Sequence[int] = (0,),
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int = 0,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    segment_aware: bool = False,
+    split: str = "train",
+    name: str = "",
+    jitter_tokens: float = 64.0,
+    read_batch: int = 256,
+    unit_bytes: int = 64 << 20,
+  ):
+    for flag, v in (("seq_len", seq_len), ("batch_size", batch_size), ("num_shards", num_shards)):
+      if not isinstance(v, (int, np.integer)) or v <= 0:
+        raise ValueError(f"{flag} must be a positive int, got {v!r}")
+    if not 0 <= shard_index < num_shards:
+      raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    if not stages or len(stages) != len(boundaries) or boundaries[0] != 0:
+      raise ValueError(
+        f"stream {name!r}: {len(stages)} stages vs boundaries "
+        f"{tuple(boundaries)} (the first must be 0)"
+      )
+    self.stages, self.boundaries = list(stages), tuple(int(b) for b in boundaries)
+    self.seq_len, self.batch_size, self.seed = int(seq_len), int(batch_size), int(seed)
+    self.shard_index, self.num_shards = int(shard_index), int(num_shards)
+    self.segment_aware, self.split, self.name = bool(segment_aware), split, name
+    self._jitter, self._read_batch, self._unit_bytes = jitter_tokens, read_batch, unit_bytes
+    self._readers: dict[str, SourceReader] = {}
+    self._config_cache: Optional[dict] = None
+    self.step = 0
+    self._stage = -1
+    self._sched: Optional[mixing.TokenScheduler] = None
+    self._doc: Optional[tuple[str, int, np.ndarray, Position]] = None  # task, lang, toks, pos
+    self._doc_off = 0
+    self._carry: Optional[tuple[int, int, int]] = None  # token, lang, ends-a-document
+    for st in self.stages:  # fail at build time, not mid-run
+      for t in st.tasks:
+        self._reader(t)
 
-    def _config(self) -> dict:
-        if self._config_cache is None:
-            self._config_cache = self._make_config()
-        return dict(self._config_cache)
+  def _config(self) -> dict:
+    if self._config_cache is None:
+      self._config_cache = self._make_config()
+    return dict(self._config_cache)
 
-    def _make_config(self) -> dict:
-        return {"name": self.name, "seq_len": self.seq_len, "batch_size": self.batch_size,
-                "seed": self.seed, "shard_index": self.shard_index,
-                "num_shards": self.num_shards, "segment_aware": self.segment_aware,
-                "split": self.split,
-                "stages": [f"{s.name}:{mixing.stable_u64(s.fingerprint()):016x}"
-                           for s in self.stages]}
-
-    def _reader(self, task: str) -> SourceReader:
-        if task not in self._readers:
-            self._readers[task] = SourceReader(task, self.split, self.shard_index,
-                                               self.num_shards, self.seed,
-                                               read_batch=self._read_batch,
-                                               unit_bytes=self._unit_bytes)
-        return self._readers[task]
-
-    @property
-    def stage(self) -> int:
-        return curriculum_lib.stage_at(self.step, self.boundaries)
-
-    def _enter_stage(self, stage: int) -> None:
-        plan = self.stages[stage]
-        key = (self.seed, mixing.stable_u64("mix", stage, plan.name, self.shard_index,
-                                            self.num_shards))
-        self._sched = mixing.TokenScheduler(plan.shares, key, self._jitter)
-        self._stage = stage
-
-    def _next_doc(self) -> None:
-        plan = self.stages[self._stage]
-        i = self._sched.choose()
-        item = self._reader(plan.tasks[i]).next_doc()
-        assert item is not None  # training readers repeat
-        tokens, pos = item
-        self._sched.add(i, len(tokens))
-        self._doc, self._doc_off = (plan.tasks[i], plan.langs[i], tokens, pos), 0
-
-    def _take(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The next n stream tokens, their languages, and whether each ends a document."""
-        toks, langs, ends = [], [], []
-        while n > 0:
-            if self._doc is None or self._doc_off >= len(self._doc[2]):
-                self._next_doc()
-            _, lang, doc, _ = self._doc
-            k = min(n, len(doc) - self._doc_off)
-            toks.append(doc[self._doc_off:self._doc_off + k])
-            langs.append(np.full(k, lang, np.int32))
-            e = np.zeros(k, bool)
-            self._doc_off += k
-            e[-1] = self._doc_off == len(doc)
-            ends.append(e)
-            n -= k
-        return np.concatenate(toks), np.concatenate(langs), np.concatenate(ends)
-
-    def next(self) -> dict[str, np.ndarray]:
-        stage = self.stage
-        if stage != self._stage:
-            if self._stage >= 0:
-                self._doc = None  # every target of a new stage comes from its own sources
-            self._enter_stage(stage)
-        B, T = self.batch_size, self.seq_len
-        if self._carry is None:
-            toks, langs, ends = self._take(B * T + 1)
-        else:
-            t, l, e = self._take(B * T)
-            toks = np.concatenate([[self._carry[0]], t]).astype(np.int32)
-            langs = np.concatenate([[self._carry[1]], l]).astype(np.int32)
-            ends = np.concatenate([[bool(self._carry[2])], e])
-        self._carry = (int(toks[-1]), int(langs[-1]), int(ends[-1]))
-        self.step += 1
-        return pack_rows(toks, langs, ends, B, T, self.segment_aware)
-
-    __next__ = next
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
-
-    def state(self) -> dict:
-        """Small JSON-serialisable resume state (see module docstring)."""
-        doc = None
-        if self._doc is not None and self._doc_off < len(self._doc[2]):
-            task, lang, _, pos = self._doc
-            doc = {"task": task, "lang": lang, "position": list(pos), "offset": self._doc_off}
-        return {
-            "version": STATE_VERSION,
-            "config": self._config(),
-            "step": self.step,
-            "stage": self._stage,
-            "scheduler": self._sched.state() if self._sched is not None else None,
-            "sources": {t: list(r.position) for t, r in self._readers.items()},
-            "doc": doc,
-            "carry": list(self._carry) if self._carry is not None else None,
-        }
-
-    def restore(self, state: Mapping) -> None:
-        """Continue exactly where `state()` was taken; costs at most one unit prefix per source."""
-        state = json.loads(json.dumps(state))  # accept what came back from a checkpoint
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"stream state version {state.get('version')!r}, "
-                             f"expected {STATE_VERSION}")
-        mine, saved = self._config(), state["config"]
-        diff = [k for k in mine if mine[k] != saved.get(k)]
-        if diff:
-            raise ValueError("stream state does not match this stream: " + "; ".join(
-                f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in diff))
-        self.step = int(state["step"])
-        self._stage, self._sched = -1, None
-        if state["stage"] >= 0:
-            self._enter_stage(int(state["stage"]))
-            self._sched.restore(state["scheduler"])
-        self._doc, self._doc_off = None, 0
-        if state["doc"] is not None:
-            d = state["doc"]
-            reader = self._reader(d["task"])
-            reader.seek(d["position"])
-            item = reader.next_doc()
-            if item is None or item[1] != tuple(d["position"]):
-                raise ValueError(f"task {d['task']!r}: document at {d['position']} is gone; "
-                                 "has the data changed since the state was saved?")
-            self._doc, self._doc_off = (d["task"], int(d["lang"]), item[0], item[1]), d["offset"]
-        for task, pos in state["sources"].items():
-            self._reader(task).seek(pos)
-        c = state["carry"]
-        self._carry = tuple(int(x) for x in c) if c is not None else None
-
-
-def pack_rows(toks: np.ndarray, langs: np.ndarray, ends: np.ndarray, B: int, T: int,
-              segment_aware: bool, weights: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
-    """B*T+1 stream tokens -> the batch dict (rows overlap by one token)."""
-    inputs = toks[:-1].reshape(B, T).astype(np.int32)
-    batch = {
-        "inputs": inputs,
-        "targets": toks[1:].reshape(B, T).astype(np.int32),
-        "loss_weights": (np.ones((B, T), np.float32) if weights is None
-                         else weights[1:].reshape(B, T).astype(np.float32)),
-        "langs": langs[1:].reshape(B, T).astype(np.int32),
+  def _make_config(self) -> dict:
+    return {
+      "name": self.name,
+      "seq_len": self.seq_len,
+      "batch_size": self.batch_size,
+      "seed": self.seed,
+      "shard_index": self.shard_index,
+      "num_shards": self.num_shards,
+      "segment_aware": self.segment_aware,
+      "split": self.split,
+      "stages": [f"{s.name}:{mixing.stable_u64(s.fingerprint()):016x}" for s in self.stages],
     }
-    if segment_aware:
-        starts = ends[:-1].reshape(B, T).copy()
-        starts[:, 0] = True
-        idx = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))
-        last = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
-        batch["positions"] = (idx - last).astype(np.int32)
-        batch["segment_ids"] = np.cumsum(starts, axis=1, dtype=np.int32)
+
+  def _reader(self, task: str) -> SourceReader:
+    if task not in self._readers:
+      self._readers[task] = SourceReader(
+        task,
+        self.split,
+        self.shard_index,
+        self.num_shards,
+        self.seed,
+        read_batch=self._read_batch,
+        unit_bytes=self._unit_bytes,
+      )
+    return self._readers[task]
+
+  @property
+  def stage(self) -> int:
+    return curriculum_lib.stage_at(self.step, self.boundaries)
+
+  def _enter_stage(self, stage: int) -> None:
+    plan = self.stages[stage]
+    key = (self.seed, mixing.stable_u64("mix", stage, plan.name, self.shard_index, self.num_shards))
+    self._sched = mixing.TokenScheduler(plan.shares, key, self._jitter)
+    self._stage = stage
+
+  def _next_doc(self) -> None:
+    plan = self.stages[self._stage]
+    i = self._sched.choose()
+    item = self._reader(plan.tasks[i]).next_doc()
+    assert item is not None  # training readers repeat
+    tokens, pos = item
+    self._sched.add(i, len(tokens))
+    self._doc, self._doc_off = (plan.tasks[i], plan.langs[i], tokens, pos), 0
+
+  def _take(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The next n stream tokens, their languages, and whether each ends a document."""
+    toks, langs, ends = [], [], []
+    while n > 0:
+      if self._doc is None or self._doc_off >= len(self._doc[2]):
+        self._next_doc()
+      _, lang, doc, _ = self._doc
+      k = min(n, len(doc) - self._doc_off)
+      toks.append(doc[self._doc_off : self._doc_off + k])
+      langs.append(np.full(k, lang, np.int32))
+      e = np.zeros(k, bool)
+      self._doc_off += k
+      e[-1] = self._doc_off == len(doc)
+      ends.append(e)
+      n -= k
+    return np.concatenate(toks), np.concatenate(langs), np.concatenate(ends)
+
+  def next(self) -> dict[str, np.ndarray]:
+    stage = self.stage
+    if stage != self._stage:
+      if self._stage >= 0:
+        self._doc = None  # every target of a new stage comes from its own sources
+      self._enter_stage(stage)
+    B, T = self.batch_size, self.seq_len
+    if self._carry is None:
+      toks, langs, ends = self._take(B * T + 1)
     else:
-        batch["positions"] = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()
-        batch["segment_ids"] = np.ones((B, T), np.int32)
-    return batch
+      t, l, e = self._take(B * T)
+      toks = np.concatenate([[self._carry[0]], t]).astype(np.int32)
+      langs = np.concatenate([[self._carry[1]], l]).astype(np.int32)
+      ends = np.concatenate([[bool(self._carry[2])], e])
+    self._carry = (int(toks[-1]), int(langs[-1]), int(ends[-1]))
+    self.step += 1
+    return pack_rows(toks, langs, ends, B, T, self.segment_aware)
+
+  __next__ = next
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def state(self) -> dict:
+    """Small JSON-serialisable resume state (see module docstring)."""
+    doc = None
+    if self._doc is not None and self._doc_off < len(self._doc[2]):
+      task, lang, _, pos = self._doc
+      doc = {"task": task, "lang": lang, "position": list(pos), "offset": self._doc_off}
+    return {
+      "version": STATE_VERSION,
+      "config": self._config(),
+      "step": self.step,
+      "stage": self._stage,
+      "scheduler": self._sched.state() if self._sched is not None else None,
+      "sources": {t: list(r.position) for t, r in self._readers.items()},
+      "doc": doc,
+      "carry": list(self._carry) if self._carry is not None else None,
+    }
+
+  def restore(self, state: Mapping) -> None:
+    """Continue exactly where `state()` was taken; costs at most one unit prefix per source."""
+    state = json.loads(json.dumps(state))  # accept what came back from a checkpoint
+    if state.get("version") != STATE_VERSION:
+      raise ValueError(f"stream state version {state.get('version')!r}, expected {STATE_VERSION}")
+    mine, saved = self._config(), state["config"]
+    diff = [k for k in mine if mine[k] != saved.get(k)]
+    if diff:
+      raise ValueError(
+        "stream state does not match this stream: "
+        + "; ".join(f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in diff)
+      )
+    self.step = int(state["step"])
+    self._stage, self._sched = -1, None
+    if state["stage"] >= 0:
+      self._enter_stage(int(state["stage"]))
+      self._sched.restore(state["scheduler"])
+    self._doc, self._doc_off = None, 0
+    if state["doc"] is not None:
+      d = state["doc"]
+      reader = self._reader(d["task"])
+      reader.seek(d["position"])
+      item = reader.next_doc()
+      if item is None or item[1] != tuple(d["position"]):
+        raise ValueError(
+          f"task {d['task']!r}: document at {d['position']} is gone; "
+          "has the data changed since the state was saved?"
+        )
+      self._doc, self._doc_off = (d["task"], int(d["lang"]), item[0], item[1]), d["offset"]
+    for task, pos in state["sources"].items():
+      self._reader(task).seek(pos)
+    c = state["carry"]
+    self._carry = tuple(int(x) for x in c) if c is not None else None
+
+
+def pack_rows(
+  toks: np.ndarray,
+  langs: np.ndarray,
+  ends: np.ndarray,
+  B: int,
+  T: int,
+  segment_aware: bool,
+  weights: Optional[np.ndarray] = None,
+) -> dict[str, np.ndarray]:
+  """B*T+1 stream tokens -> the batch dict (rows overlap by one token)."""
+  inputs = toks[:-1].reshape(B, T).astype(np.int32)
+  batch = {
+    "inputs": inputs,
+    "targets": toks[1:].reshape(B, T).astype(np.int32),
+    "loss_weights": (
+      np.ones((B, T), np.float32)
+      if weights is None
+      else weights[1:].reshape(B, T).astype(np.float32)
+    ),
+    "langs": langs[1:].reshape(B, T).astype(np.int32),
+  }
+  if segment_aware:
+    starts = ends[:-1].reshape(B, T).copy()
+    starts[:, 0] = True
+    idx = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))
+    last = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
+    batch["positions"] = (idx - last).astype(np.int32)
+    batch["segment_ids"] = np.cumsum(starts, axis=1, dtype=np.int32)
+  else:
+    batch["positions"] = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()
+    batch["segment_ids"] = np.ones((B, T), np.int32)
+  return batch
 
 
 def per_host_batch_size(global_batch_size: int, num_hosts: int) -> int:
-    """BATCH_SIZE split over hosts; a clear error when it does not divide."""
-    if global_batch_size <= 0 or num_hosts <= 0 or global_batch_size % num_hosts:
-        raise ValueError(f"BATCH_SIZE={global_batch_size} must be a positive multiple of the "
-                         f"host count {num_hosts}")
-    return global_batch_size // num_hosts
+  """BATCH_SIZE split over hosts; a clear error when it does not divide."""
+  if global_batch_size <= 0 or num_hosts <= 0 or global_batch_size % num_hosts:
+    raise ValueError(
+      f"BATCH_SIZE={global_batch_size} must be a positive multiple of the host count {num_hosts}"
+    )
+  return global_batch_size // num_hosts
 
 
-def build_stream(name: str, seq_len: int, batch_size: int, *, seed: int = 0,
-                 shard_index: int = 0, num_shards: int = 1,
-                 train_steps: Optional[int] = None, segment_aware: bool = False,
-                 split: str = "train", **kwargs) -> PackedStream:
-    """The trainer's entry point: MIXTURE_OR_TASK_NAME -> a per-host PackedStream.
+def build_stream(
+  name: str,
+  seq_len: int,
+  batch_size: int,
+  *,
+  seed: int = 0,
+  shard_index: int = 0,
+  num_shards: int = 1,
+  train_steps: Optional[int] = None,
+  segment_aware: bool = False,
+  split: str = "train",
+  **kwargs,
+) -> PackedStream:
+  """The trainer's entry point: MIXTURE_OR_TASK_NAME -> a per-host PackedStream.
 
-    batch_size is per host (see per_host_batch_size); train_steps places the curriculum's
-    stage boundaries (needed only when a stage starts at a fraction of training).
-    """
-    stages, boundaries = resolve(name, train_steps, split)
-    return PackedStream(stages, boundaries, seq_len=seq_len, batch_size=batch_size, seed=seed,
-                        shard_index=shard_index, num_shards=num_shards,
-                        segment_aware=segment_aware, split=split, name=name, **kwargs)
+  batch_size is per host (see per_host_batch_size); train_steps places the curriculum's
+  stage boundaries (needed only when a stage starts at a fraction of training).
+  """
+  stages, boundaries = resolve(name, train_steps, split)
+  return PackedStream(
+    stages,
+    boundaries,
+    seq_len=seq_len,
+    batch_size=batch_size,
+    seed=seed,
+    shard_index=shard_index,
+    num_shards=num_shards,
+    segment_aware=segment_aware,
+    split=split,
+    name=name,
+    **kwargs,
+  )
 
 
 def eval_tasks(name: str, split: str = "validation") -> dict[str, tuple[str, ...]]:
-    """Held-out tasks per language for MIXTURE_OR_TASK_NAME: its monolingual tasks (all stages).
+  """Held-out tasks per language for MIXTURE_OR_TASK_NAME: its monolingual tasks (all stages).
 
-    The held-out data is each task's `split` ('validation': the documents the task keeps out of
-    'train'). Bitext tasks are left out so each language's loss is measured on that language.
-    """
-    stages, _ = resolve(name, train_steps=1, split="train")
-    out: dict[str, list[str]] = {}
-    for plan in stages:
-        for task, lang in zip(plan.tasks, plan.langs):
-            if lang < 0 or mixing.is_bitext_task(task):
-                continue
-            get_task(task, split)  # clear error if the split is missing
-            tasks = out.setdefault(mixing.languages()[lang], [])
-            if task not in tasks:
-                tasks.append(task)
-    return {lang: tuple(out[lang]) for lang in mixing.languages() if lang in out}
+  The held-out data is each task's `split` ('validation': the documents the task keeps out of
+  'train'). Bitext tasks are left out so each language's loss is measured on that language.
+  """
+  stages, _ = resolve(name, train_steps=1, split="train")
+  out: dict[str, list[str]] = {}
+  for plan in stages:
+    for task, lang in zip(plan.tasks, plan.langs):
+      if lang < 0 or mixing.is_bitext_task(task):
+        continue
+      get_task(task, split)  # clear error if the split is missing
+      tasks = out.setdefault(mixing.languages()[lang], [])
+      if task not in tasks:
+        tasks.append(task)
+  return {lang: tuple(out[lang]) for lang in mixing.languages() if lang in out}
 
 
-def eval_batches(tasks: Sequence[str], seq_len: int, batch_size: int, *,
-                 split: str = "validation", shard_index: int = 0, num_shards: int = 1,
-                 segment_aware: bool = False,
-                 num_batches: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
-    """Finite, deterministic packed batches: `tasks` read once, in order, packed like training.
+def eval_batches(
+  tasks: Sequence[str],
+  seq_len: int,
+  batch_size: int,
+  *,
+  split: str = "validation",
+  shard_index: int = 0,
+  num_shards: int = 1,
+  segment_aware: bool = False,
+  num_batches: Optional[int] = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Finite, deterministic packed batches: `tasks` read once, in order, packed like training.
 
-    The last batch is padded with token 0 at loss weight 0.0 and langs -1 (which is why the
-    weights are explicit). num_batches: exactly that many batches (cut short, or padded with
-    all-zero-weight batches) -- pass the same number on every host so that they stay in step.
-    """
-    if seq_len <= 0 or batch_size <= 0:
-        raise ValueError(f"seq_len and batch_size must be > 0, got {seq_len}, {batch_size}")
-    B, T = batch_size, seq_len
-    need = B * T + 1
-    readers = [SourceReader(t, split, shard_index, num_shards, seed=0, repeat=False)
-               for t in tasks]
-    langs_of = [_lang_or_unknown(t) for t in tasks]
-    buf_t: list[np.ndarray] = []
-    buf_l: list[np.ndarray] = []
-    buf_e: list[np.ndarray] = []
-    held = produced = 0
+  The last batch is padded with token 0 at loss weight 0.0 and langs -1 (which is why the
+  weights are explicit). num_batches: exactly that many batches (cut short, or padded with
+  all-zero-weight batches) -- pass the same number on every host so that they stay in step.
+  """
+  if seq_len <= 0 or batch_size <= 0:
+    raise ValueError(f"seq_len and batch_size must be > 0, got {seq_len}, {batch_size}")
+  B, T = batch_size, seq_len
+  need = B * T + 1
+  readers = [SourceReader(t, split, shard_index, num_shards, seed=0, repeat=False) for t in tasks]
+  langs_of = [_lang_or_unknown(t) for t in tasks]
+  buf_t: list[np.ndarray] = []
+  buf_l: list[np.ndarray] = []
+  buf_e: list[np.ndarray] = []
+  held = produced = 0
 
-    def emit(n_real: int) -> dict[str, np.ndarray]:
-        toks = np.concatenate(buf_t) if buf_t else np.zeros(0, np.int32)
-        lg = np.concatenate(buf_l) if buf_l else np.zeros(0, np.int32)
-        en = np.concatenate(buf_e) if buf_e else np.zeros(0, bool)
-        pad = need - n_real
-        w = np.concatenate([np.ones(n_real, np.float32), np.zeros(pad, np.float32)])
-        t = np.concatenate([toks[:n_real], np.zeros(pad, np.int32)])
-        l = np.concatenate([lg[:n_real], np.full(pad, -1, np.int32)])
-        e = np.concatenate([en[:n_real], np.zeros(pad, bool)])
-        batch = pack_rows(t, l, e, B, T, segment_aware, weights=w)
-        # keep the last real token as the first input of the next batch
-        buf_t[:] = [toks[B * T:]] if len(toks) > B * T else []
-        buf_l[:] = [lg[B * T:]] if len(lg) > B * T else []
-        buf_e[:] = [en[B * T:]] if len(en) > B * T else []
-        return batch
+  def emit(n_real: int) -> dict[str, np.ndarray]:
+    toks = np.concatenate(buf_t) if buf_t else np.zeros(0, np.int32)
+    lg = np.concatenate(buf_l) if buf_l else np.zeros(0, np.int32)
+    en = np.concatenate(buf_e) if buf_e else np.zeros(0, bool)
+    pad = need - n_real
+    w = np.concatenate([np.ones(n_real, np.float32), np.zeros(pad, np.float32)])
+    t = np.concatenate([toks[:n_real], np.zeros(pad, np.int32)])
+    l = np.concatenate([lg[:n_real], np.full(pad, -1, np.int32)])
+    e = np.concatenate([en[:n_real], np.zeros(pad, bool)])
+    batch = pack_rows(t, l, e, B, T, segment_aware, weights=w)
+    # keep the last real token as the first input of the next batch
+    buf_t[:] = [toks[B * T :]] if len(toks) > B * T else []
+    buf_l[:] = [lg[B * T :]] if len(lg) > B * T else []
+    buf_e[:] = [en[B * T :]] if len(en) > B * T else []
+    return batch
 
-    for reader, lang in zip(readers, langs_of):
-        while (item := reader.next_doc()) is not None:
-            doc = item[0]
-            buf_t.append(doc)
-            buf_l.append(np.full(len(doc), lang, np.int32))
-            e = np.zeros(len(doc), bool)
-            e[-1] = True
-            buf_e.append(e)
-            held += len(doc)
-            while held >= need:
-                if num_batches is not None and produced >= num_batches:
-                    return
-                yield emit(need)
-                held -= B * T
-                produced += 1
-    if held > 1 and (num_batches is None or produced < num_batches):
-        yield emit(held)
+  for reader, lang in zip(readers, langs_of):
+    while (item := reader.next_doc()) is not None:
+      doc = item[0]
+      buf_t.append(doc)
+      buf_l.append(np.full(len(doc), lang, np.int32))
+      e = np.zeros(len(doc), bool)
+      e[-1] = True
+      buf_e.append(e)
+      held += len(doc)
+      while held >= need:
+        if num_batches is not None and produced >= num_batches:
+          return
+        yield emit(need)
+        held -= B * T
         produced += 1
-    while num_batches is not None and produced < num_batches:
-        buf_t.clear(), buf_l.clear(), buf_e.clear()
-        yield emit(0)
-        produced += 1
+  if held > 1 and (num_batches is None or produced < num_batches):
+    yield emit(held)
+    produced += 1
+  while num_batches is not None and produced < num_batches:
+    buf_t.clear(), buf_l.clear(), buf_e.clear()
+    yield emit(0)
+    produced += 1

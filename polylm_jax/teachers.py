@@ -47,14 +47,26 @@ class Teacher(Protocol):
 class ModelTeacher:
   """A PolyLM (config, params, vocabulary) writing continuations with decoding.generate."""
 
-  def __init__(self, config: Any, params: Any, vocab: Any, *, max_new_tokens: int = 512,
-               name: str = "polylm", batch_size: int | None = 8, preset: str | None = None,
-               **settings: Any):
+  def __init__(
+    self,
+    config: Any,
+    params: Any,
+    vocab: Any,
+    *,
+    max_new_tokens: int = 512,
+    name: str = "polylm",
+    batch_size: int | None = 8,
+    preset: str | None = None,
+    **settings: Any,
+  ):
     from polylm_jax import decoding  # JAX: imported only for this teacher
+
     decoding.check_vocab(config, vocab)
     if not 0 < max_new_tokens < config.max_len:
-      raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, max_len="
-                       f"{config.max_len}) of the teacher model")
+      raise ValueError(
+        f"max_new_tokens={max_new_tokens} must be in [1, max_len="
+        f"{config.max_len}) of the teacher model"
+      )
     self._decoding = decoding
     self.config, self.params, self.vocab = config, params, vocab
     self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
@@ -63,20 +75,32 @@ class ModelTeacher:
     self.name = name
 
   @classmethod
-  def from_checkpoint(cls, path: str, vocab_path: str | None = None, **kwargs: Any
-                      ) -> "ModelTeacher":
+  def from_checkpoint(
+    cls, path: str, vocab_path: str | None = None, **kwargs: Any
+  ) -> "ModelTeacher":
     from polylm_jax import checkpoints, vocab as vocab_lib
+
     config, params = checkpoints.load(path)
-    return cls(config, params, vocab_lib.get_vocabulary(vocab_path),
-               name=kwargs.pop("name", f"polylm:{os.path.basename(os.path.normpath(path))}"),
-               **kwargs)
+    return cls(
+      config,
+      params,
+      vocab_lib.get_vocabulary(vocab_path),
+      name=kwargs.pop("name", f"polylm:{os.path.basename(os.path.normpath(path))}"),
+      **kwargs,
+    )
 
   def complete_batch(self, prompts: Sequence[str]) -> list[Reply]:
     room = self.config.max_len - self.max_new_tokens
     ids = [list(self.vocab.encode(p))[-room:] for p in prompts]
-    out = self._decoding.generate(self.config, self.params, ids, self.max_new_tokens,
-                                  batch_size=self.batch_size, preset=self.preset,
-                                  **self.settings)
+    out = self._decoding.generate(
+      self.config,
+      self.params,
+      ids,
+      self.max_new_tokens,
+      batch_size=self.batch_size,
+      preset=self.preset,
+      **self.settings,
+    )
     return [Reply(self.vocab.decode(x)) for x in out]
 
 
@@ -91,14 +115,29 @@ def chat_completions_url(url: str) -> str:
 class OpenAITeacher:
   """An OpenAI-compatible chat endpoint as teacher (see the module docstring)."""
 
-  def __init__(self, url: str, model: str, *, api_key_env: str = DEFAULT_API_KEY_ENV,
-               timeout: float = 120.0, max_retries: int = 4, backoff: float = 2.0,
-               max_backoff: float = 60.0, temperature: float = 0.7, top_p: float = 1.0,
-               max_tokens: int = 2048, system_prompt: str | None = None, concurrency: int = 1,
-               name: str | None = None, sleep: Callable[[float], None] = time.sleep):
+  def __init__(
+    self,
+    url: str,
+    model: str,
+    *,
+    api_key_env: str = DEFAULT_API_KEY_ENV,
+    timeout: float = 120.0,
+    max_retries: int = 4,
+    backoff: float = 2.0,
+    max_backoff: float = 60.0,
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    max_tokens: int = 2048,
+    system_prompt: str | None = None,
+    concurrency: int = 1,
+    name: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+  ):
     if max_retries < 0 or timeout <= 0 or backoff < 0 or max_backoff < 0 or concurrency < 1:
-      raise ValueError("OpenAITeacher: need timeout > 0, max_retries >= 0, backoff >= 0, "
-                       "max_backoff >= 0, concurrency >= 1")
+      raise ValueError(
+        "OpenAITeacher: need timeout > 0, max_retries >= 0, backoff >= 0, "
+        "max_backoff >= 0, concurrency >= 1"
+      )
     self.url = chat_completions_url(url)
     self.model, self.api_key_env = model, api_key_env
     self.timeout, self.max_retries = timeout, max_retries
@@ -109,15 +148,23 @@ class OpenAITeacher:
     self._sleep = sleep
     self.attempts = 0  # requests sent, retries included (for the logs and tests)
     if not os.environ.get(api_key_env):
-      logging.info("teacher %s: $%s is not set; sending requests without a key", self.name,
-                   api_key_env)
+      logging.info(
+        "teacher %s: $%s is not set; sending requests without a key", self.name, api_key_env
+      )
 
   def _body(self, prompt: str) -> bytes:
-    messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt
-                else []) + [{"role": "user", "content": prompt}]
-    return json.dumps({"model": self.model, "messages": messages,
-                       "temperature": self.temperature, "top_p": self.top_p,
-                       "max_tokens": self.max_tokens}).encode("utf-8")
+    messages = (
+      [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+    ) + [{"role": "user", "content": prompt}]
+    return json.dumps(
+      {
+        "model": self.model,
+        "messages": messages,
+        "temperature": self.temperature,
+        "top_p": self.top_p,
+        "max_tokens": self.max_tokens,
+      }
+    ).encode("utf-8")
 
   def _headers(self) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -133,8 +180,9 @@ class OpenAITeacher:
       obj = json.loads(raw.decode("utf-8"))
       content = obj["choices"][0]["message"]["content"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-      raise ValueError(f"malformed chat completion ({type(e).__name__}: {e}); body starts "
-                       f"{raw[:120]!r}") from None
+      raise ValueError(
+        f"malformed chat completion ({type(e).__name__}: {e}); body starts {raw[:120]!r}"
+      ) from None
     if not isinstance(content, str):
       raise ValueError(f"malformed chat completion: content is {type(content).__name__}")
     return content
@@ -146,8 +194,9 @@ class OpenAITeacher:
       if attempt:
         self._sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
       self.attempts += 1
-      request = urllib.request.Request(self.url, data=self._body(prompt),
-                                       headers=self._headers(), method="POST")
+      request = urllib.request.Request(
+        self.url, data=self._body(prompt), headers=self._headers(), method="POST"
+      )
       try:
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
           raw = response.read()
@@ -164,10 +213,13 @@ class OpenAITeacher:
         last = f"connection failed: {e}"
       except ValueError as e:
         last = str(e)
-      logging.warning("teacher %s: attempt %d/%d failed: %s", self.name, attempt + 1,
-                      self.max_retries + 1, last)
-    raise TeacherError(f"teacher {self.name} at {self.url}: gave up after "
-                       f"{self.max_retries + 1} attempts; last error: {last}")
+      logging.warning(
+        "teacher %s: attempt %d/%d failed: %s", self.name, attempt + 1, self.max_retries + 1, last
+      )
+    raise TeacherError(
+      f"teacher {self.name} at {self.url}: gave up after "
+      f"{self.max_retries + 1} attempts; last error: {last}"
+    )
 
   def _reply(self, prompt: str) -> Reply:
     try:

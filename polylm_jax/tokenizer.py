@@ -99,7 +99,8 @@ def parse_per_language_chars(value: str | int | Mapping[str, int]) -> int | dict
           budgets[key.strip()] = int(num)
     except ValueError:
       raise ValueError(
-          f"--per_language_chars: expected N or lang=N,lang=N,...; got {value!r}") from None
+        f"--per_language_chars: expected N or lang=N,lang=N,...; got {value!r}"
+      ) from None
   values = [budgets] if isinstance(budgets, int) else list(budgets.values())
   if any(v <= 0 for v in values):
     raise ValueError(f"--per_language_chars: budgets must be positive, got {value!r}")
@@ -114,8 +115,9 @@ def _budget(budgets: int | Mapping[str, int], lang: str) -> int:
   if "*" in budgets:
     return budgets["*"]
   raise ValueError(
-      f"--per_language_chars names no budget for language {lang!r} (found in the corpus); "
-      f"add {lang}=N or *=N")
+    f"--per_language_chars names no budget for language {lang!r} (found in the corpus); "
+    f"add {lang}=N or *=N"
+  )
 
 
 def _chunks(text: str, max_bytes: int = MAX_CHUNK_BYTES) -> Iterable[str]:
@@ -139,8 +141,11 @@ def read_documents(path: str) -> list[str]:
     raise ValueError(f"{path}: not valid UTF-8 ({e})") from None
 
 
-def sample_balanced(groups: Mapping[str, Sequence[str]], per_language_chars, seed: int = 0,
-                    ) -> tuple[list[str], dict[str, int]]:
+def sample_balanced(
+  groups: Mapping[str, Sequence[str]],
+  per_language_chars,
+  seed: int = 0,
+) -> tuple[list[str], dict[str, int]]:
   """Language-balanced training text: each language's documents in a seeded order until its
   character budget is reached. Returns the text chunks and the characters taken per language.
   """
@@ -148,8 +153,10 @@ def sample_balanced(groups: Mapping[str, Sequence[str]], per_language_chars, see
   if isinstance(budgets, dict):
     unknown = sorted(set(budgets) - set(groups) - {"*"})
     if unknown:
-      raise ValueError(f"--per_language_chars names languages not in the corpus: {unknown}; "
-                       f"corpus languages: {sorted(groups)}")
+      raise ValueError(
+        f"--per_language_chars names languages not in the corpus: {unknown}; "
+        f"corpus languages: {sorted(groups)}"
+      )
   sample: list[str] = []
   taken: dict[str, int] = {}
   for lang, files in sorted(groups.items()):
@@ -174,30 +181,41 @@ def sample_balanced(groups: Mapping[str, Sequence[str]], per_language_chars, see
 def trainer_kwargs(vocab_size: int, num_threads: int = 1, model_type: str = "bpe") -> dict:
   """The SentencePiece flags of the recipe (besides the input)."""
   return dict(
-      model_type=model_type,
-      vocab_size=vocab_size,
-      character_coverage=0.9999,
-      byte_fallback=True,
-      split_digits=True,
-      normalization_rule_name="identity",
-      remove_extra_whitespaces=False,
-      add_dummy_prefix=True,
-      allow_whitespace_only_pieces=True,
-      split_by_unicode_script=True,
-      max_sentence_length=2 * MAX_CHUNK_BYTES,
-      input_sentence_size=0,          # use the whole (already balanced) sample
-      shuffle_input_sentence=False,
-      unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-      unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
-      num_threads=num_threads,
-      minloglevel=2,
+    model_type=model_type,
+    vocab_size=vocab_size,
+    character_coverage=0.9999,
+    byte_fallback=True,
+    split_digits=True,
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    add_dummy_prefix=True,
+    allow_whitespace_only_pieces=True,
+    split_by_unicode_script=True,
+    max_sentence_length=2 * MAX_CHUNK_BYTES,
+    input_sentence_size=0,  # use the whole (already balanced) sample
+    shuffle_input_sentence=False,
+    unk_id=0,
+    bos_id=1,
+    eos_id=2,
+    pad_id=-1,
+    unk_piece="<unk>",
+    bos_piece="<s>",
+    eos_piece="</s>",
+    num_threads=num_threads,
+    minloglevel=2,
   )
 
 
-def train_tokenizer(corpus_glob: Sequence[str] | str, output: str, vocab_size: int,
-                    per_language_chars=DEFAULT_PER_LANGUAGE_CHARS, seed: int = 0,
-                    num_threads: int = 1, language_from: str = "stem",
-                    model_type: str = "bpe") -> str:
+def train_tokenizer(
+  corpus_glob: Sequence[str] | str,
+  output: str,
+  vocab_size: int,
+  per_language_chars=DEFAULT_PER_LANGUAGE_CHARS,
+  seed: int = 0,
+  num_threads: int = 1,
+  language_from: str = "stem",
+  model_type: str = "bpe",
+) -> str:
   """Train a tokenizer on a balanced sample of the files; write it atomically to `output`."""
   patterns = [corpus_glob] if isinstance(corpus_glob, str) else list(corpus_glob)
   if not patterns:
@@ -211,12 +229,16 @@ def train_tokenizer(corpus_glob: Sequence[str] | str, output: str, vocab_size: i
     spm.set_random_generator_seed(seed)
   model = io.BytesIO()
   try:
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sample), model_writer=model,
-                                   **trainer_kwargs(vocab_size, num_threads, model_type))
+    spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sample),
+      model_writer=model,
+      **trainer_kwargs(vocab_size, num_threads, model_type),
+    )
   except RuntimeError as e:
-    raise RuntimeError(f"SentencePiece training failed (--vocab_size={vocab_size}, "
-                       f"{sum(taken.values())} characters in {len(taken)} languages): {e}"
-                       ) from None
+    raise RuntimeError(
+      f"SentencePiece training failed (--vocab_size={vocab_size}, "
+      f"{sum(taken.values())} characters in {len(taken)} languages): {e}"
+    ) from None
   _atomic_write(output, model.getvalue())
   return output
 
@@ -239,27 +261,34 @@ def _atomic_write(path: str, data: bytes) -> None:
 def sample_corpus_files(corpus_dir: Path | str = SAMPLE_CORPUS_DIR) -> list[str]:
   """The built-in corpus files: parallel/{lang}.txt and documents/{lang}.txt."""
   corpus_dir = Path(corpus_dir)
-  files = sorted(str(p) for sub in ("parallel", "documents")
-                 for p in (corpus_dir / sub).glob("*.txt"))
+  files = sorted(
+    str(p) for sub in ("parallel", "documents") for p in (corpus_dir / sub).glob("*.txt")
+  )
   if not files:
-    raise FileNotFoundError(f"sample corpus: no parallel/*.txt or documents/*.txt under "
-                            f"{corpus_dir}")
+    raise FileNotFoundError(
+      f"sample corpus: no parallel/*.txt or documents/*.txt under {corpus_dir}"
+    )
   return files
 
 
 def _demo_key(files: Sequence[str], corpus_dir: Path, settings: dict) -> str:
   h = hashlib.sha256()
-  h.update(json.dumps({"recipe": RECIPE_VERSION, "spm": spm.__version__, **settings},
-                      sort_keys=True).encode())
+  h.update(
+    json.dumps(
+      {"recipe": RECIPE_VERSION, "spm": spm.__version__, **settings}, sort_keys=True
+    ).encode()
+  )
   for f in files:
     h.update(os.path.relpath(f, corpus_dir).encode() + b"\0")
     h.update(Path(f).read_bytes() + b"\0")
   return h.hexdigest()[:16]
 
 
-def train_demo_tokenizer(cache_dir: str | os.PathLike | None = None,
-                         corpus_dir: str | os.PathLike = SAMPLE_CORPUS_DIR,
-                         vocab_size: int = DEMO_VOCAB_SIZE) -> str:
+def train_demo_tokenizer(
+  cache_dir: str | os.PathLike | None = None,
+  corpus_dir: str | os.PathLike = SAMPLE_CORPUS_DIR,
+  vocab_size: int = DEMO_VOCAB_SIZE,
+) -> str:
   """Path of the demo tokenizer trained from the sample corpus, trained on first use.
 
   Cached as <cache>/tokenizers/demo-<key>.model where key hashes the corpus files, the
@@ -267,33 +296,55 @@ def train_demo_tokenizer(cache_dir: str | os.PathLike | None = None,
   """
   corpus_dir = Path(corpus_dir)
   files = sample_corpus_files(corpus_dir)
-  settings = {"vocab_size": vocab_size, "per_language_chars": DEMO_PER_LANGUAGE_CHARS,
-              "seed": 0}
+  settings = {"vocab_size": vocab_size, "per_language_chars": DEMO_PER_LANGUAGE_CHARS, "seed": 0}
   cache = Path(cache_dir) if cache_dir is not None else cache_root()
   path = cache / "tokenizers" / f"demo-{_demo_key(files, corpus_dir, settings)}.model"
   if not path.exists():
-    train_tokenizer(files, str(path), vocab_size=vocab_size,
-                    per_language_chars=DEMO_PER_LANGUAGE_CHARS, seed=0, num_threads=1)
+    train_tokenizer(
+      files,
+      str(path),
+      vocab_size=vocab_size,
+      per_language_chars=DEMO_PER_LANGUAGE_CHARS,
+      seed=0,
+      num_threads=1,
+    )
   return str(path)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m polylm_jax.tokenizer",
-                                   description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m polylm_jax.tokenizer", description=__doc__.split("\n\n")[0]
+  )
   sub = parser.add_subparsers(dest="command", required=True)
   train = sub.add_parser("train", help="train a SentencePiece model on a balanced sample")
-  train.add_argument("--corpus_glob", action="append", required=True,
-                     help="glob of UTF-8 text files, one document per line; repeatable")
-  train.add_argument("--vocab_size", type=int, required=True,
-                     help="number of pieces (256000 for the real model)")
+  train.add_argument(
+    "--corpus_glob",
+    action="append",
+    required=True,
+    help="glob of UTF-8 text files, one document per line; repeatable",
+  )
+  train.add_argument(
+    "--vocab_size", type=int, required=True, help="number of pieces (256000 for the real model)"
+  )
   train.add_argument("--output", required=True, help="path of the .model file to write")
-  train.add_argument("--per_language_chars", default=str(DEFAULT_PER_LANGUAGE_CHARS),
-                     help="characters sampled per language: N, or lang=N,...,*=N")
-  train.add_argument("--language_from", choices=("stem", "dir"), default="stem",
-                     help="language of a file: its name before the first dot, or its folder")
+  train.add_argument(
+    "--per_language_chars",
+    default=str(DEFAULT_PER_LANGUAGE_CHARS),
+    help="characters sampled per language: N, or lang=N,...,*=N",
+  )
+  train.add_argument(
+    "--language_from",
+    choices=("stem", "dir"),
+    default="stem",
+    help="language of a file: its name before the first dot, or its folder",
+  )
   train.add_argument("--seed", type=int, default=0)
-  train.add_argument("--num_threads", type=int, default=1,
-                     help="SentencePiece threads; fixed (not the CPU count) for reproducibility")
+  train.add_argument(
+    "--num_threads",
+    type=int,
+    default=1,
+    help="SentencePiece threads; fixed (not the CPU count) for reproducibility",
+  )
   train.add_argument("--model_type", choices=("bpe", "unigram"), default="bpe")
   demo = sub.add_parser("demo", help="train (or find cached) the demo tokenizer; print its path")
   demo.add_argument("--cache_dir", default=None)
@@ -305,9 +356,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   try:
     if args.command == "train":
-      path = train_tokenizer(args.corpus_glob, args.output, args.vocab_size,
-                             args.per_language_chars, args.seed, args.num_threads,
-                             args.language_from, args.model_type)
+      path = train_tokenizer(
+        args.corpus_glob,
+        args.output,
+        args.vocab_size,
+        args.per_language_chars,
+        args.seed,
+        args.num_threads,
+        args.language_from,
+        args.model_type,
+      )
     else:
       path = train_demo_tokenizer(args.cache_dir)
   except (ValueError, FileNotFoundError, RuntimeError) as e:

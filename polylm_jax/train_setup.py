@@ -37,11 +37,13 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
   if mode not in ("auto", "on", "off"):
     raise ValueError(f"--distributed must be auto, on or off, got {mode!r}")
   env = os.environ
-  multi = (bool(env.get("JAX_COORDINATOR_ADDRESS"))
-           or int(env.get("JAX_NUM_PROCESSES", "1")) > 1
-           or int(env.get("SLURM_NTASKS", "1")) > 1
-           or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-           or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
+  multi = (
+    bool(env.get("JAX_COORDINATOR_ADDRESS"))
+    or int(env.get("JAX_NUM_PROCESSES", "1")) > 1
+    or int(env.get("SLURM_NTASKS", "1")) > 1
+    or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+  )
   if mode == "off" or (mode == "auto" and not multi):
     return False
   kwargs = {}
@@ -77,8 +79,9 @@ def check_model_dir(model_dir: str) -> str:
 def check_shardable(config: PolyLMConfig, mesh: jax.sharding.Mesh) -> None:
   """Every sharded parameter dimension must divide by its mesh axes (names the parameter)."""
   structs = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(config)))[0]
-  shardings = jax.tree.leaves(partitioning.param_shardings(config, mesh),
-                              is_leaf=lambda x: isinstance(x, NamedSharding))
+  shardings = jax.tree.leaves(
+    partitioning.param_shardings(config, mesh), is_leaf=lambda x: isinstance(x, NamedSharding)
+  )
   for (path, struct), sharding in zip(structs, shardings):
     for dim, axes in zip(struct.shape, sharding.spec):
       if axes is None:
@@ -87,24 +90,29 @@ def check_shardable(config: PolyLMConfig, mesh: jax.sharding.Mesh) -> None:
       n = int(np.prod([mesh.shape[a] for a in axes]))
       if dim % n:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
-        raise ValueError(f"parameter {name} of shape {tuple(struct.shape)} cannot be split over "
-                         f"mesh axes {axes} of size {n} ({dim} is not a multiple of {n}): "
-                         "change train.mesh_fsdp / train.mesh_tensor")
+        raise ValueError(
+          f"parameter {name} of shape {tuple(struct.shape)} cannot be split over "
+          f"mesh axes {axes} of size {n} ({dim} is not a multiple of {n}): "
+          "change train.mesh_fsdp / train.mesh_tensor"
+        )
 
 
-def check_batch_layout(batch_size: int, mesh: jax.sharding.Mesh, num_microbatches: int,
-                       num_hosts: int) -> None:
+def check_batch_layout(
+  batch_size: int, mesh: jax.sharding.Mesh, num_microbatches: int, num_hosts: int
+) -> None:
   dp = partitioning.data_parallel_size(mesh)
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
   if batch_size <= 0 or batch_size % num_hosts:
-    raise ValueError(f"BATCH_SIZE={batch_size} must be a positive multiple of the number of "
-                     f"hosts ({num_hosts})")
+    raise ValueError(
+      f"BATCH_SIZE={batch_size} must be a positive multiple of the number of hosts ({num_hosts})"
+    )
   if batch_size % (dp * num_microbatches):
     raise ValueError(
-        f"BATCH_SIZE={batch_size} is not divisible by the data shards times the microbatches: "
-        f"{dp} data shards (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}) x "
-        f"num_microbatches={num_microbatches} = {dp * num_microbatches}")
+      f"BATCH_SIZE={batch_size} is not divisible by the data shards times the microbatches: "
+      f"{dp} data shards (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}) x "
+      f"num_microbatches={num_microbatches} = {dp * num_microbatches}"
+    )
 
 
 def vocabulary_fingerprint(vocab: Any) -> str:
@@ -127,8 +135,10 @@ def fingerprint(batch: Mapping[str, np.ndarray]) -> int:
 
 def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict:
   """This host's rows -> global arrays split over the data axes (no host holds the rest)."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(batch[k]))
-          for k in step_lib.BATCH_FIELDS}
+  return {
+    k: jax.make_array_from_process_local_data(shardings[k], np.asarray(batch[k]))
+    for k in step_lib.BATCH_FIELDS
+  }
 
 
 # -- the jitted functions -----------------------------------------------------------------------
@@ -138,34 +148,57 @@ def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedShar
 class StepFunctions:
   """The trainer's jitted functions with their shardings (benchmarks use them too).
   Call them under `partitioning.use_mesh(mesh)` so activation constraints resolve."""
+
   state_shardings: step_lib.TrainState
   batch_shardings: dict[str, NamedSharding]
   replicated: NamedSharding
-  init: Callable[[jax.Array], step_lib.TrainState]            # rng -> fresh state
-  from_params: Callable[[Any], step_lib.TrainState]           # params -> fresh state
+  init: Callable[[jax.Array], step_lib.TrainState]  # rng -> fresh state
+  from_params: Callable[[Any], step_lib.TrainState]  # params -> fresh state
   train_step: Callable[..., tuple[step_lib.TrainState, dict]]  # (state, batch), state donated
-  eval_step: Callable[..., dict]                               # (params, batch)
+  eval_step: Callable[..., dict]  # (params, batch)
 
 
-def make_step_functions(config: PolyLMConfig, mesh: jax.sharding.Mesh, optimizer, schedule, *,
-                        num_microbatches: int = 1, z_loss: float = 0.0,
-                        label_smoothing: float = 0.0,
-                        num_languages: int = step_lib.NUM_LANGUAGES) -> StepFunctions:
+def make_step_functions(
+  config: PolyLMConfig,
+  mesh: jax.sharding.Mesh,
+  optimizer,
+  schedule,
+  *,
+  num_microbatches: int = 1,
+  z_loss: float = 0.0,
+  label_smoothing: float = 0.0,
+  num_languages: int = step_lib.NUM_LANGUAGES,
+) -> StepFunctions:
   """jax.jit with in/out shardings (pjit's successor) and the state donated to the step."""
   state_sh = step_lib.train_state_shardings(config, optimizer, mesh)
   batch_sh = {k: partitioning.batch_sharding(mesh) for k in step_lib.BATCH_FIELDS}
   replicated = NamedSharding(mesh, P())
-  init = jax.jit(lambda r: step_lib.init_train_state(init_params(config, r), optimizer),
-                 out_shardings=state_sh)
-  from_params = jax.jit(lambda p: step_lib.init_train_state(p, optimizer),
-                        in_shardings=(state_sh.params,), out_shardings=state_sh)
+  init = jax.jit(
+    lambda r: step_lib.init_train_state(init_params(config, r), optimizer), out_shardings=state_sh
+  )
+  from_params = jax.jit(
+    lambda p: step_lib.init_train_state(p, optimizer),
+    in_shardings=(state_sh.params,),
+    out_shardings=state_sh,
+  )
   train_step = jax.jit(
-      functools.partial(step_lib.train_step, config=config, optimizer=optimizer,
-                        schedule=schedule, num_microbatches=num_microbatches, z_loss=z_loss,
-                        label_smoothing=label_smoothing, num_languages=num_languages),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-      donate_argnums=(0,))
+    functools.partial(
+      step_lib.train_step,
+      config=config,
+      optimizer=optimizer,
+      schedule=schedule,
+      num_microbatches=num_microbatches,
+      z_loss=z_loss,
+      label_smoothing=label_smoothing,
+      num_languages=num_languages,
+    ),
+    in_shardings=(state_sh, batch_sh),
+    out_shardings=(state_sh, replicated),
+    donate_argnums=(0,),
+  )
   eval_step = jax.jit(
-      functools.partial(step_lib.eval_step, config=config, num_languages=num_languages),
-      in_shardings=(state_sh.params, batch_sh), out_shardings=replicated)
+    functools.partial(step_lib.eval_step, config=config, num_languages=num_languages),
+    in_shardings=(state_sh.params, batch_sh),
+    out_shardings=replicated,
+  )
   return StepFunctions(state_sh, batch_sh, replicated, init, from_params, train_step, eval_step)

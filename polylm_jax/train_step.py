@@ -56,32 +56,45 @@ class TrainState:
 def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
   # Three distinct buffers: a donated state must not alias one array in several fields.
   zero = lambda: jnp.zeros((), jnp.int32)
-  return TrainState(step=zero(), params=params, opt_state=optimizer.init(params),
-                    skipped_steps=zero(), consecutive_skips=zero())
+  return TrainState(
+    step=zero(),
+    params=params,
+    opt_state=optimizer.init(params),
+    skipped_steps=zero(),
+    consecutive_skips=zero(),
+  )
 
 
-def train_state_shardings(config: PolyLMConfig, optimizer: optax.GradientTransformation,
-                          mesh: Mesh, rules=DEFAULT_RULES) -> TrainState:
+def train_state_shardings(
+  config: PolyLMConfig, optimizer: optax.GradientTransformation, mesh: Mesh, rules=DEFAULT_RULES
+) -> TrainState:
   """NamedShardings for every TrainState leaf: params and Adam moments per the logical rules,
   counters replicated."""
   boxed = abstract_params(config)
   p_shard = param_shardings(config, mesh, rules)
   replicated = NamedSharding(mesh, P())
-  return TrainState(step=replicated, params=p_shard,
-                    opt_state=optim.opt_state_shardings(optimizer, p_shard, boxed),
-                    skipped_steps=replicated, consecutive_skips=replicated)
+  return TrainState(
+    step=replicated,
+    params=p_shard,
+    opt_state=optim.opt_state_shardings(optimizer, p_shard, boxed),
+    skipped_steps=replicated,
+    consecutive_skips=replicated,
+  )
 
 
-def abstract_train_state(config: PolyLMConfig, optimizer: optax.GradientTransformation,
-                         shardings: TrainState | None = None) -> TrainState:
+def abstract_train_state(
+  config: PolyLMConfig, optimizer: optax.GradientTransformation, shardings: TrainState | None = None
+) -> TrainState:
   """ShapeDtypeStructs of a TrainState (with shardings attached if given); allocates nothing."""
-  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                        nn.unbox(abstract_params(config)))
+  params = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(abstract_params(config))
+  )
   state = jax.eval_shape(lambda p: init_train_state(p, optimizer), params)
   if shardings is None:
     return state
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      state, shardings)
+  return jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings
+  )
 
 
 def check_batch(batch: Batch, num_microbatches: int = 1) -> None:
@@ -99,12 +112,14 @@ def check_batch(batch: Batch, num_microbatches: int = 1) -> None:
     if not jnp.issubdtype(batch[k].dtype, jnp.integer):
       raise ValueError(f"batch[{k!r}] must be an integer array, got {batch[k].dtype}")
   if num_microbatches < 1 or shape[0] % num_microbatches:
-    raise ValueError(f"batch size {shape[0]} is not divisible by num_microbatches="
-                     f"{num_microbatches}")
+    raise ValueError(
+      f"batch size {shape[0]} is not divisible by num_microbatches={num_microbatches}"
+    )
 
 
-def cross_entropy(logits: Array, targets: Array, z_loss: float = 0.0,
-                  label_smoothing: float = 0.0) -> tuple[Array, Array, Array]:
+def cross_entropy(
+  logits: Array, targets: Array, z_loss: float = 0.0, label_smoothing: float = 0.0
+) -> tuple[Array, Array, Array]:
   """Per-token (loss, nll, z_term) in fp32 from logits [..., V] and int targets [...].
 
   nll = logsumexp(logits) - logits[target]. With label smoothing (t5x's convention) the
@@ -131,29 +146,37 @@ def cross_entropy(logits: Array, targets: Array, z_loss: float = 0.0,
   return loss + z_term, nll, z_term
 
 
-def loss_fn(params: Any, batch: Batch, *, config: PolyLMConfig, z_loss: float = 0.0,
-            label_smoothing: float = 0.0, num_languages: int = NUM_LANGUAGES,
-            normalizer: Array | float | None = None) -> tuple[Array, dict[str, Array]]:
+def loss_fn(
+  params: Any,
+  batch: Batch,
+  *,
+  config: PolyLMConfig,
+  z_loss: float = 0.0,
+  label_smoothing: float = 0.0,
+  num_languages: int = NUM_LANGUAGES,
+  normalizer: Array | float | None = None,
+) -> tuple[Array, dict[str, Array]]:
   """Weighted loss sum / normalizer (default: the batch's weight sum) and summed aux metrics.
 
   aux: loss_sum (the objective), nll_sum (plain cross entropy), z_loss_sum, weight_sum,
   lang_nll_sum [num_languages], lang_weight_sum [num_languages]. Tokens whose `langs` is
   outside 0..num_languages-1 count in the totals only.
   """
-  logits = PolyLM(config).apply({"params": params}, batch["inputs"], batch["positions"],
-                                batch["segment_ids"])
+  logits = PolyLM(config).apply(
+    {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
+  )
   weights = batch["loss_weights"].astype(jnp.float32)
   loss, nll, z_term = cross_entropy(logits, batch["targets"], z_loss, label_smoothing)
   weight_sum = jnp.sum(weights)
   loss_sum = jnp.sum(loss * weights)
   lang_onehot = jax.nn.one_hot(batch["langs"], num_languages, dtype=jnp.float32)
   aux = {
-      "loss_sum": loss_sum,
-      "nll_sum": jnp.sum(nll * weights),
-      "z_loss_sum": jnp.sum(z_term * weights),
-      "weight_sum": weight_sum,
-      "lang_nll_sum": jnp.einsum("bt,btl->l", nll * weights, lang_onehot),
-      "lang_weight_sum": jnp.einsum("bt,btl->l", weights, lang_onehot),
+    "loss_sum": loss_sum,
+    "nll_sum": jnp.sum(nll * weights),
+    "z_loss_sum": jnp.sum(z_term * weights),
+    "weight_sum": weight_sum,
+    "lang_nll_sum": jnp.einsum("bt,btl->l", nll * weights, lang_onehot),
+    "lang_weight_sum": jnp.einsum("bt,btl->l", weights, lang_onehot),
   }
   if normalizer is None:
     normalizer = weight_sum
@@ -176,20 +199,35 @@ def _split_microbatches(x: Array, k: int) -> Array:
 def _constrain_like_params(tree: Any, config: PolyLMConfig) -> Any:
   """Keeps gradient accumulators on the params' logical sharding (no-op without rules)."""
   specs = nn.get_partition_spec(abstract_params(config))
-  return jax.tree.map(lambda x, s: nn.with_logical_constraint(x, s), tree, specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+    lambda x, s: nn.with_logical_constraint(x, s), tree, specs, is_leaf=lambda x: isinstance(x, P)
+  )
 
 
-def compute_gradients(params: Any, batch: Batch, *, config: PolyLMConfig,
-                      num_microbatches: int = 1, z_loss: float = 0.0,
-                      label_smoothing: float = 0.0,
-                      num_languages: int = NUM_LANGUAGES) -> tuple[Array, Any, dict[str, Array]]:
+def compute_gradients(
+  params: Any,
+  batch: Batch,
+  *,
+  config: PolyLMConfig,
+  num_microbatches: int = 1,
+  z_loss: float = 0.0,
+  label_smoothing: float = 0.0,
+  num_languages: int = NUM_LANGUAGES,
+) -> tuple[Array, Any, dict[str, Array]]:
   """(mean loss, fp32 grads of it, summed aux) over the whole batch, in microbatches."""
   check_batch(batch, num_microbatches)
   normalizer = jnp.sum(batch["loss_weights"].astype(jnp.float32))
   grad_fn = jax.value_and_grad(
-      functools.partial(loss_fn, config=config, z_loss=z_loss, label_smoothing=label_smoothing,
-                        num_languages=num_languages, normalizer=normalizer), has_aux=True)
+    functools.partial(
+      loss_fn,
+      config=config,
+      z_loss=z_loss,
+      label_smoothing=label_smoothing,
+      num_languages=num_languages,
+      normalizer=normalizer,
+    ),
+    has_aux=True,
+  )
   to_f32 = lambda t: jax.tree.map(lambda g: g.astype(jnp.float32), t)
   if num_microbatches == 1:
     (loss, aux), grads = grad_fn(params, batch)
@@ -206,20 +244,32 @@ def compute_gradients(params: Any, batch: Batch, *, config: PolyLMConfig,
     return (loss_acc + loss, grad_acc, aux_acc), None
 
   zeros_grads = _constrain_like_params(
-      jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params), config)
-  zeros_aux = {k: jnp.zeros((), jnp.float32)
-               for k in ("loss_sum", "nll_sum", "z_loss_sum", "weight_sum")}
-  zeros_aux.update({k: jnp.zeros((num_languages,), jnp.float32)
-                    for k in ("lang_nll_sum", "lang_weight_sum")})
-  (loss, grads, aux), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros_grads, zeros_aux),
-                                       micro)
+    jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params), config
+  )
+  zeros_aux = {
+    k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "nll_sum", "z_loss_sum", "weight_sum")
+  }
+  zeros_aux.update(
+    {k: jnp.zeros((num_languages,), jnp.float32) for k in ("lang_nll_sum", "lang_weight_sum")}
+  )
+  (loss, grads, aux), _ = jax.lax.scan(
+    body, (jnp.zeros((), jnp.float32), zeros_grads, zeros_aux), micro
+  )
   return loss, grads, aux
 
 
-def train_step(state: TrainState, batch: Batch, *, config: PolyLMConfig,
-               optimizer: optax.GradientTransformation, schedule: optim.Schedule | None = None,
-               num_microbatches: int = 1, z_loss: float = 0.0, label_smoothing: float = 0.0,
-               num_languages: int = NUM_LANGUAGES) -> tuple[TrainState, dict[str, Array]]:
+def train_step(
+  state: TrainState,
+  batch: Batch,
+  *,
+  config: PolyLMConfig,
+  optimizer: optax.GradientTransformation,
+  schedule: optim.Schedule | None = None,
+  num_microbatches: int = 1,
+  z_loss: float = 0.0,
+  label_smoothing: float = 0.0,
+  num_languages: int = NUM_LANGUAGES,
+) -> tuple[TrainState, dict[str, Array]]:
   """One update (or a skipped one if loss or gradients are non-finite).
 
   Metrics (all device arrays, nothing synced): loss (objective, mean), cross_entropy (mean),
@@ -228,8 +278,14 @@ def train_step(state: TrainState, batch: Batch, *, config: PolyLMConfig,
   consecutive_skips, lang_nll_sum / lang_tokens [num_languages].
   """
   loss, grads, aux = compute_gradients(
-      state.params, batch, config=config, num_microbatches=num_microbatches, z_loss=z_loss,
-      label_smoothing=label_smoothing, num_languages=num_languages)
+    state.params,
+    batch,
+    config=config,
+    num_microbatches=num_microbatches,
+    z_loss=z_loss,
+    label_smoothing=label_smoothing,
+    num_languages=num_languages,
+  )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -241,34 +297,42 @@ def train_step(state: TrainState, batch: Batch, *, config: PolyLMConfig,
 
   skipped = (~finite).astype(jnp.int32)
   new_state = TrainState(
-      step=state.step + 1, params=params, opt_state=opt_state,
-      skipped_steps=state.skipped_steps + skipped,
-      consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1).astype(jnp.int32))
+    step=state.step + 1,
+    params=params,
+    opt_state=opt_state,
+    skipped_steps=state.skipped_steps + skipped,
+    consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1).astype(jnp.int32),
+  )
 
   tokens = aux["weight_sum"]
   metrics = {
-      "loss": loss,
-      "cross_entropy": aux["nll_sum"] / _safe(tokens),
-      "z_loss": aux["z_loss_sum"] / _safe(tokens),
-      "tokens": tokens,
-      "grad_norm": grad_norm,
-      "param_norm": optax.tree.norm(params),
-      "skipped": skipped,
-      "skipped_steps": new_state.skipped_steps,
-      "consecutive_skips": new_state.consecutive_skips,
-      "lang_nll_sum": aux["lang_nll_sum"],
-      "lang_tokens": aux["lang_weight_sum"],
+    "loss": loss,
+    "cross_entropy": aux["nll_sum"] / _safe(tokens),
+    "z_loss": aux["z_loss_sum"] / _safe(tokens),
+    "tokens": tokens,
+    "grad_norm": grad_norm,
+    "param_norm": optax.tree.norm(params),
+    "skipped": skipped,
+    "skipped_steps": new_state.skipped_steps,
+    "consecutive_skips": new_state.consecutive_skips,
+    "lang_nll_sum": aux["lang_nll_sum"],
+    "lang_tokens": aux["lang_weight_sum"],
   }
   if schedule is not None:
     metrics["learning_rate"] = jnp.asarray(schedule(state.step - state.skipped_steps), jnp.float32)
   return new_state, metrics
 
 
-def eval_step(params: Any, batch: Batch, config: PolyLMConfig, *,
-              num_languages: int = NUM_LANGUAGES) -> dict[str, Array]:
+def eval_step(
+  params: Any, batch: Batch, config: PolyLMConfig, *, num_languages: int = NUM_LANGUAGES
+) -> dict[str, Array]:
   """Summed cross entropy and token counts, overall and per language (sum across batches,
   then divide: mean loss = nll_sum / tokens, perplexity = exp of it)."""
   check_batch(batch)
   _, aux = loss_fn(params, batch, config=config, num_languages=num_languages)
-  return {"nll_sum": aux["nll_sum"], "tokens": aux["weight_sum"],
-          "lang_nll_sum": aux["lang_nll_sum"], "lang_tokens": aux["lang_weight_sum"]}
+  return {
+    "nll_sum": aux["nll_sum"],
+    "tokens": aux["weight_sum"],
+    "lang_nll_sum": aux["lang_nll_sum"],
+    "lang_tokens": aux["lang_weight_sum"],
+  }

@@ -53,8 +53,9 @@ def check_layout(sp, where: str) -> None:
       got = sp.IdToPiece(i) if sp.GetPieceSize() > i else "nothing"
       problems.append(f"id {i} must be {piece!r}, is {got!r}")
   if sp.unk_id() != UNK_ID or sp.bos_id() != BOS_ID or sp.eos_id() != EOS_ID:
-    problems.append(f"unk/bos/eos ids are {sp.unk_id()}/{sp.bos_id()}/{sp.eos_id()}, "
-                    f"expected 0/1/2")
+    problems.append(
+      f"unk/bos/eos ids are {sp.unk_id()}/{sp.bos_id()}/{sp.eos_id()}, expected 0/1/2"
+    )
   if sp.PieceToId("<0x0A>") == sp.unk_id():
     problems.append("no byte-fallback pieces (<0x0A> missing): train with byte_fallback")
   if problems:
@@ -128,16 +129,16 @@ def set_default_vocabulary_path(path: str | None) -> None:
   resolved = _default_vocabulary._sentencepiece_model_file
   if resolved and path is not None and os.path.abspath(path) != os.path.abspath(resolved):
     raise RuntimeError(
-        f"the default vocabulary is already in use with {resolved}; set the vocabulary path "
-        f"({path}) before any task is read, or pass a vocabulary to the task explicitly")
+      f"the default vocabulary is already in use with {resolved}; set the vocabulary path "
+      f"({path}) before any task is read, or pass a vocabulary to the task explicitly"
+    )
   _default_path = path
 
 
 def default_vocabulary_path() -> str:
   """The model file of `get_vocabulary()`: the one set, else $POLYLM_JAX_VOCAB, else the demo
   tokenizer (trained from the sample corpus on first use, then cached)."""
-  return (_default_path or os.environ.get("POLYLM_JAX_VOCAB")
-          or tokenizer_lib.train_demo_tokenizer())
+  return _default_path or os.environ.get("POLYLM_JAX_VOCAB") or tokenizer_lib.train_demo_tokenizer()
 
 
 _default_vocabulary = PolyLMVocabulary(default_vocabulary_path)
@@ -154,8 +155,9 @@ def get_vocabulary(path: str | None = None) -> PolyLMVocabulary:
   return _vocabulary_for(str(path))
 
 
-def check_vocab_matches(vocab: seqio.Vocabulary | int, model_vocab_size: int,
-                        where: str = "model config vocab_size") -> None:
+def check_vocab_matches(
+  vocab: seqio.Vocabulary | int, model_vocab_size: int, where: str = "model config vocab_size"
+) -> None:
   """Raise ValueError if the vocabulary has ids the model's embedding cannot hold.
 
   A model vocab larger than the tokenizer's is fine (embeddings are often padded to a
@@ -167,6 +169,7 @@ def check_vocab_matches(vocab: seqio.Vocabulary | int, model_vocab_size: int,
     raise ValueError(f"{where}: vocab_size must be positive, got {model_vocab_size}")
   if size > model_vocab_size:
     raise ValueError(
-        f"{where}: the tokenizer{name} has {size} pieces but the model's vocab_size is "
-        f"{model_vocab_size}; use a model with vocab_size >= {size} (e.g. "
-        f"config.replace(vocab_size={size})) or the tokenizer the model was trained with")
+      f"{where}: the tokenizer{name} has {size} pieces but the model's vocab_size is "
+      f"{model_vocab_size}; use a model with vocab_size >= {size} (e.g. "
+      f"config.replace(vocab_size={size})) or the tokenizer the model was trained with"
+    )

@@ -55,21 +55,22 @@ PREFIX = "polylm_eval"
 @dataclasses.dataclass(frozen=True)
 class Family:
   name: str
-  kind: str                    # "rank" or "generate"
-  metric: str                  # "accuracy", "squad", "rouge" or "translation"
-  languages: tuple[str, ...]   # codes, or "src-tgt" pairs for translation
+  kind: str  # "rank" or "generate"
+  metric: str  # "accuracy", "squad", "rouge" or "translation"
+  languages: tuple[str, ...]  # codes, or "src-tgt" pairs for translation
   eval_split: str
   demo_split: str
-  source: str                  # "tfds" or "local"
+  source: str  # "tfds" or "local"
   template: str
   normalizer: str
-  max_new_tokens: int = 0      # generation default
-  subdir: str = ""             # local: folder under the benchmark data dir
+  max_new_tokens: int = 0  # generation default
+  subdir: str = ""  # local: folder under the benchmark data dir
 
   @property
   def primary_metric(self) -> str:
-    return {"accuracy": "accuracy", "squad": "f1", "rouge": "rougeL",
-            "translation": "bleu"}[self.metric]
+    return {"accuracy": "accuracy", "squad": "f1", "rouge": "rougeL", "translation": "bleu"}[
+      self.metric
+    ]
 
 
 def _pairs(others: Sequence[str]) -> tuple[str, ...]:
@@ -79,28 +80,107 @@ def _pairs(others: Sequence[str]) -> tuple[str, ...]:
 _XNLI = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
 _XCOPA = ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh")
 _MTG = ("en", "de", "fr", "es")
-FAMILIES: dict[str, Family] = {f.name: f for f in (
+FAMILIES: dict[str, Family] = {
+  f.name: f
+  for f in (
     Family("xnli", "rank", "accuracy", _XNLI, "test", "validation", "tfds", "xnli", "xnli"),
-    Family("xcopa", "rank", "accuracy", _XCOPA, "test", "validation", "local", "xcopa", "xcopa",
-           subdir="xcopa"),
-    Family("pawsx", "rank", "accuracy", ("de", "en", "es", "fr", "ja", "ko", "zh"), "test",
-           "validation", "tfds", "pawsx", "pawsx"),
-    Family("xwinograd", "rank", "accuracy", ("en", "fr", "ja", "pt", "ru", "zh"), "test", "test",
-           "local", "xwinograd", "xwinograd", subdir="xwinograd"),
-    Family("tydiqa", "generate", "squad", tuple(data.TYDIQA_NAMES), "validation", "train", "tfds",
-           "tydiqa", "tydiqa", max_new_tokens=32),
-    *(Family(f"mtg_{sub}", "generate", "rouge", _MTG, "test", "dev", "local", f"mtg_{sub}", "mtg",
-             max_new_tokens=n, subdir="mtg")
-      for sub, n in (("story", 128), ("question", 48), ("title", 32))),
-    Family("wmt20", "generate", "translation", _pairs(("de", "ja", "pl", "ru", "zh")), "test",
-           "dev", "local", "translation", "translation", max_new_tokens=256, subdir="wmt20"),
-    Family("flores", "generate", "translation",
-           _pairs([c for c in LANGUAGE_CODES if c != "en"]), "devtest", "dev", "local",
-           "translation", "translation", max_new_tokens=256, subdir="flores200"),
-)}
-GROUPS = {"understanding": ("xnli", "xcopa", "pawsx", "xwinograd"), "qa": ("tydiqa",),
-          "generation": ("mtg_story", "mtg_question", "mtg_title"),
-          "translation": ("wmt20", "flores")}
+    Family(
+      "xcopa",
+      "rank",
+      "accuracy",
+      _XCOPA,
+      "test",
+      "validation",
+      "local",
+      "xcopa",
+      "xcopa",
+      subdir="xcopa",
+    ),
+    Family(
+      "pawsx",
+      "rank",
+      "accuracy",
+      ("de", "en", "es", "fr", "ja", "ko", "zh"),
+      "test",
+      "validation",
+      "tfds",
+      "pawsx",
+      "pawsx",
+    ),
+    Family(
+      "xwinograd",
+      "rank",
+      "accuracy",
+      ("en", "fr", "ja", "pt", "ru", "zh"),
+      "test",
+      "test",
+      "local",
+      "xwinograd",
+      "xwinograd",
+      subdir="xwinograd",
+    ),
+    Family(
+      "tydiqa",
+      "generate",
+      "squad",
+      tuple(data.TYDIQA_NAMES),
+      "validation",
+      "train",
+      "tfds",
+      "tydiqa",
+      "tydiqa",
+      max_new_tokens=32,
+    ),
+    *(
+      Family(
+        f"mtg_{sub}",
+        "generate",
+        "rouge",
+        _MTG,
+        "test",
+        "dev",
+        "local",
+        f"mtg_{sub}",
+        "mtg",
+        max_new_tokens=n,
+        subdir="mtg",
+      )
+      for sub, n in (("story", 128), ("question", 48), ("title", 32))
+    ),
+    Family(
+      "wmt20",
+      "generate",
+      "translation",
+      _pairs(("de", "ja", "pl", "ru", "zh")),
+      "test",
+      "dev",
+      "local",
+      "translation",
+      "translation",
+      max_new_tokens=256,
+      subdir="wmt20",
+    ),
+    Family(
+      "flores",
+      "generate",
+      "translation",
+      _pairs([c for c in LANGUAGE_CODES if c != "en"]),
+      "devtest",
+      "dev",
+      "local",
+      "translation",
+      "translation",
+      max_new_tokens=256,
+      subdir="flores200",
+    ),
+  )
+}
+GROUPS = {
+  "understanding": ("xnli", "xcopa", "pawsx", "xwinograd"),
+  "qa": ("tydiqa",),
+  "generation": ("mtg_story", "mtg_question", "mtg_title"),
+  "translation": ("wmt20", "flores"),
+}
 GROUPS["all"] = tuple(f for g in GROUPS.values() for f in g)
 
 
@@ -126,12 +206,15 @@ class Example:
 
 # -- settings (set at the binary edge) ----------------------------------------------------
 
-_settings: dict[str, Any] = {"data_dir": None, "tfds_data_dir": None, "shot_seed": 0,
-                             "paths": {}}
+_settings: dict[str, Any] = {"data_dir": None, "tfds_data_dir": None, "shot_seed": 0, "paths": {}}
 
 
-def configure(data_dir: str | None = None, tfds_data_dir: str | None = None,
-              shot_seed: int | None = None, paths: dict[str, str] | None = None) -> None:
+def configure(
+  data_dir: str | None = None,
+  tfds_data_dir: str | None = None,
+  shot_seed: int | None = None,
+  paths: dict[str, str] | None = None,
+) -> None:
   """Where local benchmark files and TFDS data live, and the few-shot seed.
 
   paths: {family: folder} overrides `data_dir/<family subdir>` for single families.
@@ -156,9 +239,10 @@ def family_dir(family: Family, task: str) -> str:
   root = _settings["data_dir"] or os.environ.get("POLYLM_EVAL_DATA_DIR")
   if not root:
     raise FileNotFoundError(
-        f"task {task} reads local files: set the benchmark data dir (gin EVAL_DATA_DIR, "
-        f"tasks.benchmark.configure(data_dir=...) or $POLYLM_EVAL_DATA_DIR); expected layout "
-        f"in tasks/benchmark_data.py")
+      f"task {task} reads local files: set the benchmark data dir (gin EVAL_DATA_DIR, "
+      f"tasks.benchmark.configure(data_dir=...) or $POLYLM_EVAL_DATA_DIR); expected layout "
+      f"in tasks/benchmark_data.py"
+    )
   return os.path.join(root, family.subdir)
 
 
@@ -197,8 +281,9 @@ def _fields(task: BenchmarkTask, record: data.Record, template: templates.Templa
   fields = dict(record.fields)
   if task.family.normalizer == "translation":
     s, t = task.lang.split("-")
-    fields.update(src_name=check_language(s).name, tgt_name=check_language(t).name,
-                  src_code=s, tgt_code=t)
+    fields.update(
+      src_name=check_language(s).name, tgt_name=check_language(t).name, src_code=s, tgt_code=t
+    )
   return templates.with_lookups(template, fields, f"task {task.name}: {record.where}")
 
 
@@ -212,8 +297,9 @@ def _render_one(task, record, template) -> tuple[str, tuple[str, ...], str]:
   return prompt, (), prompt + templates.fill(template.target, fields)
 
 
-def load_examples(name: str, split: str | None = None,
-                  max_examples: int | None = None) -> list[Example]:
+def load_examples(
+  name: str, split: str | None = None, max_examples: int | None = None
+) -> list[Example]:
   """The rendered examples of a benchmark task (the first `max_examples` of the split)."""
   task = get_task(name)
   fam = task.family
@@ -228,9 +314,11 @@ def load_examples(name: str, split: str | None = None,
     same = fam.demo_split == split
     available = len(pool) - (1 if same else 0)
     if task.shots > available:
-      raise ValueError(f"task {task.name}: k={task.shots} demonstrations requested but the "
-                       f"demonstration split {fam.demo_split!r} ({pool[0].where.rsplit(' ', 2)[0]})"
-                       f" has only {available}" + (" besides the example itself" if same else ""))
+      raise ValueError(
+        f"task {task.name}: k={task.shots} demonstrations requested but the "
+        f"demonstration split {fam.demo_split!r} ({pool[0].where.rsplit(' ', 2)[0]})"
+        f" has only {available}" + (" besides the example itself" if same else "")
+      )
     demos = [_render_one(task, r, template)[2] for r in pool]
   out = []
   for i, record in enumerate(records):
@@ -243,9 +331,16 @@ def load_examples(name: str, split: str | None = None,
       rng = np.random.default_rng([_settings["shot_seed"], i])
       parts += [demos[j] for j in rng.choice(candidates, task.shots, replace=False)]
     parts.append(prompt)
-    out.append(Example(id=record.id, lang=task.lang, prompt=template.separator.join(parts),
-                       choices=choices, label=record.label,
-                       references=record.references or (choices[record.label],)))
+    out.append(
+      Example(
+        id=record.id,
+        lang=task.lang,
+        prompt=template.separator.join(parts),
+        choices=choices,
+        label=record.label,
+        references=record.references or (choices[record.label],),
+      )
+    )
   return out
 
 
@@ -267,9 +362,17 @@ class BenchmarkSource(seqio.DataSource):
   def list_shards(self, split: str) -> Sequence[str]:
     return [split]
 
-  def get_dataset(self, split: str = "test", shuffle: bool = False, seed: int | None = None,
-                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
-                  use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+  def get_dataset(
+    self,
+    split: str = "test",
+    shuffle: bool = False,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    *,
+    sequence_length=None,
+    use_cached: bool = False,
+    num_epochs: int | None = 1,
+  ) -> tf.data.Dataset:
     if split not in self.splits:
       raise ValueError(f"task {self._name}: no split {split!r}; splits: {list(self.splits)}")
     examples = load_examples(self._name, split)
@@ -277,14 +380,25 @@ class BenchmarkSource(seqio.DataSource):
 
     def gen():
       for ex in examples:
-        yield {"inputs": ex.prompt, "targets": ex.references[0],
-               "choices": list(ex.choices) or [""] * n, "label": np.int32(ex.label),
-               "references": list(ex.references), "lang": ex.lang, "id": ex.id}
+        yield {
+          "inputs": ex.prompt,
+          "targets": ex.references[0],
+          "choices": list(ex.choices) or [""] * n,
+          "label": np.int32(ex.label),
+          "references": list(ex.references),
+          "lang": ex.lang,
+          "id": ex.id,
+        }
 
-    sig = {"inputs": tf.TensorSpec([], tf.string), "targets": tf.TensorSpec([], tf.string),
-           "choices": tf.TensorSpec([n], tf.string), "label": tf.TensorSpec([], tf.int32),
-           "references": tf.TensorSpec([None], tf.string), "lang": tf.TensorSpec([], tf.string),
-           "id": tf.TensorSpec([], tf.string)}
+    sig = {
+      "inputs": tf.TensorSpec([], tf.string),
+      "targets": tf.TensorSpec([], tf.string),
+      "choices": tf.TensorSpec([n], tf.string),
+      "label": tf.TensorSpec([], tf.int32),
+      "references": tf.TensorSpec([None], tf.string),
+      "lang": tf.TensorSpec([], tf.string),
+      "id": tf.TensorSpec([], tf.string),
+    }
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
     if shard_info:
       ds = ds.shard(shard_info.num_shards, shard_info.index)
@@ -294,8 +408,7 @@ class BenchmarkSource(seqio.DataSource):
 def postprocess(output: Any, example: Any = None, is_target: bool = False) -> Any:
   """seqio postprocessor: references for targets, the first line for predictions."""
   if is_target:
-    return [r.decode("utf-8") if isinstance(r, bytes) else str(r)
-            for r in example["references"]]
+    return [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in example["references"]]
   text = output.decode("utf-8") if isinstance(output, bytes) else str(output)
   return text.split("\n")[0].strip()
 
@@ -308,8 +421,9 @@ def _seqio_metric_fns(task: BenchmarkTask) -> list:
     return [lambda targets, predictions: eval_metrics.rouge_metrics(predictions, targets)]
   if fam.metric == "translation":
     tgt = task.lang.split("-")[1]
-    return [lambda targets, predictions: eval_metrics.translation_metrics(predictions, targets,
-                                                                          tgt)]
+    return [
+      lambda targets, predictions: eval_metrics.translation_metrics(predictions, targets, tgt)
+    ]
   return []  # rank classification is scored by polylm_jax.evaluation (log-likelihoods)
 
 
@@ -328,13 +442,19 @@ def register_task(family: str, lang: str, shots: int) -> str:
     seqio.TaskRegistry.remove(name)
   vocabulary = vocab_lib.get_vocabulary()
   seqio.TaskRegistry.add(
-      name, source=BenchmarkSource(name),
-      output_features={"inputs": seqio.Feature(vocabulary, add_eos=False, required=False),
-                       "targets": seqio.Feature(vocabulary, add_eos=True)},
-      preprocessors=[functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=True),
-                     seqio.preprocessors.append_eos_after_trim],
-      postprocess_fn=postprocess if fam.kind == "generate" else None,
-      metric_fns=_seqio_metric_fns(_TASKS[name]))
+    name,
+    source=BenchmarkSource(name),
+    output_features={
+      "inputs": seqio.Feature(vocabulary, add_eos=False, required=False),
+      "targets": seqio.Feature(vocabulary, add_eos=True),
+    },
+    preprocessors=[
+      functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=True),
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    postprocess_fn=postprocess if fam.kind == "generate" else None,
+    metric_fns=_seqio_metric_fns(_TASKS[name]),
+  )
   return name
 
 
@@ -347,12 +467,14 @@ def _add_mixture(name: str, tasks: Sequence[str]) -> str:
 
 def register_shots(shots: int) -> list[str]:
   """Registers every task, family mixture and group mixture for k=shots."""
-  by_family = {f: [register_task(f, lang, shots) for lang in fam.languages]
-               for f, fam in FAMILIES.items()}
+  by_family = {
+    f: [register_task(f, lang, shots) for lang in fam.languages] for f, fam in FAMILIES.items()
+  }
   names = [_add_mixture(f"{PREFIX}_{f}_{shots}shot", ts) for f, ts in by_family.items()]
   for group, families in GROUPS.items():
-    names.append(_add_mixture(f"{PREFIX}_{group}_{shots}shot",
-                              [t for f in families for t in by_family[f]]))
+    names.append(
+      _add_mixture(f"{PREFIX}_{group}_{shots}shot", [t for f in families for t in by_family[f]])
+    )
   return names
 
 
@@ -366,8 +488,10 @@ def resolve(name: str) -> list[str]:
   if name not in known:
     m = _NAME.match(name)
     if m is None:
-      raise ValueError(f"unknown task or mixture {name!r}: benchmark names look like "
-                       f"{PREFIX}_xnli_de_0shot or {PREFIX}_understanding_5shot")
+      raise ValueError(
+        f"unknown task or mixture {name!r}: benchmark names look like "
+        f"{PREFIX}_xnli_de_0shot or {PREFIX}_understanding_5shot"
+      )
     register_shots(int(m.group("k")))
   if name in seqio.MixtureRegistry.names():
     return [t.name for t in seqio.get_mixture_or_task(name).tasks]
@@ -375,11 +499,14 @@ def resolve(name: str) -> list[str]:
     body = _NAME.match(name).group("body") if _NAME.match(name) else ""
     for family in sorted(FAMILIES, key=len, reverse=True):
       if body.startswith(family + "_"):
-        lang = body[len(family) + 1:].replace("_", "-")
-        raise ValueError(f"unknown task {name!r}: benchmark {family} has no language {lang!r}; "
-                         f"languages: {', '.join(FAMILIES[family].languages)}")
-    raise ValueError(f"unknown task or mixture {name!r}; families: {sorted(FAMILIES)}, "
-                     f"groups: {sorted(GROUPS)}")
+        lang = body[len(family) + 1 :].replace("_", "-")
+        raise ValueError(
+          f"unknown task {name!r}: benchmark {family} has no language {lang!r}; "
+          f"languages: {', '.join(FAMILIES[family].languages)}"
+        )
+    raise ValueError(
+      f"unknown task or mixture {name!r}; families: {sorted(FAMILIES)}, groups: {sorted(GROUPS)}"
+    )
   return [name]
 
 

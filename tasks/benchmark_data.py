@@ -32,22 +32,48 @@ from typing import Any
 
 # Label value in the data -> index of the template choice (the verbaliser's domain).
 LABELS: dict[str, dict[Any, int]] = {
-    "xnli": {0: 0, 1: 1, 2: 2, "entailment": 0, "neutral": 1, "contradiction": 2},
-    "pawsx": {0: 0, 1: 1, "0": 0, "1": 1},
-    "xcopa": {0: 0, 1: 1},
-    "xwinograd": {"1": 0, "2": 1, 1: 0, 2: 1},
+  "xnli": {0: 0, 1: 1, 2: 2, "entailment": 0, "neutral": 1, "contradiction": 2},
+  "pawsx": {0: 0, 1: 1, "0": 0, "1": 1},
+  "xcopa": {0: 0, 1: 1},
+  "xwinograd": {"1": 0, "2": 1, 1: 0, 2: 1},
 }
-TFDS_NAMES = {"xnli": "xnli:1.1.0", "pawsx": "paws_x_wiki/{lang}:1.0.0",
-              "tydiqa": "tydi_qa/goldp:3.0.0"}
-TYDIQA_NAMES = {"ar": "arabic", "bn": "bengali", "en": "english", "fi": "finnish",
-                "id": "indonesian", "ko": "korean", "ru": "russian", "sw": "swahili",
-                "te": "telugu"}
+TFDS_NAMES = {
+  "xnli": "xnli:1.1.0",
+  "pawsx": "paws_x_wiki/{lang}:1.0.0",
+  "tydiqa": "tydi_qa/goldp:3.0.0",
+}
+TYDIQA_NAMES = {
+  "ar": "arabic",
+  "bn": "bengali",
+  "en": "english",
+  "fi": "finnish",
+  "id": "indonesian",
+  "ko": "korean",
+  "ru": "russian",
+  "sw": "swahili",
+  "te": "telugu",
+}
 XWINOGRAD_DIRS = {"ja": "jp"}
 FLORES200_CODES = {
-    "zh": "zho_Hans", "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn", "pt": "por_Latn",
-    "ru": "rus_Cyrl", "de": "deu_Latn", "it": "ita_Latn", "ar": "arb_Arab", "ja": "jpn_Jpan",
-    "ko": "kor_Hang", "th": "tha_Thai", "vi": "vie_Latn", "id": "ind_Latn", "nl": "nld_Latn",
-    "pl": "pol_Latn", "tr": "tur_Latn", "he": "heb_Hebr"}
+  "zh": "zho_Hans",
+  "en": "eng_Latn",
+  "es": "spa_Latn",
+  "fr": "fra_Latn",
+  "pt": "por_Latn",
+  "ru": "rus_Cyrl",
+  "de": "deu_Latn",
+  "it": "ita_Latn",
+  "ar": "arb_Arab",
+  "ja": "jpn_Jpan",
+  "ko": "kor_Hang",
+  "th": "tha_Thai",
+  "vi": "vie_Latn",
+  "id": "ind_Latn",
+  "nl": "nld_Latn",
+  "pl": "pol_Latn",
+  "tr": "tur_Latn",
+  "he": "heb_Hebr",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +110,14 @@ def read_jsonl(path: str, task: str) -> list[tuple[dict[str, Any], str]]:
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
-        raise BenchmarkDataError(f"task {task}: {where}: malformed record: invalid JSON "
-                                 f"({e.msg} at column {e.colno})") from None
+        raise BenchmarkDataError(
+          f"task {task}: {where}: malformed record: invalid JSON ({e.msg} at column {e.colno})"
+        ) from None
       if not isinstance(obj, dict):
-        raise BenchmarkDataError(f"task {task}: {where}: malformed record: expected a JSON "
-                                 f"object, got {type(obj).__name__}")
+        raise BenchmarkDataError(
+          f"task {task}: {where}: malformed record: expected a JSON "
+          f"object, got {type(obj).__name__}"
+        )
       out.append((obj, where))
   return out
 
@@ -106,8 +135,10 @@ def read_tsv(path: str, task: str) -> list[tuple[dict[str, Any], str]]:
       continue
     cells = line.split("\t")
     if len(cells) != len(header):
-      raise BenchmarkDataError(f"task {task}: {path} line {lineno}: malformed record: "
-                               f"{len(cells)} columns, the header has {len(header)} {header}")
+      raise BenchmarkDataError(
+        f"task {task}: {path} line {lineno}: malformed record: "
+        f"{len(cells)} columns, the header has {len(header)} {header}"
+      )
     out.append((dict(zip(header, cells)), f"{path} line {lineno}"))
   return out
 
@@ -127,8 +158,10 @@ def read_segments(path: str) -> list[str]:
 def read_parallel(src: str, ref: str, task: str) -> list[tuple[dict[str, Any], str]]:
   a, b = read_segments(src), read_segments(ref)
   if len(a) != len(b):
-    raise BenchmarkDataError(f"task {task}: parallel files differ in length: {src} has {len(a)} "
-                             f"segments, {ref} has {len(b)}")
+    raise BenchmarkDataError(
+      f"task {task}: parallel files differ in length: {src} has {len(a)} "
+      f"segments, {ref} has {len(b)}"
+    )
   return [({"src": s, "tgt": t}, f"{src} segment {i + 1}") for i, (s, t) in enumerate(zip(a, b))]
 
 
@@ -144,26 +177,32 @@ def _to_python(x: Any) -> Any:
   return x
 
 
-def read_tfds(name: str, split: str, task: str,
-              data_dir: str | None) -> list[tuple[dict[str, Any], str]]:
+def read_tfds(
+  name: str, split: str, task: str, data_dir: str | None
+) -> list[tuple[dict[str, Any], str]]:
   import tensorflow_datasets as tfds
+
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # noqa: BLE001  (tfds raises many kinds; all mean "no such dataset")
     raise BenchmarkDataError(f"task {task}: TFDS dataset {name}: {e}") from e
   known = list(builder.info.splits.keys()) if builder.info.splits else []
   if known and split not in known:
-    raise BenchmarkDataError(f"task {task}: TFDS dataset {name} has no split {split!r}; "
-                             f"splits: {sorted(known)}")
+    raise BenchmarkDataError(
+      f"task {task}: TFDS dataset {name} has no split {split!r}; splits: {sorted(known)}"
+    )
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except Exception as e:  # noqa: BLE001
     raise FileNotFoundError(
-        f"task {task}: TFDS dataset {name} split {split!r} is not available in "
-        f"{data_dir or '$TFDS_DATA_DIR'} (prepare it with `tfds build` where it can be "
-        f"downloaded, then copy it here): {e}") from e
-  return [(_to_python(ex), f"TFDS {name} split {split} example {i}")
-          for i, ex in enumerate(tfds.as_numpy(ds))]
+      f"task {task}: TFDS dataset {name} split {split!r} is not available in "
+      f"{data_dir or '$TFDS_DATA_DIR'} (prepare it with `tfds build` where it can be "
+      f"downloaded, then copy it here): {e}"
+    ) from e
+  return [
+    (_to_python(ex), f"TFDS {name} split {split} example {i}")
+    for i, ex in enumerate(tfds.as_numpy(ds))
+  ]
 
 
 # -- normalisers: raw record -> Record ------------------------------------------------------
@@ -173,8 +212,9 @@ def _text(raw: Mapping[str, Any], key: str, task: str, where: str) -> str:
   value = raw.get(key)
   if not isinstance(value, str):
     got = "missing" if value is None else f"a {type(value).__name__}"
-    raise BenchmarkDataError(f"task {task}: {where}: malformed record: field {key!r} must be a "
-                             f"string, is {got}")
+    raise BenchmarkDataError(
+      f"task {task}: {where}: malformed record: field {key!r} must be a string, is {got}"
+    )
   return value.strip()
 
 
@@ -186,8 +226,10 @@ def _label(family: str, raw: Mapping[str, Any], key: str, task: str, where: str)
     value = value.strip()
   if isinstance(value, bool) or not isinstance(value, (int, str)) or value not in LABELS[family]:
     shown = sorted({repr(k) for k in LABELS[family]})
-    raise BenchmarkDataError(f"task {task}: {where}: field {key!r} is {value!r}, a label not in "
-                             f"the {family} verbaliser (known labels: {', '.join(shown)})")
+    raise BenchmarkDataError(
+      f"task {task}: {where}: field {key!r} is {value!r}, a label not in "
+      f"the {family} verbaliser (known labels: {', '.join(shown)})"
+    )
   return LABELS[family][value]
 
 
@@ -202,15 +244,19 @@ def _lower_first(text: str) -> str:
 def normalize_xnli(raw, where, task, lang) -> Record:
   premise = raw.get("premise")
   if not isinstance(premise, dict) or not isinstance(premise.get(lang), str):
-    raise BenchmarkDataError(f"task {task}: {where}: malformed record: field 'premise' has no "
-                             f"{lang!r} text")
+    raise BenchmarkDataError(
+      f"task {task}: {where}: malformed record: field 'premise' has no {lang!r} text"
+    )
   hyp = raw.get("hypothesis") or {}
   languages, texts = list(hyp.get("language", [])), list(hyp.get("translation", []))
   if lang not in languages or len(texts) != len(languages):
-    raise BenchmarkDataError(f"task {task}: {where}: malformed record: field 'hypothesis' has no "
-                             f"{lang!r} translation")
-  fields = {"premise": premise[lang].strip(),
-            "hypothesis": str(texts[languages.index(lang)]).strip()}
+    raise BenchmarkDataError(
+      f"task {task}: {where}: malformed record: field 'hypothesis' has no {lang!r} translation"
+    )
+  fields = {
+    "premise": premise[lang].strip(),
+    "hypothesis": str(texts[languages.index(lang)]).strip(),
+  }
   return Record(where, fields, where, label=_label("xnli", raw, "label", task, where))
 
 
@@ -231,8 +277,10 @@ def normalize_xcopa(raw, where, task, lang) -> Record:
 def normalize_xwinograd(raw, where, task, lang) -> Record:
   fields = {k: _text(raw, k, task, where) for k in ("sentence", "option1", "option2")}
   if fields["sentence"].count("_") != 1:
-    raise BenchmarkDataError(f"task {task}: {where}: malformed record: field 'sentence' must "
-                             f"contain exactly one '_' (the blank), got {fields['sentence']!r}")
+    raise BenchmarkDataError(
+      f"task {task}: {where}: malformed record: field 'sentence' must "
+      f"contain exactly one '_' (the blank), got {fields['sentence']!r}"
+    )
   for i in (1, 2):
     fields[f"sentence{i}"] = fields["sentence"].replace("_", fields[f"option{i}"])
   return Record(where, fields, where, label=_label("xwinograd", raw, "answer", task, where))
@@ -243,8 +291,10 @@ def normalize_tydiqa(raw, where, task, lang) -> Record:
   fields["title"] = str(raw.get("title") or "")
   answers = (raw.get("answers") or {}).get("text")
   if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-    raise BenchmarkDataError(f"task {task}: {where}: malformed record: field 'answers.text' "
-                             f"must be a non-empty list of strings")
+    raise BenchmarkDataError(
+      f"task {task}: {where}: malformed record: field 'answers.text' "
+      f"must be a non-empty list of strings"
+    )
   refs = tuple(a.strip() for a in answers)
   fields["answer"] = refs[0]
   return Record(str(raw.get("id") or where), fields, where, references=refs)
@@ -253,15 +303,21 @@ def normalize_tydiqa(raw, where, task, lang) -> Record:
 def normalize_pair(raw, where, task, lang) -> Record:
   fields = {k: _text(raw, k, task, where) for k in ("src", "tgt")}
   if not fields["src"] or not fields["tgt"]:
-    raise BenchmarkDataError(f"task {task}: {where}: malformed record: empty "
-                             f"{'src' if not fields['src'] else 'tgt'}")
+    raise BenchmarkDataError(
+      f"task {task}: {where}: malformed record: empty {'src' if not fields['src'] else 'tgt'}"
+    )
   return Record(where, fields, where, references=(fields["tgt"],))
 
 
 NORMALIZERS: dict[str, Callable[..., Record]] = {
-    "xnli": normalize_xnli, "pawsx": normalize_pawsx, "xcopa": normalize_xcopa,
-    "xwinograd": normalize_xwinograd, "tydiqa": normalize_tydiqa, "mtg": normalize_pair,
-    "translation": normalize_pair}
+  "xnli": normalize_xnli,
+  "pawsx": normalize_pawsx,
+  "xcopa": normalize_xcopa,
+  "xwinograd": normalize_xwinograd,
+  "tydiqa": normalize_tydiqa,
+  "mtg": normalize_pair,
+  "translation": normalize_pair,
+}
 
 
 # -- where each family's split lives ------------------------------------------------------
@@ -271,16 +327,22 @@ def _one_of(paths: Sequence[str], task: str, split: str, what: str) -> str:
   for p in paths:
     if os.path.isfile(p):
       return p
-  raise FileNotFoundError(f"task {task}: split {split!r}: {what} file not found; expected one "
-                          f"of: {', '.join(paths)}")
+  raise FileNotFoundError(
+    f"task {task}: split {split!r}: {what} file not found; expected one of: {', '.join(paths)}"
+  )
 
 
 def _pair_files(folder: str, stem: str, s: str, t: str, task: str, split: str) -> list[tuple]:
-  srcs = sorted(p for ext in ("sgm", "txt")
-                for p in glob.glob(os.path.join(folder, f"{stem}-{s}{t}-src.{s}.{ext}")))
+  srcs = sorted(
+    p
+    for ext in ("sgm", "txt")
+    for p in glob.glob(os.path.join(folder, f"{stem}-{s}{t}-src.{s}.{ext}"))
+  )
   if not srcs:
-    raise FileNotFoundError(f"task {task}: split {split!r}: no source file "
-                            f"{os.path.join(folder, f'{stem}-{s}{t}-src.{s}.sgm')} (or .txt)")
+    raise FileNotFoundError(
+      f"task {task}: split {split!r}: no source file "
+      f"{os.path.join(folder, f'{stem}-{s}{t}-src.{s}.sgm')} (or .txt)"
+    )
   pairs = []
   for src in srcs:
     ref = src.replace(f"-src.{s}.", f"-ref.{t}.")
@@ -288,23 +350,26 @@ def _pair_files(folder: str, stem: str, s: str, t: str, task: str, split: str) -
   return pairs
 
 
-def read_local(family: str, folder: str, lang: str, split: str,
-               task: str) -> list[tuple[dict[str, Any], str]]:
+def read_local(
+  family: str, folder: str, lang: str, split: str, task: str
+) -> list[tuple[dict[str, Any], str]]:
   """Raw records of one local-file family split (see the module docstring for layouts)."""
   if family == "xcopa":
     name = {"test": "test", "validation": "val"}.get(split)
     if name is None:
       raise FileNotFoundError(f"task {task}: XCOPA has no split {split!r} (test, validation)")
-    return read_jsonl(_need_file(os.path.join(folder, lang, f"{name}.{lang}.jsonl"), task, split,
-                                 "XCOPA"), task)
+    return read_jsonl(
+      _need_file(os.path.join(folder, lang, f"{name}.{lang}.jsonl"), task, split, "XCOPA"), task
+    )
   if family == "xwinograd":
     base = os.path.join(folder, XWINOGRAD_DIRS.get(lang, lang), split)
     path = _one_of([base + ".jsonl", base + ".tsv"], task, split, "XWinograd")
     return read_jsonl(path, task) if path.endswith(".jsonl") else read_tsv(path, task)
   if family.startswith("mtg_"):
-    sub = family[len("mtg_"):]
-    return read_jsonl(_need_file(os.path.join(folder, sub, lang, f"{split}.jsonl"), task, split,
-                                 "MTG"), task)
+    sub = family[len("mtg_") :]
+    return read_jsonl(
+      _need_file(os.path.join(folder, sub, lang, f"{split}.jsonl"), task, split, "MTG"), task
+    )
   if family == "wmt20":
     s, t = lang.split("-")
     stem, sub = ("newstest2020", "sgm") if split == "test" else ("*", "dev")
@@ -314,19 +379,27 @@ def read_local(family: str, folder: str, lang: str, split: str,
     return out
   if family == "flores":
     s, t = lang.split("-")
-    src, ref = (_need_file(os.path.join(folder, split, f"{FLORES200_CODES[x]}.{split}"), task,
-                           split, "FLORES-200") for x in (s, t))
+    src, ref = (
+      _need_file(
+        os.path.join(folder, split, f"{FLORES200_CODES[x]}.{split}"), task, split, "FLORES-200"
+      )
+      for x in (s, t)
+    )
     return read_parallel(src, ref, task)
   raise ValueError(f"task {task}: family {family!r} has no local files")
 
 
-def tfds_records(family: str, lang: str, split: str, task: str,
-                 data_dir: str | None) -> list[tuple[dict[str, Any], str]]:
+def tfds_records(
+  family: str, lang: str, split: str, task: str, data_dir: str | None
+) -> list[tuple[dict[str, Any], str]]:
   name = TFDS_NAMES[family].format(lang=lang)
   if family == "tydiqa":
     if split == "train":  # mixed languages; the ids start with the language's English name
       prefix = TYDIQA_NAMES[lang] + "-"
-      return [(r, w) for r, w in read_tfds(name, "train", task, data_dir)
-              if str(r.get("id", "")).startswith(prefix)]
+      return [
+        (r, w)
+        for r, w in read_tfds(name, "train", task, data_dir)
+        if str(r.get("id", "")).startswith(prefix)
+      ]
     split = f"validation-{lang}" if split == "validation" else split
   return read_tfds(name, split, task, data_dir)

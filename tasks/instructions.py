@@ -39,8 +39,19 @@ from tasks import sources
 from tasks.languages import check_language
 
 # SPEC section 5: MultiAlpaca has these 11 languages (no en/zh split).
-MULTIALPACA_LANGUAGES: tuple[str, ...] = ("ar", "de", "es", "fr", "id", "ja", "ko", "pt", "ru",
-                                          "th", "vi")
+MULTIALPACA_LANGUAGES: tuple[str, ...] = (
+  "ar",
+  "de",
+  "es",
+  "fr",
+  "id",
+  "ja",
+  "ko",
+  "pt",
+  "ru",
+  "th",
+  "vi",
+)
 DATA_DIR_ENV = "POLYLM_JAX_MULTIALPACA_DIR"
 DEFAULT_FILE_PATTERN = "{lang}.jsonl"
 HOLDOUT_EVERY = 100
@@ -68,10 +79,11 @@ def data_dir() -> str:
   path = _data_dir or os.environ.get(DATA_DIR_ENV)
   if not path:
     raise FileNotFoundError(
-        f"MultiAlpaca data directory not configured: set ${DATA_DIR_ENV} or call "
-        f"tasks.instructions.set_data_dir(path); it must "
-        f"hold {DEFAULT_FILE_PATTERN.format(lang='<lang>')} files for "
-        f"{', '.join(MULTIALPACA_LANGUAGES)}")
+      f"MultiAlpaca data directory not configured: set ${DATA_DIR_ENV} or call "
+      f"tasks.instructions.set_data_dir(path); it must "
+      f"hold {DEFAULT_FILE_PATTERN.format(lang='<lang>')} files for "
+      f"{', '.join(MULTIALPACA_LANGUAGES)}"
+    )
   return path
 
 
@@ -87,8 +99,10 @@ def task_name(lang: str, source_name: str = "multialpaca", style: str = "multial
 def instruction_task_info(name: str) -> dict:
   """{"lang", "source", "style"} of a registered instruction task."""
   if name not in _INFO:
-    raise ValueError(f"{name!r} is not a registered instruction task; registered: "
-                     f"{sorted(_INFO)[:8]}{' ...' if len(_INFO) > 8 else ''}")
+    raise ValueError(
+      f"{name!r} is not a registered instruction task; registered: "
+      f"{sorted(_INFO)[:8]}{' ...' if len(_INFO) > 8 else ''}"
+    )
   return dict(_INFO[name])
 
 
@@ -121,8 +135,9 @@ def parse_record(line: str, where: str) -> dict[str, str]:
       value = ""
     if not isinstance(value, str):
       got = "missing" if value is None else f"a {type(value).__name__}"
-      raise sources.MalformedLine(f"{where}: field {key!r} must be a string"
-                                  f"{' or null' if nullable else ''}, is {got}")
+      raise sources.MalformedLine(
+        f"{where}: field {key!r} must be a string{' or null' if nullable else ''}, is {got}"
+      )
     out[key] = value
   return out
 
@@ -145,15 +160,22 @@ class InstructionSource(seqio.DataSource):
 
   FIELDS = ("instruction", "input", "output")
 
-  def __init__(self, patterns: str | Sequence[str] | Callable[[], str | Sequence[str]], *,
-               holdout_every: int | None = HOLDOUT_EVERY, on_error: str = "fail",
-               name: str = ""):
+  def __init__(
+    self,
+    patterns: str | Sequence[str] | Callable[[], str | Sequence[str]],
+    *,
+    holdout_every: int | None = HOLDOUT_EVERY,
+    on_error: str = "fail",
+    name: str = "",
+  ):
     if on_error not in ON_ERROR:
-      raise ValueError(f"{name or 'instruction source'}: on_error must be one of {ON_ERROR}, "
-                       f"got {on_error!r}")
+      raise ValueError(
+        f"{name or 'instruction source'}: on_error must be one of {ON_ERROR}, got {on_error!r}"
+      )
     if holdout_every is not None and holdout_every < 2:
-      raise ValueError(f"{name or 'instruction source'}: holdout_every must be >= 2, "
-                       f"got {holdout_every}")
+      raise ValueError(
+        f"{name or 'instruction source'}: holdout_every must be >= 2, got {holdout_every}"
+      )
     self._patterns = patterns
     self._holdout_every = holdout_every
     self._on_error = on_error
@@ -206,8 +228,11 @@ class InstructionSource(seqio.DataSource):
         if is_blank(record):
           n = self.blank[path] = self.blank.get(path, 0) + 1
           if n <= _MAX_LOGGED_SKIPS:
-            logging.warning("dropping an instruction record with a blank instruction or "
-                            "output: %s line %d", path, lineno)
+            logging.warning(
+              "dropping an instruction record with a blank instruction or output: %s line %d",
+              path,
+              lineno,
+            )
           continue
         index += 1
         if self._holdout_every is None or split not in ("train", "validation"):
@@ -218,15 +243,25 @@ class InstructionSource(seqio.DataSource):
   def num_records(self, split: str = "train") -> int:
     return sum(1 for f in self.list_shards(split) for _ in self.records(f, split))
 
-  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
-                  use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+  def get_dataset(
+    self,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    *,
+    sequence_length=None,
+    use_cached: bool = False,
+    num_epochs: int | None = 1,
+  ) -> tf.data.Dataset:
     files = list(self.list_shards(split))
     if shard_info:
       if len(files) < shard_info.num_shards:
-        raise ValueError(f"{self._where(split)}: {len(files)} files cannot be split across "
-                         f"{shard_info.num_shards} shards")
-      files = files[shard_info.index::shard_info.num_shards]
+        raise ValueError(
+          f"{self._where(split)}: {len(files)} files cannot be split across "
+          f"{shard_info.num_shards} shards"
+        )
+      files = files[shard_info.index :: shard_info.num_shards]
     if shuffle:
       files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
 
@@ -238,9 +273,9 @@ class InstructionSource(seqio.DataSource):
     signature = {k: tf.TensorSpec([], tf.string) for k in self.FIELDS}
     files_ds = tf.data.Dataset.from_tensor_slices(np.array(files, dtype=str))
     return files_ds.interleave(
-        lambda p: tf.data.Dataset.from_generator(generate, args=(p,),
-                                                 output_signature=signature),
-        cycle_length=1)
+      lambda p: tf.data.Dataset.from_generator(generate, args=(p,), output_signature=signature),
+      cycle_length=1,
+    )
 
 
 # -- preprocessing ------------------------------------------------------------------------
@@ -256,8 +291,11 @@ def format_instructions(dataset: tf.data.Dataset, style: str = "multialpaca") ->
   def fmt(ex):
     instruction = tf.strings.strip(ex["instruction"])
     inp = tf.strings.strip(ex["input"])
-    message = tf.cond(tf.strings.length(inp) > 0,
-                      lambda: tf.strings.join([inp, instruction], "\n"), lambda: instruction)
+    message = tf.cond(
+      tf.strings.length(inp) > 0,
+      lambda: tf.strings.join([inp, instruction], "\n"),
+      lambda: instruction,
+    )
     if style == "multialpaca":
       prompt = tf.strings.join([message, "\n\n"])
     elif style == "chat":
@@ -271,17 +309,24 @@ def format_instructions(dataset: tf.data.Dataset, style: str = "multialpaca") ->
 
 def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
   vocabulary = vocabulary or vocab_lib.get_vocabulary()
-  return {"inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
-          "targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)}
+  return {
+    "inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
+    "targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32),
+  }
 
 
-def register_instruction_task(lang: str,
-                              patterns: str | Sequence[str] | Callable[[], str | Sequence[str]],
-                              *, source_name: str = "instructions", style: str = "multialpaca",
-                              holdout_every: int | None = HOLDOUT_EVERY, on_error: str = "fail",
-                              name: str | None = None,
-                              vocabulary: seqio.Vocabulary | None = None,
-                              replace: bool = True) -> str:
+def register_instruction_task(
+  lang: str,
+  patterns: str | Sequence[str] | Callable[[], str | Sequence[str]],
+  *,
+  source_name: str = "instructions",
+  style: str = "multialpaca",
+  holdout_every: int | None = HOLDOUT_EVERY,
+  on_error: str = "fail",
+  name: str | None = None,
+  vocabulary: seqio.Vocabulary | None = None,
+  replace: bool = True,
+) -> str:
   """Register `polylm_{source_name}_{lang}[_{style}]` reading MultiAlpaca-format JSONL."""
   name = name or task_name(lang, source_name, style)
   check_language(lang, where=f"instruction task {name}")
@@ -292,11 +337,16 @@ def register_instruction_task(lang: str,
     seqio.TaskRegistry.remove(name)
   source = InstructionSource(patterns, holdout_every=holdout_every, on_error=on_error, name=name)
   seqio.TaskRegistry.add(
-      name, source=source, output_features=output_features(vocabulary),
-      preprocessors=[functools.partial(format_instructions, style=style),
-                     seqio.preprocessors.tokenize,
-                     seqio.preprocessors.append_eos_after_trim,
-                     functools.partial(sources.assert_nonempty, task_name=name)])
+    name,
+    source=source,
+    output_features=output_features(vocabulary),
+    preprocessors=[
+      functools.partial(format_instructions, style=style),
+      seqio.preprocessors.tokenize,
+      seqio.preprocessors.append_eos_after_trim,
+      functools.partial(sources.assert_nonempty, task_name=name),
+    ],
+  )
   _INFO[name] = {"lang": lang, "source": source_name, "style": style}
   return name
 
@@ -315,9 +365,12 @@ def num_train_records(task: seqio.Task | str) -> int:
   return _train_records(task.name, stamp)
 
 
-def register_instruction_mixture(name: str, task_names: Sequence[str],
-                                 rates: Mapping[str, float] | None = None,
-                                 replace: bool = True) -> str:
+def register_instruction_mixture(
+  name: str,
+  task_names: Sequence[str],
+  rates: Mapping[str, float] | None = None,
+  replace: bool = True,
+) -> str:
   """A seqio Mixture of instruction tasks; default rate: each task's training records."""
   for t in task_names:
     if not is_instruction_task(t):
@@ -336,10 +389,15 @@ def register_multialpaca(vocabulary: seqio.Vocabulary | None = None) -> list[str
   names = {}
   for style, mixture in (("multialpaca", MIXTURE_NAME), ("chat", CHAT_MIXTURE_NAME)):
     names[style] = [
-        register_instruction_task(
-            lang, functools.partial(multialpaca_files, lang), source_name="multialpaca",
-            style=style, vocabulary=vocabulary)
-        for lang in MULTIALPACA_LANGUAGES]
+      register_instruction_task(
+        lang,
+        functools.partial(multialpaca_files, lang),
+        source_name="multialpaca",
+        style=style,
+        vocabulary=vocabulary,
+      )
+      for lang in MULTIALPACA_LANGUAGES
+    ]
     register_instruction_mixture(mixture, names[style])
   return names["multialpaca"] + names["chat"]
 

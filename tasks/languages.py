@@ -14,14 +14,14 @@ import difflib
 class Language:
   """One language and its codes in the TFDS corpora (None: the corpus lacks it)."""
 
-  code: str                 # ISO 639-1, as PolyLM names it
-  name: str                 # English name, used in instruction templates
-  native: str               # endonym
-  script: str               # ISO 15924 script(s)
-  mc4: str | None = None    # split of c4/multilingual ("iw" for Hebrew)
+  code: str  # ISO 639-1, as PolyLM names it
+  name: str  # English name, used in instruction templates
+  native: str  # endonym
+  script: str  # ISO 15924 script(s)
+  mc4: str | None = None  # split of c4/multilingual ("iw" for Hebrew)
   wiki40b: str | None = None  # wiki40b config ("zh-cn" for Chinese)
   wikipedia: str | None = None  # wikipedia/<date>.<this> config
-  ted: str | None = None    # language label in ted_multi_translate
+  ted: str | None = None  # language label in ted_multi_translate
 
   @property
   def is_english(self) -> bool:
@@ -29,31 +29,39 @@ class Language:
 
 
 def _lang(code, name, native, script, *, mc4=None, wiki40b=None, wikipedia=None, ted=None):
-  return Language(code, name, native, script, mc4=mc4 or code, wiki40b=wiki40b or code,
-                  wikipedia=wikipedia or code, ted=ted or code)
+  return Language(
+    code,
+    name,
+    native,
+    script,
+    mc4=mc4 or code,
+    wiki40b=wiki40b or code,
+    wikipedia=wikipedia or code,
+    ted=ted or code,
+  )
 
 
 _LANGUAGES: dict[str, Language] = {}
 
 POLYLM_LANGUAGES: tuple[Language, ...] = (
-    _lang("zh", "Chinese", "中文", "Hans", wiki40b="zh-cn", ted="zh-cn"),
-    _lang("en", "English", "English", "Latn"),
-    _lang("es", "Spanish", "Español", "Latn"),
-    _lang("fr", "French", "Français", "Latn"),
-    _lang("pt", "Portuguese", "Português", "Latn"),
-    _lang("ru", "Russian", "Русский", "Cyrl"),
-    _lang("de", "German", "Deutsch", "Latn"),
-    _lang("it", "Italian", "Italiano", "Latn"),
-    _lang("ar", "Arabic", "العربية", "Arab"),
-    _lang("ja", "Japanese", "日本語", "Jpan"),
-    _lang("ko", "Korean", "한국어", "Kore"),
-    _lang("th", "Thai", "ไทย", "Thai"),
-    _lang("vi", "Vietnamese", "Tiếng Việt", "Latn"),
-    _lang("id", "Indonesian", "Bahasa Indonesia", "Latn"),
-    _lang("nl", "Dutch", "Nederlands", "Latn"),
-    _lang("pl", "Polish", "Polski", "Latn"),
-    _lang("tr", "Turkish", "Türkçe", "Latn"),
-    _lang("he", "Hebrew", "עברית", "Hebr", mc4="iw"),
+  _lang("zh", "Chinese", "中文", "Hans", wiki40b="zh-cn", ted="zh-cn"),
+  _lang("en", "English", "English", "Latn"),
+  _lang("es", "Spanish", "Español", "Latn"),
+  _lang("fr", "French", "Français", "Latn"),
+  _lang("pt", "Portuguese", "Português", "Latn"),
+  _lang("ru", "Russian", "Русский", "Cyrl"),
+  _lang("de", "German", "Deutsch", "Latn"),
+  _lang("it", "Italian", "Italiano", "Latn"),
+  _lang("ar", "Arabic", "العربية", "Arab"),
+  _lang("ja", "Japanese", "日本語", "Jpan"),
+  _lang("ko", "Korean", "한국어", "Kore"),
+  _lang("th", "Thai", "ไทย", "Thai"),
+  _lang("vi", "Vietnamese", "Tiếng Việt", "Latn"),
+  _lang("id", "Indonesian", "Bahasa Indonesia", "Latn"),
+  _lang("nl", "Dutch", "Nederlands", "Latn"),
+  _lang("pl", "Polish", "Polski", "Latn"),
+  _lang("tr", "Turkish", "Türkçe", "Latn"),
+  _lang("he", "Hebrew", "עברית", "Hebr", mc4="iw"),
 )
 
 # The 18 codes in the paper's order.
@@ -62,8 +70,11 @@ LANGUAGE_CODES: tuple[str, ...] = tuple(lang.code for lang in POLYLM_LANGUAGES)
 
 def register_language(language: Language, replace: bool = False) -> Language:
   """Add a language; registering a code twice is an error unless replace=True."""
-  if not language.code or not language.code.replace("_", "").isalnum() or \
-      language.code != language.code.lower():
+  if (
+    not language.code
+    or not language.code.replace("_", "").isalnum()
+    or language.code != language.code.lower()
+  ):
     raise ValueError(f"language code must be lower-case letters/digits, got {language.code!r}")
   if language.code in _LANGUAGES and not replace and _LANGUAGES[language.code] != language:
     raise ValueError(f"language {language.code!r} is already registered; pass replace=True")
@@ -86,8 +97,9 @@ def check_language(code: str, where: str = "language code") -> Language:
     return _LANGUAGES[code]
   close = difflib.get_close_matches(str(code), list(_LANGUAGES), n=3, cutoff=0.5)
   hint = f" (did you mean {', '.join(close)}?)" if close else ""
-  raise ValueError(f"{where}: unknown language code {code!r}{hint}; known codes: "
-                   f"{', '.join(_LANGUAGES)}")
+  raise ValueError(
+    f"{where}: unknown language code {code!r}{hint}; known codes: {', '.join(_LANGUAGES)}"
+  )
 
 
 def get_language(code: str) -> Language:

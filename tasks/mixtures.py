@@ -36,100 +36,124 @@ FINAL_STAGE_FRACTION = 0.2
 
 @dataclasses.dataclass(frozen=True)
 class StageRecipe:
-    """One stage: its non-English token share and the weight of each source within a language.
+  """One stage: its non-English token share and the weight of each source within a language.
 
-    mono: source name -> weight of `polylm_{lang}_{source}`; bitext: source -> weight of
-    `polylm_bitext_{lang}_en_{source}`. Tasks that are not registered are left out.
-    """
-    non_english_share: float
-    mono: Mapping[str, float]
-    bitext: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    temperature: float = 1.0
+  mono: source name -> weight of `polylm_{lang}_{source}`; bitext: source -> weight of
+  `polylm_bitext_{lang}_en_{source}`. Tasks that are not registered are left out.
+  """
+
+  non_english_share: float
+  mono: Mapping[str, float]
+  bitext: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  temperature: float = 1.0
 
 
 SAMPLE_STAGE1 = StageRecipe(0.3, mono={"sample": 1.0}, bitext={"sample": 0.1})
 SAMPLE_STAGE2 = StageRecipe(0.6, mono={"sample": 1.0}, bitext={"sample": 0.5})
 _WEB_BITEXT = ("ted", "para_crawl", "wmt13", "wmt15", "wmt18", "wmt19", "opus")
-WEB_STAGE1 = StageRecipe(0.3, mono={"mc4": 1.0, "wiki40b": 0.25},
-                         bitext={s: 0.02 for s in _WEB_BITEXT})
-WEB_STAGE2 = StageRecipe(0.6, mono={"mc4": 1.0, "wiki40b": 2.0},
-                         bitext={s: 0.2 for s in _WEB_BITEXT})
+WEB_STAGE1 = StageRecipe(
+  0.3, mono={"mc4": 1.0, "wiki40b": 0.25}, bitext={s: 0.02 for s in _WEB_BITEXT}
+)
+WEB_STAGE2 = StageRecipe(
+  0.6, mono={"mc4": 1.0, "wiki40b": 2.0}, bitext={s: 0.2 for s in _WEB_BITEXT}
+)
 
 
 def sync_languages() -> tuple[str, ...]:
-    """Give every language registered in tasks.languages a `langs` index; returns the codes."""
-    codes = tuple(lang.code for lang in all_languages())
-    for code in codes:
-        mixing.add_language(code)
-    return codes
+  """Give every language registered in tasks.languages a `langs` index; returns the codes."""
+  codes = tuple(lang.code for lang in all_languages())
+  for code in codes:
+    mixing.add_language(code)
+  return codes
 
 
-def stage_components(recipe: StageRecipe, languages: Sequence[str],
-                     where: str = "mixture") -> tuple[mixing.Component, ...]:
-    registered = set(seqio.TaskRegistry.names())
-    comps = []
-    for lang in languages:
-        mixing.language_index(lang, where=where)
-        mine = [mixing.Component(mono_task_name(lang, src), w, lang)
-                for src, w in recipe.mono.items() if mono_task_name(lang, src) in registered]
-        if lang != mixing.ENGLISH:
-            mine += [mixing.Component(bitext_task_name(lang, "en", src), w, lang)
-                     for src, w in recipe.bitext.items()
-                     if bitext_task_name(lang, "en", src) in registered]
-        if not mine:
-            looked = [mono_task_name(lang, src) for src in recipe.mono]
-            raise ValueError(f"{where}: language {lang!r} has no registered task for sources "
-                             f"{sorted(recipe.mono)} (looked for {', '.join(looked)})")
-        comps += mine
-    return tuple(comps)
+def stage_components(
+  recipe: StageRecipe, languages: Sequence[str], where: str = "mixture"
+) -> tuple[mixing.Component, ...]:
+  registered = set(seqio.TaskRegistry.names())
+  comps = []
+  for lang in languages:
+    mixing.language_index(lang, where=where)
+    mine = [
+      mixing.Component(mono_task_name(lang, src), w, lang)
+      for src, w in recipe.mono.items()
+      if mono_task_name(lang, src) in registered
+    ]
+    if lang != mixing.ENGLISH:
+      mine += [
+        mixing.Component(bitext_task_name(lang, "en", src), w, lang)
+        for src, w in recipe.bitext.items()
+        if bitext_task_name(lang, "en", src) in registered
+      ]
+    if not mine:
+      looked = [mono_task_name(lang, src) for src in recipe.mono]
+      raise ValueError(
+        f"{where}: language {lang!r} has no registered task for sources "
+        f"{sorted(recipe.mono)} (looked for {', '.join(looked)})"
+      )
+    comps += mine
+  return tuple(comps)
 
 
-def register_stage(name: str, recipe: StageRecipe, languages: Sequence[str],
-                   token_counts: Optional[Mapping[str, float]] = None,
-                   overwrite: bool = True) -> mixing.StageMixture:
-    """A stage mixture under `name`, in the stream's registry and (per example) in seqio's."""
-    m = mixing.StageMixture(name, stage_components(recipe, languages, f"mixture {name!r}"),
-                            non_english_share=recipe.non_english_share,
-                            temperature=recipe.temperature, token_counts=token_counts)
-    mixing.register_stage_mixture(m, overwrite=overwrite)
-    seqio.MixtureRegistry.remove(name)
-    seqio.MixtureRegistry.add(name, [(c.task, functools.partial(_example_rate, name))
-                                     for c in m.components])
-    return m
+def register_stage(
+  name: str,
+  recipe: StageRecipe,
+  languages: Sequence[str],
+  token_counts: Optional[Mapping[str, float]] = None,
+  overwrite: bool = True,
+) -> mixing.StageMixture:
+  """A stage mixture under `name`, in the stream's registry and (per example) in seqio's."""
+  m = mixing.StageMixture(
+    name,
+    stage_components(recipe, languages, f"mixture {name!r}"),
+    non_english_share=recipe.non_english_share,
+    temperature=recipe.temperature,
+    token_counts=token_counts,
+  )
+  mixing.register_stage_mixture(m, overwrite=overwrite)
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(
+    name, [(c.task, functools.partial(_example_rate, name)) for c in m.components]
+  )
+  return m
 
 
 @functools.lru_cache(maxsize=None)
 def _token_shares(name: str) -> dict[str, float]:
-    plan = stream_lib.plan_stage(mixing.get_stage_mixture(name))
-    return dict(zip(plan.tasks, plan.shares))
+  plan = stream_lib.plan_stage(mixing.get_stage_mixture(name))
+  return dict(zip(plan.tasks, plan.shares))
 
 
 def _example_rate(mixture_name: str, task: seqio.Task) -> float:
-    """seqio's per-example rate that gives the stage's token share on average."""
-    share = _token_shares(mixture_name).get(task.name, 0.0)
-    if not share:
-        return 0.0
-    docs, tokens = stream_lib.task_stats(task.name)
-    return share * docs / tokens
+  """seqio's per-example rate that gives the stage's token share on average."""
+  share = _token_shares(mixture_name).get(task.name, 0.0)
+  if not share:
+    return 0.0
+  docs, tokens = stream_lib.task_stats(task.name)
+  return share * docs / tokens
 
 
-def register_pretrain_mixtures(prefix: str = PREFIX, stage1: StageRecipe = SAMPLE_STAGE1,
-                               stage2: StageRecipe = SAMPLE_STAGE2,
-                               languages: Optional[Sequence[str]] = None,
-                               final_stage_fraction: float = FINAL_STAGE_FRACTION,
-                               token_counts: Optional[Mapping[str, float]] = None
-                               ) -> curriculum.Curriculum:
-    """`{prefix}_stage1`, `{prefix}_stage2` and `{prefix}_curriculum` in one call.
+def register_pretrain_mixtures(
+  prefix: str = PREFIX,
+  stage1: StageRecipe = SAMPLE_STAGE1,
+  stage2: StageRecipe = SAMPLE_STAGE2,
+  languages: Optional[Sequence[str]] = None,
+  final_stage_fraction: float = FINAL_STAGE_FRACTION,
+  token_counts: Optional[Mapping[str, float]] = None,
+) -> curriculum.Curriculum:
+  """`{prefix}_stage1`, `{prefix}_stage2` and `{prefix}_curriculum` in one call.
 
-    languages: default every registered language. token_counts: tokens per language for the
-    temperature rule; leave None only for local corpora (they are then counted on first use).
-    """
-    codes = sync_languages()
-    languages = tuple(languages) if languages is not None else codes
-    s1 = register_stage(f"{prefix}_stage1", stage1, languages, token_counts)
-    s2 = register_stage(f"{prefix}_stage2", stage2, languages, token_counts)
-    return curriculum.register_curriculum(curriculum.two_stage_curriculum(
-        f"{prefix}_curriculum", s1.name, s2.name, final_stage_fraction), overwrite=True)
+  languages: default every registered language. token_counts: tokens per language for the
+  temperature rule; leave None only for local corpora (they are then counted on first use).
+  """
+  codes = sync_languages()
+  languages = tuple(languages) if languages is not None else codes
+  s1 = register_stage(f"{prefix}_stage1", stage1, languages, token_counts)
+  s2 = register_stage(f"{prefix}_stage2", stage2, languages, token_counts)
+  return curriculum.register_curriculum(
+    curriculum.two_stage_curriculum(f"{prefix}_curriculum", s1.name, s2.name, final_stage_fraction),
+    overwrite=True,
+  )
 
 
 DEFAULT_CURRICULUM = register_pretrain_mixtures()

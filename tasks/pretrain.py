@@ -53,33 +53,40 @@ def _tfds_splits(*names: str) -> dict[str, str]:
 def clean_wiki40b(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """Wiki40B marks structure with _START_ARTICLE_/_START_SECTION_/_START_PARAGRAPH_ lines and
   _NEWLINE_: keep the titles and text, as plain lines."""
+
   def clean(ex):
     text = ex["text"]
     text = tf.strings.regex_replace(text, r"_START_(ARTICLE|SECTION|PARAGRAPH)_\n", "")
     text = tf.strings.regex_replace(text, "_NEWLINE_", "\n")
     return {"text": tf.strings.strip(text)}
+
   return dataset.map(clean, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def wikipedia_text(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  return dataset.map(lambda ex: {"text": tf.strings.join([ex["title"], ex["text"]], "\n")},
-                     num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.map(
+    lambda ex: {"text": tf.strings.join([ex["title"], ex["text"]], "\n")},
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
 
 
 def pick_pair(dataset: tf.data.Dataset, src_key: str, tgt_key: str) -> tf.data.Dataset:
   """{src_key: str, tgt_key: str, ...} (a tfds Translation feature) -> {"src", "tgt"}."""
-  return dataset.map(lambda ex: {"src": ex[src_key], "tgt": ex[tgt_key]},
-                     num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.map(
+    lambda ex: {"src": ex[src_key], "tgt": ex[tgt_key]}, num_parallel_calls=tf.data.AUTOTUNE
+  )
 
 
 def pick_ted_pair(dataset: tf.data.Dataset, src_label: str, tgt_label: str) -> tf.data.Dataset:
   """ted_multi_translate holds each talk sentence in many languages:
   {"translations": {"language": [...], "translation": [...]}}. Keep the sentences that have
   both languages, as {"src", "tgt"}."""
+
   def has_both(ex):
     langs = ex["translations"]["language"]
-    return tf.logical_and(tf.reduce_any(tf.equal(langs, src_label)),
-                          tf.reduce_any(tf.equal(langs, tgt_label)))
+    return tf.logical_and(
+      tf.reduce_any(tf.equal(langs, src_label)), tf.reduce_any(tf.equal(langs, tgt_label))
+    )
 
   def pick(ex):
     langs, texts = ex["translations"]["language"], ex["translations"]["translation"]
@@ -103,21 +110,38 @@ def sample_documents_file(lang: str) -> str:
 def register_sample_mono(lang: str, vocabulary: seqio.Vocabulary | None = None) -> str:
   files = [sample_parallel_file(lang), sample_documents_file(lang)]
   return registry.register_text_task(
-      lang, "sample", {"train": files, "validation": files},
-      holdout_every=SAMPLE_HOLDOUT_EVERY, vocabulary=vocabulary)
+    lang,
+    "sample",
+    {"train": files, "validation": files},
+    holdout_every=SAMPLE_HOLDOUT_EVERY,
+    vocabulary=vocabulary,
+  )
 
 
-def register_sample_bitext(src_lang: str, tgt_lang: str, templates=None, direction="both",
-                           vocabulary: seqio.Vocabulary | None = None) -> str:
+def register_sample_bitext(
+  src_lang: str,
+  tgt_lang: str,
+  templates=None,
+  direction="both",
+  vocabulary: seqio.Vocabulary | None = None,
+) -> str:
   """`polylm_bitext_{src}_{tgt}_sample`: any two of the sample corpus languages."""
   name = registry.bitext_task_name(src_lang, tgt_lang, "sample")
-  source = sources.AlignedTextSource(sample_parallel_file(src_lang),
-                                     sample_parallel_file(tgt_lang),
-                                     holdout_every=SAMPLE_HOLDOUT_EVERY, name=name)
+  source = sources.AlignedTextSource(
+    sample_parallel_file(src_lang),
+    sample_parallel_file(tgt_lang),
+    holdout_every=SAMPLE_HOLDOUT_EVERY,
+    name=name,
+  )
   return registry.register_bitext_task(
-      src_lang, tgt_lang, "sample", source,
-      templates=templates or registry.DEFAULT_BITEXT_TEMPLATES, direction=direction,
-      vocabulary=vocabulary)
+    src_lang,
+    tgt_lang,
+    "sample",
+    source,
+    templates=templates or registry.DEFAULT_BITEXT_TEMPLATES,
+    direction=direction,
+    vocabulary=vocabulary,
+  )
 
 
 def register_language_tasks(code: str, vocabulary: seqio.Vocabulary | None = None) -> list[str]:
@@ -126,22 +150,42 @@ def register_language_tasks(code: str, vocabulary: seqio.Vocabulary | None = Non
   lang = check_language(code)
   names = [register_sample_mono(code, vocabulary)]
   if lang.mc4:
-    names.append(registry.register_mono_task(
-        code, "mc4", seqio.TfdsDataSource(
-            MC4_TFDS, splits={"train": lang.mc4, "validation": f"{lang.mc4}-validation"}),
-        vocabulary=vocabulary))
+    names.append(
+      registry.register_mono_task(
+        code,
+        "mc4",
+        seqio.TfdsDataSource(
+          MC4_TFDS, splits={"train": lang.mc4, "validation": f"{lang.mc4}-validation"}
+        ),
+        vocabulary=vocabulary,
+      )
+    )
   if lang.wiki40b:
-    names.append(registry.register_mono_task(
-        code, "wiki40b", seqio.TfdsDataSource(
-            WIKI40B_TFDS.format(config=lang.wiki40b),
-            splits=_tfds_splits("train", "validation", "test")),
-        preprocessors=[clean_wiki40b], vocabulary=vocabulary))
+    names.append(
+      registry.register_mono_task(
+        code,
+        "wiki40b",
+        seqio.TfdsDataSource(
+          WIKI40B_TFDS.format(config=lang.wiki40b),
+          splits=_tfds_splits("train", "validation", "test"),
+        ),
+        preprocessors=[clean_wiki40b],
+        vocabulary=vocabulary,
+      )
+    )
   if lang.wikipedia:
-    names.append(registry.register_mono_task(
-        code, "wikipedia", seqio.TfdsDataSource(
-            WIKIPEDIA_TFDS.format(date=WIKIPEDIA_DATE, config=lang.wikipedia),
-            splits=_tfds_splits("train")),
-        preprocessors=[wikipedia_text], vocabulary=vocabulary))
+    names.append(
+      registry.register_mono_task(
+        code,
+        "wikipedia",
+        seqio.TfdsDataSource(
+          WIKIPEDIA_TFDS.format(date=WIKIPEDIA_DATE, config=lang.wikipedia),
+          splits=_tfds_splits("train"),
+        ),
+        preprocessors=[wikipedia_text],
+        vocabulary=vocabulary,
+      )
+    )
   if code != "en":
     names += register_english_bitext(code, vocabulary)
   return names
@@ -152,31 +196,52 @@ def register_english_bitext(code: str, vocabulary: seqio.Vocabulary | None = Non
   lang, en = check_language(code), check_language("en")
   names = [register_sample_bitext(code, "en", vocabulary=vocabulary)]
   if lang.ted:
-    names.append(registry.register_bitext_task(
-        code, "en", "ted", seqio.TfdsDataSource(
-            TED_TFDS, splits=_tfds_splits("train", "validation", "test")),
-        preprocessors=[functools.partial(pick_ted_pair, src_label=lang.ted,
-                                         tgt_label=en.ted)],
-        vocabulary=vocabulary))
+    names.append(
+      registry.register_bitext_task(
+        code,
+        "en",
+        "ted",
+        seqio.TfdsDataSource(TED_TFDS, splits=_tfds_splits("train", "validation", "test")),
+        preprocessors=[functools.partial(pick_ted_pair, src_label=lang.ted, tgt_label=en.ted)],
+        vocabulary=vocabulary,
+      )
+    )
   if code in WMT_YEAR:
     year = WMT_YEAR[code]
-    names.append(registry.register_bitext_task(
-        code, "en", f"wmt{year}", seqio.TfdsDataSource(
-            f"wmt{year}_translate/{code}-en:1.0.0", splits=_tfds_splits("train", "validation")),
+    names.append(
+      registry.register_bitext_task(
+        code,
+        "en",
+        f"wmt{year}",
+        seqio.TfdsDataSource(
+          f"wmt{year}_translate/{code}-en:1.0.0", splits=_tfds_splits("train", "validation")
+        ),
         preprocessors=[functools.partial(pick_pair, src_key=code, tgt_key="en")],
-        vocabulary=vocabulary))
+        vocabulary=vocabulary,
+      )
+    )
   if code in PARA_CRAWL_LANGS:
-    names.append(registry.register_bitext_task(
-        code, "en", "para_crawl", seqio.TfdsDataSource(
-            f"para_crawl/en{code}:1.2.0", splits=_tfds_splits("train")),
+    names.append(
+      registry.register_bitext_task(
+        code,
+        "en",
+        "para_crawl",
+        seqio.TfdsDataSource(f"para_crawl/en{code}:1.2.0", splits=_tfds_splits("train")),
         preprocessors=[functools.partial(pick_pair, src_key=code, tgt_key="en")],
-        vocabulary=vocabulary))
+        vocabulary=vocabulary,
+      )
+    )
   if code == "de":
-    names.append(registry.register_bitext_task(
-        "de", "en", "opus", seqio.TfdsDataSource(
-            f"opus/{OPUS_SUBSET}:0.1.0", splits=_tfds_splits("train")),
+    names.append(
+      registry.register_bitext_task(
+        "de",
+        "en",
+        "opus",
+        seqio.TfdsDataSource(f"opus/{OPUS_SUBSET}:0.1.0", splits=_tfds_splits("train")),
         preprocessors=[functools.partial(pick_pair, src_key="de", tgt_key="en")],
-        vocabulary=vocabulary))
+        vocabulary=vocabulary,
+      )
+    )
   return names
 
 

@@ -27,21 +27,31 @@ from tasks import sources
 from tasks.languages import check_language
 
 PLAIN_TEMPLATE = "{src_text}\n{tgt_text}"
-INSTRUCTION_TEMPLATE = "Translate the following {src_name} text into {tgt_name}.\n{src_text}\n{tgt_text}"
+INSTRUCTION_TEMPLATE = (
+  "Translate the following {src_name} text into {tgt_name}.\n{src_text}\n{tgt_text}"
+)
 # Ours (SPEC section 4: the bitext format is not published): the two sides joined by a
 # newline, in a direction chosen per pair (direction="both").
 DEFAULT_BITEXT_TEMPLATES: tuple[str, ...] = (PLAIN_TEMPLATE,)
-TEMPLATE_FIELDS = ("src_text", "tgt_text", "src_name", "tgt_name", "src_native",
-                   "tgt_native", "src_code", "tgt_code")
+TEMPLATE_FIELDS = (
+  "src_text",
+  "tgt_text",
+  "src_name",
+  "tgt_name",
+  "src_native",
+  "tgt_native",
+  "src_code",
+  "tgt_code",
+)
 DIRECTIONS = ("forward", "backward", "both")
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskInfo:
   name: str
-  kind: str                       # "mono" or "bitext"
-  languages: tuple[str, ...]      # (lang,) or (src, tgt)
-  source: str                     # "sample", "mc4", "wmt19", a user's name, ...
+  kind: str  # "mono" or "bitext"
+  languages: tuple[str, ...]  # (lang,) or (src, tgt)
+  source: str  # "sample", "mc4", "wmt19", a user's name, ...
 
   @property
   def lang(self) -> str:
@@ -55,8 +65,10 @@ _TASKS: dict[str, TaskInfo] = {}
 def task_info(task_name: str) -> TaskInfo:
   """What a registered PolyLM task holds; ValueError naming the task if unknown."""
   if task_name not in _TASKS:
-    raise ValueError(f"unknown PolyLM task {task_name!r}; registered: {len(_TASKS)} tasks, "
-                     f"e.g. {sorted(_TASKS)[:5]}")
+    raise ValueError(
+      f"unknown PolyLM task {task_name!r}; registered: {len(_TASKS)} tasks, "
+      f"e.g. {sorted(_TASKS)[:5]}"
+    )
   return _TASKS[task_name]
 
 
@@ -69,12 +81,17 @@ def task_languages(task_name: str) -> tuple[str, ...]:
   return task_info(task_name).languages
 
 
-def list_tasks(kind: str | None = None, source: str | None = None,
-               language: str | None = None) -> list[str]:
+def list_tasks(
+  kind: str | None = None, source: str | None = None, language: str | None = None
+) -> list[str]:
   """Names of registered PolyLM tasks, filtered (language matches either bitext side)."""
-  return sorted(t.name for t in _TASKS.values()
-                if (kind is None or t.kind == kind) and (source is None or t.source == source)
-                and (language is None or language in t.languages))
+  return sorted(
+    t.name
+    for t in _TASKS.values()
+    if (kind is None or t.kind == kind)
+    and (source is None or t.source == source)
+    and (language is None or language in t.languages)
+  )
 
 
 def mono_task_name(lang: str, source: str) -> str:
@@ -90,8 +107,9 @@ def bitext_task_name(src: str, tgt: str, source: str) -> str:
 
 def _to_targets(dataset: tf.data.Dataset, lang: str, text_key: str = "text"):
   """{text_key: str, ...} -> {"targets": str, "lang": str}; drops blank texts."""
-  ds = dataset.map(lambda ex: {"targets": tf.strings.strip(ex[text_key]),
-                               "lang": tf.constant(lang)})
+  ds = dataset.map(
+    lambda ex: {"targets": tf.strings.strip(ex[text_key]), "lang": tf.constant(lang)}
+  )
   return ds.filter(lambda ex: tf.strings.length(ex["targets"]) > 0)
 
 
@@ -101,8 +119,9 @@ def check_template(template: str, where: str = "bitext template") -> list[tuple[
   fields = [f for _, f, _, _ in parts if f is not None]
   unknown = sorted(set(fields) - set(TEMPLATE_FIELDS))
   if unknown:
-    raise ValueError(f"{where} {template!r}: unknown fields {unknown}; "
-                     f"known: {list(TEMPLATE_FIELDS)}")
+    raise ValueError(
+      f"{where} {template!r}: unknown fields {unknown}; known: {list(TEMPLATE_FIELDS)}"
+    )
   if "src_text" not in fields or "tgt_text" not in fields:
     raise ValueError(f"{where} {template!r}: needs both {{src_text}} and {{tgt_text}}")
   if any(spec or conv for _, f, spec, conv in parts if f is not None):
@@ -116,10 +135,18 @@ def _variant(parts, src_lang: str, tgt_lang: str, backward: bool) -> list:
   tgt language and its text."""
   first, second = (tgt_lang, src_lang) if backward else (src_lang, tgt_lang)
   a, b = check_language(first), check_language(second)
-  values = {"src_name": a.name, "tgt_name": b.name, "src_native": a.native,
-            "tgt_native": b.native, "src_code": a.code, "tgt_code": b.code}
-  texts = {"src_text": ("tgt",) if backward else ("src",),
-           "tgt_text": ("src",) if backward else ("tgt",)}
+  values = {
+    "src_name": a.name,
+    "tgt_name": b.name,
+    "src_native": a.native,
+    "tgt_native": b.native,
+    "src_code": a.code,
+    "tgt_code": b.code,
+  }
+  texts = {
+    "src_text": ("tgt",) if backward else ("src",),
+    "tgt_text": ("src",) if backward else ("tgt",),
+  }
   out: list = []
   for literal, field in parts:
     if literal:
@@ -129,9 +156,13 @@ def _variant(parts, src_lang: str, tgt_lang: str, backward: bool) -> list:
   return out
 
 
-def render_bitext(dataset: tf.data.Dataset, src_lang: str, tgt_lang: str,
-                  templates: Sequence[str] = DEFAULT_BITEXT_TEMPLATES,
-                  direction: str = "both") -> tf.data.Dataset:
+def render_bitext(
+  dataset: tf.data.Dataset,
+  src_lang: str,
+  tgt_lang: str,
+  templates: Sequence[str] = DEFAULT_BITEXT_TEMPLATES,
+  direction: str = "both",
+) -> tf.data.Dataset:
   """{"src", "tgt"} -> {"targets", "lang"}: one rendering per pair.
 
   With several templates and/or direction="both", the variant (template x direction) is
@@ -154,15 +185,19 @@ def render_bitext(dataset: tf.data.Dataset, src_lang: str, tgt_lang: str,
   def render(ex):
     src, tgt = tf.strings.strip(ex["src"]), tf.strings.strip(ex["tgt"])
     texts = {"src": src, "tgt": tgt}
-    rendered = [tf.strings.join([texts[p[0]] if isinstance(p, tuple) else p for p in v])
-                for v in variants]
+    rendered = [
+      tf.strings.join([texts[p[0]] if isinstance(p, tuple) else p for p in v]) for v in variants
+    ]
     if len(rendered) == 1:
       targets = rendered[0]
     else:
       h = tf.strings.to_hash_bucket_fast(tf.strings.join([src, tgt], "\t"), 1 << 30)
       targets = tf.gather(tf.stack(rendered), h % len(rendered))
-    return {"targets": targets, "lang": tf.constant(lang), "_ok": tf.logical_and(
-        tf.strings.length(src) > 0, tf.strings.length(tgt) > 0)}
+    return {
+      "targets": targets,
+      "lang": tf.constant(lang),
+      "_ok": tf.logical_and(tf.strings.length(src) > 0, tf.strings.length(tgt) > 0),
+    }
 
   ds = dataset.map(render).filter(lambda ex: ex["_ok"])
   return ds.map(lambda ex: {"targets": ex["targets"], "lang": ex["lang"]})
@@ -176,9 +211,14 @@ def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seq
   return {"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)}
 
 
-def register_task(name: str, source: seqio.DataSource, info: TaskInfo,
-                  preprocessors: Sequence[Callable], vocabulary: seqio.Vocabulary | None = None,
-                  replace: bool = True) -> str:
+def register_task(
+  name: str,
+  source: seqio.DataSource,
+  info: TaskInfo,
+  preprocessors: Sequence[Callable],
+  vocabulary: seqio.Vocabulary | None = None,
+  replace: bool = True,
+) -> str:
   """Register a seqio Task: `preprocessors` must produce {"targets": str, "lang": str};
   tokenizing, eos and the empty-task check are appended here."""
   if name in seqio.TaskRegistry.names():
@@ -186,34 +226,56 @@ def register_task(name: str, source: seqio.DataSource, info: TaskInfo,
       raise ValueError(f"task {name!r} is already registered")
     seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
-      name, source=source, output_features=output_features(vocabulary),
-      preprocessors=[*preprocessors,
-                     functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-                     seqio.preprocessors.append_eos_after_trim,
-                     functools.partial(sources.assert_nonempty, task_name=name)])
+    name,
+    source=source,
+    output_features=output_features(vocabulary),
+    preprocessors=[
+      *preprocessors,
+      functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+      seqio.preprocessors.append_eos_after_trim,
+      functools.partial(sources.assert_nonempty, task_name=name),
+    ],
+  )
   _TASKS[name] = info
   return name
 
 
-def register_mono_task(lang: str, source_name: str, source: seqio.DataSource,
-                       preprocessors: Sequence[Callable] = (), text_key: str = "text",
-                       name: str | None = None, vocabulary: seqio.Vocabulary | None = None,
-                       replace: bool = True) -> str:
+def register_mono_task(
+  lang: str,
+  source_name: str,
+  source: seqio.DataSource,
+  preprocessors: Sequence[Callable] = (),
+  text_key: str = "text",
+  name: str | None = None,
+  vocabulary: seqio.Vocabulary | None = None,
+  replace: bool = True,
+) -> str:
   """A monolingual task from any seqio DataSource; `preprocessors` (optional) map its
   examples to ones holding the document text under `text_key`."""
   check_language(lang, where=f"task {name or mono_task_name(lang, source_name)}")
   name = name or mono_task_name(lang, source_name)
   return register_task(
-      name, source, TaskInfo(name, "mono", (lang,), source_name),
-      [*preprocessors, functools.partial(_to_targets, lang=lang, text_key=text_key)],
-      vocabulary, replace)
+    name,
+    source,
+    TaskInfo(name, "mono", (lang,), source_name),
+    [*preprocessors, functools.partial(_to_targets, lang=lang, text_key=text_key)],
+    vocabulary,
+    replace,
+  )
 
 
-def register_bitext_task(src_lang: str, tgt_lang: str, source_name: str,
-                         source: seqio.DataSource, preprocessors: Sequence[Callable] = (),
-                         templates: Sequence[str] = DEFAULT_BITEXT_TEMPLATES,
-                         direction: str = "both", name: str | None = None,
-                         vocabulary: seqio.Vocabulary | None = None, replace: bool = True) -> str:
+def register_bitext_task(
+  src_lang: str,
+  tgt_lang: str,
+  source_name: str,
+  source: seqio.DataSource,
+  preprocessors: Sequence[Callable] = (),
+  templates: Sequence[str] = DEFAULT_BITEXT_TEMPLATES,
+  direction: str = "both",
+  name: str | None = None,
+  vocabulary: seqio.Vocabulary | None = None,
+  replace: bool = True,
+) -> str:
   """A bilingual task from any seqio DataSource; `preprocessors` map its examples to
   {"src": src_lang text, "tgt": tgt_lang text}."""
   name = name or bitext_task_name(src_lang, tgt_lang, source_name)
@@ -227,18 +289,36 @@ def register_bitext_task(src_lang: str, tgt_lang: str, source_name: str,
     raise ValueError(f"task {name}: direction must be one of {DIRECTIONS}, got {direction!r}")
   if not templates:
     raise ValueError(f"task {name}: give at least one bitext template")
-  render = functools.partial(render_bitext, src_lang=src_lang, tgt_lang=tgt_lang,
-                             templates=tuple(templates), direction=direction)
-  return register_task(name, source, TaskInfo(name, "bitext", (src_lang, tgt_lang),
-                                              source_name),
-                       [*preprocessors, render], vocabulary, replace)
+  render = functools.partial(
+    render_bitext,
+    src_lang=src_lang,
+    tgt_lang=tgt_lang,
+    templates=tuple(templates),
+    direction=direction,
+  )
+  return register_task(
+    name,
+    source,
+    TaskInfo(name, "bitext", (src_lang, tgt_lang), source_name),
+    [*preprocessors, render],
+    vocabulary,
+    replace,
+  )
 
 
-def register_text_task(lang: str, source_name: str,
-                       patterns: str | Sequence[str] | Mapping[str, str | Sequence[str]], *,
-                       fmt: str = "text", text_key: str = "text", on_error: str = "fail",
-                       holdout_every: int | None = None, name: str | None = None,
-                       vocabulary: seqio.Vocabulary | None = None, replace: bool = True) -> str:
+def register_text_task(
+  lang: str,
+  source_name: str,
+  patterns: str | Sequence[str] | Mapping[str, str | Sequence[str]],
+  *,
+  fmt: str = "text",
+  text_key: str = "text",
+  on_error: str = "fail",
+  holdout_every: int | None = None,
+  name: str | None = None,
+  vocabulary: seqio.Vocabulary | None = None,
+  replace: bool = True,
+) -> str:
   """A monolingual task from local files: glob(s) (split "train", or a split->globs mapping).
 
   fmt "text": one document per non-blank line; "jsonl"/"tfrecord": the string field
@@ -249,20 +329,35 @@ def register_text_task(lang: str, source_name: str,
     split_to_pattern = {**split_to_pattern, "validation": split_to_pattern["train"]}
   fields = None if fmt == "text" else {text_key: "text"}
   name = name or mono_task_name(lang, source_name)
-  source = sources.LocalFileSource(split_to_pattern, fmt=fmt, fields=fields,
-                                   on_error=on_error, holdout_every=holdout_every, name=name)
-  return register_mono_task(lang, source_name, source, name=name, vocabulary=vocabulary,
-                            replace=replace)
+  source = sources.LocalFileSource(
+    split_to_pattern,
+    fmt=fmt,
+    fields=fields,
+    on_error=on_error,
+    holdout_every=holdout_every,
+    name=name,
+  )
+  return register_mono_task(
+    lang, source_name, source, name=name, vocabulary=vocabulary, replace=replace
+  )
 
 
-def register_bitext_files_task(src_lang: str, tgt_lang: str, source_name: str,
-                               patterns: str | Sequence[str] | Mapping[str, str | Sequence[str]],
-                               *, fmt: str = "tsv", fields: Mapping[str | int, str] | None = None,
-                               on_error: str = "fail", holdout_every: int | None = None,
-                               templates: Sequence[str] = DEFAULT_BITEXT_TEMPLATES,
-                               direction: str = "both", name: str | None = None,
-                               vocabulary: seqio.Vocabulary | None = None,
-                               replace: bool = True) -> str:
+def register_bitext_files_task(
+  src_lang: str,
+  tgt_lang: str,
+  source_name: str,
+  patterns: str | Sequence[str] | Mapping[str, str | Sequence[str]],
+  *,
+  fmt: str = "tsv",
+  fields: Mapping[str | int, str] | None = None,
+  on_error: str = "fail",
+  holdout_every: int | None = None,
+  templates: Sequence[str] = DEFAULT_BITEXT_TEMPLATES,
+  direction: str = "both",
+  name: str | None = None,
+  vocabulary: seqio.Vocabulary | None = None,
+  replace: bool = True,
+) -> str:
   """A bilingual task from local pair files.
 
   fmt "tsv": column 0 is src, column 1 tgt; "jsonl"/"tfrecord": the fields named by the
@@ -273,14 +368,30 @@ def register_bitext_files_task(src_lang: str, tgt_lang: str, source_name: str,
   if sorted(fields.values()) != ["src", "tgt"]:
     raise ValueError(f"bitext fields must map one key to 'src' and one to 'tgt', got {fields}")
   if fmt == "text":
-    raise ValueError("bitext files: fmt must be tsv, jsonl or tfrecord (for two aligned text "
-                     "files use sources.AlignedTextSource with register_bitext_task)")
+    raise ValueError(
+      "bitext files: fmt must be tsv, jsonl or tfrecord (for two aligned text "
+      "files use sources.AlignedTextSource with register_bitext_task)"
+    )
   split_to_pattern = patterns if isinstance(patterns, Mapping) else {"train": patterns}
   if holdout_every and "validation" not in split_to_pattern:
     split_to_pattern = {**split_to_pattern, "validation": split_to_pattern["train"]}
   name = name or bitext_task_name(src_lang, tgt_lang, source_name)
-  source = sources.LocalFileSource(split_to_pattern, fmt=fmt, fields=fields,
-                                   on_error=on_error, holdout_every=holdout_every, name=name)
-  return register_bitext_task(src_lang, tgt_lang, source_name, source, templates=templates,
-                              direction=direction, name=name, vocabulary=vocabulary,
-                              replace=replace)
+  source = sources.LocalFileSource(
+    split_to_pattern,
+    fmt=fmt,
+    fields=fields,
+    on_error=on_error,
+    holdout_every=holdout_every,
+    name=name,
+  )
+  return register_bitext_task(
+    src_lang,
+    tgt_lang,
+    source_name,
+    source,
+    templates=templates,
+    direction=direction,
+    name=name,
+    vocabulary=vocabulary,
+    replace=replace,
+  )

@@ -55,6 +55,7 @@ class MalformedLine(ValueError):
 
 def _split_filter(ds: tf.data.Dataset, split: str, holdout_every: int | None) -> tf.data.Dataset:
   """Keep the examples of `split` from an enumerated dataset of (index, example)."""
+
   def drop_index(i, ex):
     return ex
 
@@ -78,15 +79,22 @@ class LocalFileSource(seqio.DataSource):
   line as the feature `text_key` ("text").
   """
 
-  def __init__(self, split_to_pattern: Mapping[str, str | Sequence[str]], fmt: str = "text",
-               fields: Mapping[str | int, str] | None = None, text_key: str = "text",
-               on_error: str = "fail", holdout_every: int | None = None, name: str = "",
-               cycle_length: int = 16, block_length: int = 16):
+  def __init__(
+    self,
+    split_to_pattern: Mapping[str, str | Sequence[str]],
+    fmt: str = "text",
+    fields: Mapping[str | int, str] | None = None,
+    text_key: str = "text",
+    on_error: str = "fail",
+    holdout_every: int | None = None,
+    name: str = "",
+    cycle_length: int = 16,
+    block_length: int = 16,
+  ):
     if fmt not in FORMATS:
       raise ValueError(f"{name or 'source'}: format must be one of {FORMATS}, got {fmt!r}")
     if on_error not in ON_ERROR:
-      raise ValueError(f"{name or 'source'}: on_error must be one of {ON_ERROR}, "
-                       f"got {on_error!r}")
+      raise ValueError(f"{name or 'source'}: on_error must be one of {ON_ERROR}, got {on_error!r}")
     if fmt != "text" and not fields:
       raise ValueError(f"{name or 'source'}: format {fmt!r} needs `fields`")
     if holdout_every is not None and holdout_every < 2:
@@ -103,8 +111,10 @@ class LocalFileSource(seqio.DataSource):
     super().__init__(splits=self._split_to_pattern.keys())
 
   def __repr__(self):
-    return (f"LocalFileSource({self._name!r}, {self._fmt}, {self._split_to_pattern}, "
-            f"on_error={self._on_error})")
+    return (
+      f"LocalFileSource({self._name!r}, {self._fmt}, {self._split_to_pattern}, "
+      f"on_error={self._on_error})"
+    )
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -119,8 +129,9 @@ class LocalFileSource(seqio.DataSource):
 
   def _check_split(self, split: str) -> None:
     if split not in self._split_to_pattern:
-      raise ValueError(f"{self._where(split)}: no such split; splits: "
-                       f"{sorted(self._split_to_pattern)}")
+      raise ValueError(
+        f"{self._where(split)}: no such split; splits: {sorted(self._split_to_pattern)}"
+      )
 
   def list_shards(self, split: str) -> Sequence[str]:
     self._check_split(split)
@@ -179,15 +190,19 @@ class LocalFileSource(seqio.DataSource):
     columns = line.split("\t")
     need = max(int(c) for c in self._fields) + 1
     if len(columns) < need:
-      raise MalformedLine(f"{where}: expected at least {need} tab-separated columns, "
-                          f"got {len(columns)}")
+      raise MalformedLine(
+        f"{where}: expected at least {need} tab-separated columns, got {len(columns)}"
+      )
     return {feature: columns[int(col)].encode("utf-8") for col, feature in self._fields.items()}
 
   def _read_python(self, path):
-    signature = (tf.TensorSpec([], tf.int64),
-                 {k: tf.TensorSpec([], tf.string) for k in self._fields.values()})
-    return tf.data.Dataset.from_generator(self._python_records, args=(path,),
-                                          output_signature=signature)
+    signature = (
+      tf.TensorSpec([], tf.int64),
+      {k: tf.TensorSpec([], tf.string) for k in self._fields.values()},
+    )
+    return tf.data.Dataset.from_generator(
+      self._python_records, args=(path,), output_signature=signature
+    )
 
   def _read_tfrecord(self, path):
     description = {str(k): tf.io.FixedLenFeature([], tf.string) for k in self._fields}
@@ -199,25 +214,42 @@ class LocalFileSource(seqio.DataSource):
 
     return tf.data.TFRecordDataset(path).map(parse).enumerate()
 
-  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
-                  use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+  def get_dataset(
+    self,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    *,
+    sequence_length=None,
+    use_cached: bool = False,
+    num_epochs: int | None = 1,
+  ) -> tf.data.Dataset:
     files = self.list_shards(split)
     files_ds = tf.data.Dataset.from_tensor_slices(np.array(files, dtype=str))
     if shard_info:
       if len(files) < shard_info.num_shards:
-        raise ValueError(f"{self._where(split)}: {len(files)} files cannot be split across "
-                         f"{shard_info.num_shards} shards")
+        raise ValueError(
+          f"{self._where(split)}: {len(files)} files cannot be split across "
+          f"{shard_info.num_shards} shards"
+        )
       files_ds = files_ds.shard(shard_info.num_shards, shard_info.index)
     if shuffle:
       files_ds = files_ds.shuffle(len(files), seed=seed)
-    reader = {"text": self._read_text, "jsonl": self._read_python, "tsv": self._read_python,
-              "tfrecord": self._read_tfrecord}[self._fmt]
+    reader = {
+      "text": self._read_text,
+      "jsonl": self._read_python,
+      "tsv": self._read_python,
+      "tfrecord": self._read_tfrecord,
+    }[self._fmt]
     holdout = self._holdout_every if split in ("train", "validation") else None
     return files_ds.interleave(
-        lambda path: _split_filter(reader(path), split, holdout),
-        cycle_length=self._cycle_length, block_length=self._block_length,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      lambda path: _split_filter(reader(path), split, holdout),
+      cycle_length=self._cycle_length,
+      block_length=self._block_length,
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True,
+    )
 
 
 def _count_lines(path: str) -> int:
@@ -231,8 +263,9 @@ class AlignedTextSource(seqio.DataSource):
   suits small corpora such as the built-in sample; for big bitext use TSV/JSONL pairs.
   """
 
-  def __init__(self, src_file: str, tgt_file: str, holdout_every: int | None = None,
-               name: str = ""):
+  def __init__(
+    self, src_file: str, tgt_file: str, holdout_every: int | None = None, name: str = ""
+  ):
     self._src_file, self._tgt_file = src_file, tgt_file
     self._holdout_every = holdout_every
     self._name = name
@@ -249,17 +282,27 @@ class AlignedTextSource(seqio.DataSource):
   def list_shards(self, split: str) -> Sequence[str]:
     return [split]
 
-  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
-                  use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+  def get_dataset(
+    self,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+    *,
+    sequence_length=None,
+    use_cached: bool = False,
+    num_epochs: int | None = 1,
+  ) -> tf.data.Dataset:
     where = f"source {self._name or repr(self)} split {split!r}"
     if split not in self.splits:
       raise ValueError(f"{where}: no such split; splits: {list(self.splits)}")
     src, tgt = (resolve_files(f, where)[0] for f in (self._src_file, self._tgt_file))
     n_src, n_tgt = _count_lines(src), _count_lines(tgt)
     if n_src != n_tgt:
-      raise ValueError(f"{where}: parallel files differ in length: {src} has {n_src} lines, "
-                       f"{tgt} has {n_tgt} lines")
+      raise ValueError(
+        f"{where}: parallel files differ in length: {src} has {n_src} lines, "
+        f"{tgt} has {n_tgt} lines"
+      )
     ds = tf.data.Dataset.zip(tf.data.TextLineDataset(src), tf.data.TextLineDataset(tgt))
     ds = ds.map(lambda s, t: {"src": s, "tgt": t}).enumerate()
     ds = _split_filter(ds, split, self._holdout_every)
@@ -291,8 +334,11 @@ def assert_nonempty(dataset: tf.data.Dataset, task_name: str, split: str = "") -
     return n + tf.cast(tf.logical_not(last), tf.int64), (ex, last, n)
 
   # No quotes: TF escapes them in the error text.
-  message = (f"Task {task_name}" + (f" split {split}" if split else "")
-             + " yielded no examples: its source is empty or its preprocessors drop all")
+  message = (
+    f"Task {task_name}"
+    + (f" split {split}" if split else "")
+    + " yielded no examples: its source is empty or its preprocessors drop all"
+  )
 
   def check(ex, last, n):
     ok = tf.logical_or(tf.logical_not(last), n > 0)

@@ -47,48 +47,61 @@ class Template:
 
   def __post_init__(self):
     object.__setattr__(self, "choices", tuple(self.choices))
-    object.__setattr__(self, "lookups", {k: (v[0], dict(v[1])) for k, v in
-                                         dict(self.lookups).items()})
+    object.__setattr__(
+      self, "lookups", {k: (v[0], dict(v[1])) for k, v in dict(self.lookups).items()}
+    )
 
 
 # Record fields each template family may use (after normalisation in tasks/benchmark.py).
 FIELDS: dict[str, tuple[str, ...]] = {
-    "xnli": ("premise", "hypothesis"),
-    "pawsx": ("sentence1", "sentence2"),
-    "xcopa": ("premise", "premise_clause", "question", "choice1", "choice2", "choice1_clause",
-              "choice2_clause"),
-    "xwinograd": ("sentence", "option1", "option2", "sentence1", "sentence2"),
-    "tydiqa": ("title", "context", "question", "answer"),
-    "mtg_story": ("src", "tgt"),
-    "mtg_question": ("src", "tgt"),
-    "mtg_title": ("src", "tgt"),
-    "translation": ("src", "tgt", "src_name", "tgt_name", "src_code", "tgt_code"),
+  "xnli": ("premise", "hypothesis"),
+  "pawsx": ("sentence1", "sentence2"),
+  "xcopa": (
+    "premise",
+    "premise_clause",
+    "question",
+    "choice1",
+    "choice2",
+    "choice1_clause",
+    "choice2_clause",
+  ),
+  "xwinograd": ("sentence", "option1", "option2", "sentence1", "sentence2"),
+  "tydiqa": ("title", "context", "question", "answer"),
+  "mtg_story": ("src", "tgt"),
+  "mtg_question": ("src", "tgt"),
+  "mtg_title": ("src", "tgt"),
+  "translation": ("src", "tgt", "src_name", "tgt_name", "src_code", "tgt_code"),
 }
 # Rank families and their number of classes (choices must match it).
 NUM_CHOICES = {"xnli": 3, "pawsx": 2, "xcopa": 2, "xwinograd": 2}
 
 _DEFAULTS: dict[str, Template] = {
-    # XNLI labels: 0 entailment, 1 neutral, 2 contradiction.
-    "xnli": Template(prompt="{premise}\nQuestion: {hypothesis} True, Neither or False?\nAnswer:",
-                     choices=(" True", " Neither", " False")),
-    # PAWS-X labels: 0 different meaning, 1 paraphrase.
-    "pawsx": Template(prompt="Sentence 1: {sentence1}\nSentence 2: {sentence2}\nQuestion: Do "
-                             "Sentence 1 and Sentence 2 mean the same thing? Yes or No?\nAnswer:",
-                      choices=(" No", " Yes")),
-    # XCOPA: "<premise without final period> because|therefore <alternative>".
-    "xcopa": Template(prompt="{premise_clause} {connective}",
-                      choices=(" {choice1_clause}", " {choice2_clause}"),
-                      lookups={"connective": ("question", {"cause": "because",
-                                                           "effect": "therefore"})}),
-    # XWinograd: the likelihood of each completed sentence ("_" replaced by an option).
-    "xwinograd": Template(prompt="", choices=("{sentence1}", "{sentence2}"), separator="\n"),
-    "tydiqa": Template(prompt="{context}\nQuestion: {question}\nAnswer:", target=" {answer}"),
-    "mtg_story": Template(prompt="Story beginning: {src}\nStory continuation:", target=" {tgt}"),
-    "mtg_question": Template(prompt="Passage: {src}\nQuestion about the passage:",
-                             target=" {tgt}"),
-    "mtg_title": Template(prompt="Article: {src}\nTitle:", target=" {tgt}"),
-    "translation": Template(prompt="Translate the following {src_name} text into {tgt_name}.\n"
-                                   "{src}\n", target="{tgt}"),
+  # XNLI labels: 0 entailment, 1 neutral, 2 contradiction.
+  "xnli": Template(
+    prompt="{premise}\nQuestion: {hypothesis} True, Neither or False?\nAnswer:",
+    choices=(" True", " Neither", " False"),
+  ),
+  # PAWS-X labels: 0 different meaning, 1 paraphrase.
+  "pawsx": Template(
+    prompt="Sentence 1: {sentence1}\nSentence 2: {sentence2}\nQuestion: Do "
+    "Sentence 1 and Sentence 2 mean the same thing? Yes or No?\nAnswer:",
+    choices=(" No", " Yes"),
+  ),
+  # XCOPA: "<premise without final period> because|therefore <alternative>".
+  "xcopa": Template(
+    prompt="{premise_clause} {connective}",
+    choices=(" {choice1_clause}", " {choice2_clause}"),
+    lookups={"connective": ("question", {"cause": "because", "effect": "therefore"})},
+  ),
+  # XWinograd: the likelihood of each completed sentence ("_" replaced by an option).
+  "xwinograd": Template(prompt="", choices=("{sentence1}", "{sentence2}"), separator="\n"),
+  "tydiqa": Template(prompt="{context}\nQuestion: {question}\nAnswer:", target=" {answer}"),
+  "mtg_story": Template(prompt="Story beginning: {src}\nStory continuation:", target=" {tgt}"),
+  "mtg_question": Template(prompt="Passage: {src}\nQuestion about the passage:", target=" {tgt}"),
+  "mtg_title": Template(prompt="Article: {src}\nTitle:", target=" {tgt}"),
+  "translation": Template(
+    prompt="Translate the following {src_name} text into {tgt_name}.\n{src}\n", target="{tgt}"
+  ),
 }
 
 _templates: dict[str, Template] = dict(_DEFAULTS)
@@ -104,38 +117,49 @@ def check_template(family: str, template: Template) -> Template:
   if family not in FIELDS:
     raise ValueError(f"unknown template family {family!r}; known: {sorted(FIELDS)}")
   known = set(FIELDS[family]) | set(template.lookups)
-  parts = {"prompt": template.prompt, "target": template.target,
-           "instruction": template.instruction,
-           **{f"choices[{i}]": c for i, c in enumerate(template.choices)}}
+  parts = {
+    "prompt": template.prompt,
+    "target": template.target,
+    "instruction": template.instruction,
+    **{f"choices[{i}]": c for i, c in enumerate(template.choices)},
+  }
   for part, text in parts.items():
     if not isinstance(text, str):
       raise ValueError(f"template {family!r}: {part} must be a string, got {text!r}")
     try:
       used = format_fields(text)
     except ValueError as e:
-      raise ValueError(f"template {family!r}: {part} {text!r} is not a valid format string: "
-                       f"{e}") from None
+      raise ValueError(
+        f"template {family!r}: {part} {text!r} is not a valid format string: {e}"
+      ) from None
     unknown = sorted(set(used) - known)
     if unknown:
-      raise ValueError(f"template {family!r}: {part} {text!r} uses unknown field(s) {unknown}; "
-                       f"known: {sorted(known)}")
+      raise ValueError(
+        f"template {family!r}: {part} {text!r} uses unknown field(s) {unknown}; "
+        f"known: {sorted(known)}"
+      )
     if part == "instruction" and used:
       raise ValueError(f"template {family!r}: instruction {text!r} must not use fields")
   for name, (source, table) in template.lookups.items():
     if source not in FIELDS[family]:
-      raise ValueError(f"template {family!r}: lookup {name!r} reads unknown field {source!r}; "
-                       f"known: {list(FIELDS[family])}")
+      raise ValueError(
+        f"template {family!r}: lookup {name!r} reads unknown field {source!r}; "
+        f"known: {list(FIELDS[family])}"
+      )
   if family in NUM_CHOICES:
     if len(template.choices) != NUM_CHOICES[family]:
-      raise ValueError(f"template {family!r}: needs {NUM_CHOICES[family]} choices (one per "
-                       f"label, in label order), got {len(template.choices)}")
+      raise ValueError(
+        f"template {family!r}: needs {NUM_CHOICES[family]} choices (one per "
+        f"label, in label order), got {len(template.choices)}"
+      )
     if not template.prompt and not template.choices[0]:
       raise ValueError(f"template {family!r}: prompt and choices are empty")
   elif template.choices:
     raise ValueError(f"template {family!r}: a generation task takes no choices")
   if template.score not in SCORE_MODES:
-    raise ValueError(f"template {family!r}: score must be one of {SCORE_MODES}, "
-                     f"got {template.score!r}")
+    raise ValueError(
+      f"template {family!r}: score must be one of {SCORE_MODES}, got {template.score!r}"
+    )
   return template
 
 
@@ -150,8 +174,10 @@ def set_template(family: str, template: Template | None = None, **changes: Any) 
   base = template if template is not None else get_template(family)
   unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(Template)})
   if unknown:
-    raise ValueError(f"template {family!r}: unknown part(s) {unknown}; known: "
-                     f"{[f.name for f in dataclasses.fields(Template)]}")
+    raise ValueError(
+      f"template {family!r}: unknown part(s) {unknown}; known: "
+      f"{[f.name for f in dataclasses.fields(Template)]}"
+    )
   new = check_template(family, dataclasses.replace(base, **changes))
   _templates[family] = new
   return new
@@ -162,8 +188,7 @@ def apply_overrides(overrides: Mapping[str, Mapping[str, Any]]) -> None:
   checked = {}
   for family, changes in overrides.items():
     if not isinstance(changes, Mapping):
-      raise ValueError(f"template override for {family!r} must be a dict of parts, "
-                       f"got {changes!r}")
+      raise ValueError(f"template override for {family!r} must be a dict of parts, got {changes!r}")
     base = get_template(family)
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(Template)})
     if unknown:
@@ -191,8 +216,10 @@ def with_lookups(template: Template, fields: Mapping[str, Any], where: str) -> d
   for name, (source, table) in template.lookups.items():
     value = fields.get(source)
     if value not in table:
-      raise ValueError(f"{where}: field {source!r} is {value!r}, which the template's lookup "
-                       f"{name!r} does not map; known values: {sorted(table)}")
+      raise ValueError(
+        f"{where}: field {source!r} is {value!r}, which the template's lookup "
+        f"{name!r} does not map; known values: {sorted(table)}"
+      )
     out[name] = table[value]
   return out
 

@@ -18,9 +18,15 @@ from typing import Any
 
 
 def completion(content: str) -> bytes:
-  return json.dumps({"id": "x", "object": "chat.completion", "choices": [
-      {"index": 0, "message": {"role": "assistant", "content": content},
-       "finish_reason": "stop"}]}).encode()
+  return json.dumps(
+    {
+      "id": "x",
+      "object": "chat.completion",
+      "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+      ],
+    }
+  ).encode()
 
 
 def ok(content: str) -> tuple:
@@ -40,8 +46,9 @@ def slow(seconds: float, then: tuple) -> tuple:
 
 
 class FakeOpenAI:
-  def __init__(self, script: list[tuple] = (), default: Callable[[dict], tuple] | tuple | None
-               = None):
+  def __init__(
+    self, script: list[tuple] = (), default: Callable[[dict], tuple] | tuple | None = None
+  ):
     self.script = list(script)
     self.default = default
     self.requests: list[dict[str, Any]] = []
@@ -59,8 +66,7 @@ class FakeOpenAI:
         except json.JSONDecodeError:
           payload = None
         with outer._lock:
-          outer.requests.append({"path": self.path, "headers": dict(self.headers),
-                                 "json": payload})
+          outer.requests.append({"path": self.path, "headers": dict(self.headers), "json": payload})
           if outer.script:
             _, code, out, delay = outer.script.pop(0)
           else:

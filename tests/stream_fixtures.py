@@ -19,85 +19,93 @@ VOCAB = seqio.PassThroughVocabulary(size=1 << 20, eos_id=EOS)
 FEATURES = {"targets": seqio.Feature(VOCAB, add_eos=True, dtype=tf.int32)}
 
 
-def make_docs(first_id: int, n: int, min_len: int = 3, max_len: int = 40,
-              seed: int = 0) -> list[list[int]]:
-    rng = np.random.default_rng(seed + first_id)
-    docs = []
-    for k in range(n):
-        length = int(rng.integers(min_len, max_len + 1))
-        body = rng.integers(0, 900, size=length - 1)
-        body[body == EOS] = 0
-        docs.append([first_id + k] + body.tolist())
-    return docs
+def make_docs(
+  first_id: int, n: int, min_len: int = 3, max_len: int = 40, seed: int = 0
+) -> list[list[int]]:
+  rng = np.random.default_rng(seed + first_id)
+  docs = []
+  for k in range(n):
+    length = int(rng.integers(min_len, max_len + 1))
+    body = rng.integers(0, 900, size=length - 1)
+    body[body == EOS] = 0
+    docs.append([first_id + k] + body.tolist())
+  return docs
 
 
 def _ragged_ds(docs: Sequence[Sequence[int]]) -> tf.data.Dataset:
-    lens = [len(d) for d in docs]
-    flat = np.array([t for d in docs for t in d], np.int32)
-    rt = tf.RaggedTensor.from_row_lengths(flat, np.array(lens, np.int64))
-    return tf.data.Dataset.from_tensor_slices(rt).map(_as_example)
+  lens = [len(d) for d in docs]
+  flat = np.array([t for d in docs for t in d], np.int32)
+  rt = tf.RaggedTensor.from_row_lengths(flat, np.array(lens, np.int64))
+  return tf.data.Dataset.from_tensor_slices(rt).map(_as_example)
 
 
 @tf.autograph.experimental.do_not_convert
 def _as_example(x):
-    return {"targets": x}
+  return {"targets": x}
 
 
 def register_int_task(name: str, splits: Mapping[str, Sequence[Sequence[int]]]) -> str:
-    """A FunctionDataSource task (one 'file': host sharding happens at the examples)."""
-    seqio.TaskRegistry.remove(name)
+  """A FunctionDataSource task (one 'file': host sharding happens at the examples)."""
+  seqio.TaskRegistry.remove(name)
 
-    def dataset_fn(split, shuffle_files, seed=None):
-        del shuffle_files, seed
-        return _ragged_ds(splits[split])
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed
+    return _ragged_ds(splits[split])
 
-    seqio.TaskRegistry.add(
-        name, source=seqio.FunctionDataSource(dataset_fn, splits=list(splits)),
-        preprocessors=[seqio.preprocessors.append_eos], output_features=FEATURES)
-    return name
+  seqio.TaskRegistry.add(
+    name,
+    source=seqio.FunctionDataSource(dataset_fn, splits=list(splits)),
+    preprocessors=[seqio.preprocessors.append_eos],
+    output_features=FEATURES,
+  )
+  return name
 
 
 @tf.autograph.experimental.do_not_convert
 def _parse_line(line):
-    return {"targets": tf.strings.to_number(tf.strings.split(line), tf.int32)}
+  return {"targets": tf.strings.to_number(tf.strings.split(line), tf.int32)}
 
 
 def _parse(ds):
-    return ds.map(_parse_line)
+  return ds.map(_parse_line)
 
 
-def register_file_task(name: str, directory: str, docs: Sequence[Sequence[int]],
-                       num_files: int) -> str:
-    """A TextLineDataSource task over `num_files` files (host sharding by whole files)."""
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for f in range(num_files):
-        path = os.path.join(directory, f"{name}-{f:05d}-of-{num_files:05d}.txt")
-        with open(path, "w") as fh:
-            for d in docs[f::num_files]:
-                fh.write(" ".join(map(str, d)) + "\n")
-        paths.append(path)
-    seqio.TaskRegistry.remove(name)
-    seqio.TaskRegistry.add(
-        name, source=seqio.TextLineDataSource({"train": paths}),
-        preprocessors=[_parse, seqio.preprocessors.append_eos], output_features=FEATURES)
-    return name
+def register_file_task(
+  name: str, directory: str, docs: Sequence[Sequence[int]], num_files: int
+) -> str:
+  """A TextLineDataSource task over `num_files` files (host sharding by whole files)."""
+  os.makedirs(directory, exist_ok=True)
+  paths = []
+  for f in range(num_files):
+    path = os.path.join(directory, f"{name}-{f:05d}-of-{num_files:05d}.txt")
+    with open(path, "w") as fh:
+      for d in docs[f::num_files]:
+        fh.write(" ".join(map(str, d)) + "\n")
+    paths.append(path)
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+    name,
+    source=seqio.TextLineDataSource({"train": paths}),
+    preprocessors=[_parse, seqio.preprocessors.append_eos],
+    output_features=FEATURES,
+  )
+  return name
 
 
 def split_docs(tokens: np.ndarray) -> list[tuple[int, ...]]:
-    """Cut a token stream after every eos (a trailing partial document comes last)."""
-    out, cur = [], []
-    for t in tokens.tolist():
-        cur.append(t)
-        if t == EOS:
-            out.append(tuple(cur))
-            cur = []
-    if cur:
-        out.append(tuple(cur))
-    return out
+  """Cut a token stream after every eos (a trailing partial document comes last)."""
+  out, cur = [], []
+  for t in tokens.tolist():
+    cur.append(t)
+    if t == EOS:
+      out.append(tuple(cur))
+      cur = []
+  if cur:
+    out.append(tuple(cur))
+  return out
 
 
 def stream_tokens(batches: Sequence[dict]) -> np.ndarray:
-    """Reassemble the flat token stream from consecutive batches (rows overlap by one)."""
-    first = batches[0]["inputs"][0, :1]
-    return np.concatenate([first] + [b["targets"].reshape(-1) for b in batches])
+  """Reassemble the flat token stream from consecutive batches (rows overlap by one)."""
+  first = batches[0]["inputs"][0, :1]
+  return np.concatenate([first] + [b["targets"].reshape(-1) for b in batches])

@@ -15,16 +15,26 @@ from polylm_jax.model import init_params
 from tasks import benchmark, benchmark_data, benchmark_demo, templates
 
 EXPECTED_METRICS = {
-    "accuracy": {"accuracy"}, "squad": {"f1", "exact_match"},
-    "rouge": {"rouge1", "rouge2", "rougeL"}, "translation": {"bleu", "chrf"}}
+  "accuracy": {"accuracy"},
+  "squad": {"f1", "exact_match"},
+  "rouge": {"rouge1", "rouge2", "rougeL"},
+  "translation": {"bleu", "chrf"},
+}
 # One language per family (both XWinograd formats, both translation directions), 0 and 1 shot.
 END_TO_END = [
-    "polylm_eval_xnli_de_1shot", "polylm_eval_xnli_sw_0shot", "polylm_eval_pawsx_ja_1shot",
-    "polylm_eval_xcopa_zh_1shot", "polylm_eval_xwinograd_zh_1shot",
-    "polylm_eval_xwinograd_ja_0shot", "polylm_eval_tydiqa_ko_1shot",
-    "polylm_eval_mtg_story_en_0shot", "polylm_eval_mtg_question_fr_1shot",
-    "polylm_eval_mtg_title_es_0shot", "polylm_eval_wmt20_ja_en_1shot",
-    "polylm_eval_wmt20_en_de_0shot", "polylm_eval_flores_en_th_0shot",
+  "polylm_eval_xnli_de_1shot",
+  "polylm_eval_xnli_sw_0shot",
+  "polylm_eval_pawsx_ja_1shot",
+  "polylm_eval_xcopa_zh_1shot",
+  "polylm_eval_xwinograd_zh_1shot",
+  "polylm_eval_xwinograd_ja_0shot",
+  "polylm_eval_tydiqa_ko_1shot",
+  "polylm_eval_mtg_story_en_0shot",
+  "polylm_eval_mtg_question_fr_1shot",
+  "polylm_eval_mtg_title_es_0shot",
+  "polylm_eval_wmt20_ja_en_1shot",
+  "polylm_eval_wmt20_en_de_0shot",
+  "polylm_eval_flores_en_th_0shot",
 ]
 
 
@@ -47,8 +57,9 @@ def end_to_end(demo_root):
   config = get_config("polylm_tiny", vocab_size=vocab.vocab_size, max_len=128)
   params = init_params(config, jax.random.key(1))
   with benchmark_demo.mock_tfds(4):
-    return evaluation.evaluate(config, params, vocab, END_TO_END, max_examples=3,
-                               max_new_tokens=4, batch_size=4)
+    return evaluation.evaluate(
+      config, params, vocab, END_TO_END, max_examples=3, max_new_tokens=4, batch_size=4
+    )
 
 
 @pytest.mark.parametrize("name", END_TO_END)
@@ -77,13 +88,15 @@ def test_zero_and_k_shot_variants_are_registered(demo_root):
   assert benchmark.resolve("polylm_eval_xcopa_it_7shot") == ["polylm_eval_xcopa_it_7shot"]
   assert benchmark.get_task("polylm_eval_xcopa_it_7shot").shots == 7
   assert benchmark.resolve_all("polylm_eval_xcopa_it_0shot, polylm_eval_xcopa_it_0shot") == [
-      "polylm_eval_xcopa_it_0shot"]
+    "polylm_eval_xcopa_it_0shot"
+  ]
   with pytest.raises(ValueError, match="unknown task or mixture"):
     benchmark.resolve("polylm_eval_nosuch_0shot")
   with pytest.raises(ValueError, match="unknown task or mixture 'xnli'"):
     benchmark.resolve("xnli")
-  with pytest.raises(ValueError, match="benchmark mtg_story has no language 'it'; languages: "
-                                       "en, de, fr, es"):
+  with pytest.raises(
+    ValueError, match="benchmark mtg_story has no language 'it'; languages: en, de, fr, es"
+  ):
     benchmark.resolve("polylm_eval_mtg_story_it_0shot")
 
 
@@ -98,8 +111,14 @@ def _write_jsonl(path, records):
 
 
 def _copa(tag, i, label=0, question="cause"):
-  return {"premise": f"{tag} premise {i}.", "choice1": f"{tag} First {i}.",
-          "choice2": f"{tag} Second {i}.", "question": question, "label": label, "idx": i}
+  return {
+    "premise": f"{tag} premise {i}.",
+    "choice1": f"{tag} First {i}.",
+    "choice2": f"{tag} Second {i}.",
+    "question": question,
+    "label": label,
+    "idx": i,
+  }
 
 
 @pytest.fixture
@@ -122,8 +141,9 @@ def test_k_shot_demonstrations_come_from_the_demo_split(xcopa_dir):
   # A demonstration shows its gold alternative (VAL labels are 1 - i % 2).
   demo = examples[0].prompt.split("\n\n")[0]
   j = int(demo.split("premise ")[1].split(" ")[0])
-  assert demo == f"VAL premise {j} because " + (f"vAL Second {j}." if j % 2 == 0
-                                                 else f"vAL First {j}.")
+  assert demo == f"VAL premise {j} because " + (
+    f"vAL Second {j}." if j % 2 == 0 else f"vAL First {j}."
+  )
 
 
 def test_k_shot_draws_are_reproducible_and_seeded(xcopa_dir, monkeypatch):
@@ -142,8 +162,15 @@ def test_max_examples_takes_the_first(xcopa_dir):
 
 
 def test_xwinograd_excludes_the_example_from_its_demonstrations(tmp_path, monkeypatch):
-  rows = [{"sentence": f"Sentence {i} with _ here.", "option1": f"A{i}", "option2": f"B{i}",
-           "answer": "2" if i % 2 else "1"} for i in range(3)]
+  rows = [
+    {
+      "sentence": f"Sentence {i} with _ here.",
+      "option1": f"A{i}",
+      "option2": f"B{i}",
+      "answer": "2" if i % 2 else "1",
+    }
+    for i in range(3)
+  ]
   _write_jsonl(str(tmp_path / "en" / "test.jsonl"), rows)
   monkeypatch.setitem(benchmark._settings, "paths", {"xwinograd": str(tmp_path)})
   examples = benchmark.load_examples("polylm_eval_xwinograd_en_2shot")
@@ -152,22 +179,31 @@ def test_xwinograd_excludes_the_example_from_its_demonstrations(tmp_path, monkey
     assert own not in ex.prompt
     others = [f"Sentence {j} with {'B' if j % 2 else 'A'}{j} here." for j in range(3) if j != i]
     assert sorted(ex.prompt.strip().split("\n")) == sorted(others)
-  with pytest.raises(ValueError, match=r"polylm_eval_xwinograd_en_3shot: k=3 .*test.jsonl.* has "
-                                       r"only 2 besides the example itself"):
+  with pytest.raises(
+    ValueError,
+    match=r"polylm_eval_xwinograd_en_3shot: k=3 .*test.jsonl.* has "
+    r"only 2 besides the example itself",
+  ):
     benchmark.load_examples("polylm_eval_xwinograd_en_3shot")
 
 
 def test_k_larger_than_the_demonstrations(xcopa_dir):
-  with pytest.raises(ValueError, match=r"polylm_eval_xcopa_it_9shot: k=9 demonstrations "
-                                       r"requested but .*'validation'.*val\.it\.jsonl.* only 6"):
+  with pytest.raises(
+    ValueError,
+    match=r"polylm_eval_xcopa_it_9shot: k=9 demonstrations "
+    r"requested but .*'validation'.*val\.it\.jsonl.* only 6",
+  ):
     benchmark.load_examples("polylm_eval_xcopa_it_9shot")
 
 
 def test_missing_split(xcopa_dir):
   os.remove(xcopa_dir / "it" / "val.it.jsonl")
   assert len(benchmark.load_examples("polylm_eval_xcopa_it_0shot")) == 4  # needs no demos
-  with pytest.raises(FileNotFoundError, match=r"polylm_eval_xcopa_it_1shot: split 'validation'"
-                                              r": XCOPA file not found: .*val\.it\.jsonl"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"polylm_eval_xcopa_it_1shot: split 'validation'"
+    r": XCOPA file not found: .*val\.it\.jsonl",
+  ):
     benchmark.load_examples("polylm_eval_xcopa_it_1shot")
 
 
@@ -175,26 +211,40 @@ def test_missing_data_dir(monkeypatch):
   monkeypatch.setitem(benchmark._settings, "data_dir", None)
   monkeypatch.setitem(benchmark._settings, "paths", {})
   monkeypatch.delenv("POLYLM_EVAL_DATA_DIR", raising=False)
-  with pytest.raises(FileNotFoundError, match="polylm_eval_mtg_story_en_0shot reads local files"
-                                              ".*EVAL_DATA_DIR"):
+  with pytest.raises(
+    FileNotFoundError, match="polylm_eval_mtg_story_en_0shot reads local files.*EVAL_DATA_DIR"
+  ):
     benchmark.load_examples("polylm_eval_mtg_story_en_0shot")
 
 
-@pytest.mark.parametrize("line, message", [
+@pytest.mark.parametrize(
+  "line, message",
+  [
     ('{"premise": "p", "choice1": "a"', r"line 2: malformed record: invalid JSON"),
     ('["a list"]', r"line 2: malformed record: expected a JSON object"),
-    ('{"premise": "p", "choice1": "a", "question": "cause", "label": 0}',
-     r"line 2: malformed record: field 'choice2' must be a string, is missing"),
-    ('{"premise": "p", "choice1": "a", "choice2": 3, "question": "cause", "label": 0}',
-     r"line 2: malformed record: field 'choice2' must be a string, is a int"),
-    ('{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 2}',
-     r"line 2: field 'label' is 2, a label not in the xcopa verbaliser \(known labels: 0, 1\)"),
-    ('{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause"}',
-     r"line 2: malformed record: field 'label' is missing"),
-    ('{"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 1}',
-     r"line 2: field 'question' is 'why', which the template's lookup 'connective' does not "
-     r"map; known values: \['cause', 'effect'\]"),
-])
+    (
+      '{"premise": "p", "choice1": "a", "question": "cause", "label": 0}',
+      r"line 2: malformed record: field 'choice2' must be a string, is missing",
+    ),
+    (
+      '{"premise": "p", "choice1": "a", "choice2": 3, "question": "cause", "label": 0}',
+      r"line 2: malformed record: field 'choice2' must be a string, is a int",
+    ),
+    (
+      '{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 2}',
+      r"line 2: field 'label' is 2, a label not in the xcopa verbaliser \(known labels: 0, 1\)",
+    ),
+    (
+      '{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause"}',
+      r"line 2: malformed record: field 'label' is missing",
+    ),
+    (
+      '{"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 1}',
+      r"line 2: field 'question' is 'why', which the template's lookup 'connective' does not "
+      r"map; known values: \['cause', 'effect'\]",
+    ),
+  ],
+)
 def test_bad_records_name_task_file_and_field(xcopa_dir, line, message):
   path = xcopa_dir / "it" / "test.it.jsonl"
   _write_jsonl(str(path), [_copa("TEST", 0), line])
@@ -206,22 +256,32 @@ def test_bad_xwinograd_records(tmp_path, monkeypatch):
   monkeypatch.setitem(benchmark._settings, "paths", {"xwinograd": str(tmp_path)})
   path = tmp_path / "fr" / "test.jsonl"
   _write_jsonl(str(path), [{"sentence": "A _ b.", "option1": "x", "option2": "y", "answer": "3"}])
-  with pytest.raises(ValueError, match=r"test\.jsonl line 1: field 'answer' is '3', a label not "
-                                       r"in the xwinograd verbaliser"):
+  with pytest.raises(
+    ValueError,
+    match=r"test\.jsonl line 1: field 'answer' is '3', a label not "
+    r"in the xwinograd verbaliser",
+  ):
     benchmark.load_examples("polylm_eval_xwinograd_fr_0shot")
-  _write_jsonl(str(path), [{"sentence": "No blank.", "option1": "x", "option2": "y",
-                            "answer": "1"}])
+  _write_jsonl(
+    str(path), [{"sentence": "No blank.", "option1": "x", "option2": "y", "answer": "1"}]
+  )
   with pytest.raises(ValueError, match="field 'sentence' must contain exactly one '_'"):
     benchmark.load_examples("polylm_eval_xwinograd_fr_0shot")
   os.remove(path)
   with open(tmp_path / "fr" / "test.tsv", "w") as f:
     f.write("sentence\toption1\toption2\tanswer\nA _ b.\tx\n")
-  with pytest.raises(ValueError, match=r"test\.tsv line 2: malformed record: 2 columns, the "
-                                       r"header has 4"):
+  with pytest.raises(
+    ValueError,
+    match=r"test\.tsv line 2: malformed record: 2 columns, the "
+    r"header has 4",
+  ):
     benchmark.load_examples("polylm_eval_xwinograd_fr_0shot")
   os.remove(tmp_path / "fr" / "test.tsv")
-  with pytest.raises(FileNotFoundError, match=r"split 'test': XWinograd file not found; "
-                                              r"expected one of: .*test\.jsonl, .*test\.tsv"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"split 'test': XWinograd file not found; "
+    r"expected one of: .*test\.jsonl, .*test\.tsv",
+  ):
     benchmark.load_examples("polylm_eval_xwinograd_fr_0shot")
 
 
@@ -229,9 +289,12 @@ def test_parallel_files_of_different_lengths(tmp_path, monkeypatch):
   monkeypatch.setitem(benchmark._settings, "paths", {"flores": str(tmp_path)})
   for code, lines in (("eng_Latn", ["a", "b", "c"]), ("deu_Latn", ["x", "y"])):
     _write_jsonl(str(tmp_path / "devtest" / f"{code}.devtest"), lines)
-  with pytest.raises(ValueError, match=r"polylm_eval_flores_en_de_0shot: parallel files differ "
-                                       r"in length: .*eng_Latn\.devtest has 3 segments, "
-                                       r".*deu_Latn\.devtest has 2"):
+  with pytest.raises(
+    ValueError,
+    match=r"polylm_eval_flores_en_de_0shot: parallel files differ "
+    r"in length: .*eng_Latn\.devtest has 3 segments, "
+    r".*deu_Latn\.devtest has 2",
+  ):
     benchmark.load_examples("polylm_eval_flores_en_de_0shot")
 
 
@@ -259,8 +322,11 @@ def test_tfds_tasks_read_the_right_language(demo_root, tfds_mock):
   assert benchmark_demo.sample_lines("ko")[0] in ex.prompt
   # TyDiQA demonstrations: train examples of the same language only.
   examples = benchmark.load_examples("polylm_eval_tydiqa_ko_3shot")
-  korean = {r["context"] for r in benchmark_demo.tfds_examples("tydi_qa/goldp", "train", 4)
-            if r["id"].startswith("korean-")}
+  korean = {
+    r["context"]
+    for r in benchmark_demo.tfds_examples("tydi_qa/goldp", "train", 4)
+    if r["id"].startswith("korean-")
+  }
   for ex in examples:
     demos = ex.prompt.split("\n\n")[:-1]
     assert len(demos) == 3 and all(d.split("\nQuestion:")[0] in korean for d in demos)
@@ -269,9 +335,12 @@ def test_tfds_tasks_read_the_right_language(demo_root, tfds_mock):
 
 def test_tfds_not_prepared(tmp_path, monkeypatch):
   monkeypatch.setitem(benchmark._settings, "tfds_data_dir", str(tmp_path))
-  with pytest.raises(FileNotFoundError, match=r"polylm_eval_pawsx_de_0shot: TFDS dataset "
-                                              r"paws_x_wiki/de:1\.0\.0 split 'test' is not "
-                                              r"available"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"polylm_eval_pawsx_de_0shot: TFDS dataset "
+    r"paws_x_wiki/de:1\.0\.0 split 'test' is not "
+    r"available",
+  ):
     benchmark.load_examples("polylm_eval_pawsx_de_0shot")
 
 
@@ -294,12 +363,18 @@ def test_seqio_task_features(demo_root):
 def test_seqio_metric_fns_of_generation_tasks(demo_root):
   task = seqio.get_mixture_or_task("polylm_eval_flores_en_de_0shot")
   examples = benchmark.load_examples("polylm_eval_flores_en_de_0shot")
-  targets = [task.postprocess_fn(b"", example={"references": [r.encode() for r in ex.references]},
-                                 is_target=True) for ex in examples]
+  targets = [
+    task.postprocess_fn(
+      b"", example={"references": [r.encode() for r in ex.references]}, is_target=True
+    )
+    for ex in examples
+  ]
   predictions = [task.postprocess_fn((ex.references[0] + "\nextra").encode()) for ex in examples]
   (metric_fn,) = task.metric_fns
-  assert metric_fn(targets, predictions) == {"bleu": pytest.approx(100.0),
-                                             "chrf": pytest.approx(100.0)}
+  assert metric_fn(targets, predictions) == {
+    "bleu": pytest.approx(100.0),
+    "chrf": pytest.approx(100.0),
+  }
 
 
 # -- templates ----------------------------------------------------------------------------
@@ -307,8 +382,9 @@ def test_seqio_metric_fns_of_generation_tasks(demo_root):
 
 def test_template_overrides_change_prompts(xcopa_dir):
   try:
-    templates.apply_overrides({"xcopa": {"prompt": "{premise} [{connective}]",
-                                         "choices": [" <{choice1}>", " <{choice2}>"]}})
+    templates.apply_overrides(
+      {"xcopa": {"prompt": "{premise} [{connective}]", "choices": [" <{choice1}>", " <{choice2}>"]}}
+    )
     (ex, *_) = benchmark.load_examples("polylm_eval_xcopa_it_0shot")
     assert ex.prompt == "TEST premise 0. [because]"
     assert ex.choices == (" <TEST First 0.>", " <TEST Second 0.>")
@@ -318,8 +394,11 @@ def test_template_overrides_change_prompts(xcopa_dir):
 
 
 def test_bad_templates():
-  with pytest.raises(ValueError, match=r"template 'xnli': prompt '\{premis\}' uses unknown "
-                                       r"field\(s\) \['premis'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"template 'xnli': prompt '\{premis\}' uses unknown "
+    r"field\(s\) \['premis'\]",
+  ):
     templates.set_template("xnli", prompt="{premis}")
   with pytest.raises(ValueError, match="template 'xnli': needs 3 choices"):
     templates.set_template("xnli", choices=(" yes", " no"))

@@ -18,6 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def vocab():
   from polylm_jax import vocab as vocab_lib
+
   return vocab_lib.get_vocabulary()
 
 
@@ -43,8 +44,16 @@ def test_multialpaca_history_reset_and_streaming(model, vocab):
   config, params = model
   stdin = io.StringIO("Hello\nHow are you?\n/reset\n\n/bogus\nBonjour\n/quit\nnever read\n")
   out = Recorder()
-  turns = chat.chat_loop(config, params, vocab, style="multialpaca", preset="greedy",
-                         max_new_tokens=6, stdin=stdin, stdout=out)
+  turns = chat.chat_loop(
+    config,
+    params,
+    vocab,
+    style="multialpaca",
+    preset="greedy",
+    max_new_tokens=6,
+    stdin=stdin,
+    stdout=out,
+  )
   assert [q for q, _ in turns] == ["Hello", "How are you?", "Bonjour"]
   r1 = decoding.generate_text(config, params, vocab, ["Hello\n\n"], 6)[0]
   r2 = decoding.generate_text(config, params, vocab, [f"Hello\n\n{r1}\nHow are you?\n\n"], 6)[0]
@@ -60,8 +69,16 @@ def test_multialpaca_history_reset_and_streaming(model, vocab):
 
 def test_chat_format_and_sampling_seeds(model, vocab):
   config, params = model
-  turns = chat.chat_loop(config, params, vocab, style="chat", max_new_tokens=5, seed=3,
-                         stdin=io.StringIO("Hi\nAgain\n"), stdout=io.StringIO())
+  turns = chat.chat_loop(
+    config,
+    params,
+    vocab,
+    style="chat",
+    max_new_tokens=5,
+    seed=3,
+    stdin=io.StringIO("Hi\nAgain\n"),
+    stdout=io.StringIO(),
+  )
   first = "<|user|>\nHi\n<|assistant|>\n"
   r1 = decoding.generate_text(config, params, vocab, [first], 5, preset="sampling", seed=3)[0]
   second = f"{first}{r1}\n<|user|>\nAgain\n<|assistant|>\n"
@@ -71,10 +88,20 @@ def test_chat_format_and_sampling_seeds(model, vocab):
 
 def test_beam_preset_and_long_history(model, vocab):
   config, params = model
-  turns = chat.chat_loop(config, params, vocab, style="plain", preset="beam", max_new_tokens=4,
-                         stdin=io.StringIO("The sky is\n"), stdout=io.StringIO())
-  assert turns[0][1] == decoding.generate_text(config, params, vocab, ["The sky is"], 4,
-                                               **decoding.DEMO_BEAM)[0]
+  turns = chat.chat_loop(
+    config,
+    params,
+    vocab,
+    style="plain",
+    preset="beam",
+    max_new_tokens=4,
+    stdin=io.StringIO("The sky is\n"),
+    stdout=io.StringIO(),
+  )
+  assert (
+    turns[0][1]
+    == decoding.generate_text(config, params, vocab, ["The sky is"], 4, **decoding.DEMO_BEAM)[0]
+  )
   history = [("word " * 20, "reply " * 20)] * 3
   ids, dropped = chat.build_prompt(config, vocab, history, "last", "multialpaca", 8)
   assert dropped >= 1 and len(ids) <= config.max_len - 8
@@ -96,10 +123,22 @@ def test_cli_reads_stdin(model, vocab, tmp_path):
     manager.save(1, params, force=True)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run(
-      [sys.executable, "-m", "polylm_jax.chat", f"--checkpoint={tmp_path}", "--preset=greedy",
-       "--max_new_tokens=4", "--format=plain"],
-      input="Once upon a time\n/quit\n", cwd=REPO, env=env, capture_output=True, text=True,
-      timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "polylm_jax.chat",
+      f"--checkpoint={tmp_path}",
+      "--preset=greedy",
+      "--max_new_tokens=4",
+      "--format=plain",
+    ],
+    input="Once upon a time\n/quit\n",
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   reply = decoding.generate_text(config, params, vocab, ["Once upon a time"], 4)[0]
   assert proc.stdout.startswith("PolyLM chat (plain format, greedy decoding)")

@@ -52,8 +52,9 @@ def test_sharded_round_trip_of_every_item(tmp_path, params, mesh):
   gin_text = "train.TRAIN_STEPS = 10\n"
   policy = ck.CheckpointPolicy(save_every=10, keep=3, async_save=True)
   with ck.CheckpointManager(tmp_path, CFG, policy) as manager:
-    assert manager.save(10, sharded, opt_state=opt_state, rng=rng, stream_state=stream,
-                        gin_config=gin_text)
+    assert manager.save(
+      10, sharded, opt_state=opt_state, rng=rng, stream_state=stream, gin_config=gin_text
+    )
   assert ck.complete_steps(tmp_path / "checkpoints") == [10]
 
   with ck.CheckpointManager(tmp_path, CFG, policy) as manager:
@@ -68,8 +69,13 @@ def test_sharded_round_trip_of_every_item(tmp_path, params, mesh):
   # Restored straight onto the mesh: really split, with the requested shardings.
   qkv = restored.params["layers"]["attn"]["qkv_kernel"]
   assert qkv.sharding == shardings["layers"]["attn"]["qkv_kernel"]
-  assert qkv.addressable_shards[0].data.shape == (CFG.num_layers, CFG.d_model // 2, 3,
-                                                   CFG.num_heads // 2, CFG.head_dim)
+  assert qkv.addressable_shards[0].data.shape == (
+    CFG.num_layers,
+    CFG.d_model // 2,
+    3,
+    CFG.num_heads // 2,
+    CFG.head_dim,
+  )
   mu = restored.opt_state[0].mu["layers"]["mlp"]["fc1_kernel"]
   assert mu.addressable_shards[0].data.shape == (CFG.num_layers, CFG.d_model // 2, CFG.d_ff // 2)
 
@@ -140,14 +146,20 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 def test_killed_during_async_save_keeps_the_previous_step(tmp_path):
-  done = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)],
-                        capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
   root = tmp_path / "checkpoints"
   leftovers = [p.name for p in root.iterdir() if ".orbax-checkpoint-tmp" in p.name]
   steps = ck.complete_steps(root)
   assert steps == [1, 2] or (steps == [1] and leftovers == ["2.orbax-checkpoint-tmp"]), (
-      steps, leftovers)
+    steps,
+    leftovers,
+  )
   helpers: dict = {"__name__": "helpers"}
   exec(KILL_DURING_SAVE, helpers)  # pylint: disable=exec-used  (defines random_params)
   config, params = ck.load(tmp_path, on_host=True)
@@ -191,11 +203,14 @@ def test_saving_host_arrays_without_a_copy(tmp_path, params):
 def test_config_mismatch_names_the_field(tmp_path, params):
   with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
     manager.save(1, params)
-  for field, value, pattern in (("d_ff", 128, r"d_ff: checkpoint 256 vs requested 128"),
-                                ("vocab_size", 1000, r"different vocabulary.*vocab_size"),
-                                ("num_layers", 3, r"num_layers: checkpoint 2")):
-    with ck.CheckpointManager(tmp_path, CFG.replace(**{field: value}), SYNC,
-                              read_only=True) as manager:
+  for field, value, pattern in (
+    ("d_ff", 128, r"d_ff: checkpoint 256 vs requested 128"),
+    ("vocab_size", 1000, r"different vocabulary.*vocab_size"),
+    ("num_layers", 3, r"num_layers: checkpoint 2"),
+  ):
+    with ck.CheckpointManager(
+      tmp_path, CFG.replace(**{field: value}), SYNC, read_only=True
+    ) as manager:
       with pytest.raises(ck.ConfigMismatchError, match=pattern):
         manager.restore()
     with pytest.raises(ck.ConfigMismatchError, match=field):
@@ -222,8 +237,11 @@ def test_load_run_checkpoints_and_step_dirs(tmp_path, params):
   with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
     manager.save(5, params)
     manager.save(9, jax.tree.map(lambda x: x * 3, params))
-  for path, factor in ((tmp_path, 3), (tmp_path / "checkpoints", 3),
-                       (tmp_path / "checkpoints" / "5", 1)):
+  for path, factor in (
+    (tmp_path, 3),
+    (tmp_path / "checkpoints", 3),
+    (tmp_path / "checkpoints" / "5", 1),
+  ):
     config, loaded = ck.load(path)
     assert config == CFG
     assert_trees_equal(loaded, jax.tree.map(lambda x, f=factor: x * f, params))
@@ -271,8 +289,11 @@ def test_load_of_something_else_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no such directory"):
     ck.load(tmp_path / "nope")
   (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp").mkdir(parents=True)
-  with pytest.raises(FileNotFoundError, match=r"neither a Hugging Face model directory .* nor "
-                     r"a checkpoint directory.*only unfinished checkpoints"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"neither a Hugging Face model directory .* nor "
+    r"a checkpoint directory.*only unfinished checkpoints",
+  ):
     ck.load(tmp_path)
 
 

@@ -22,13 +22,16 @@ def test_get_config_overrides_and_errors():
     get_config("polylm_tiny", n_layers=3)
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("num_heads", 3, "num_heads \\* head_dim"),
     ("dtype", "int8", "PolyLMConfig.dtype"),
     ("remat_policy", "some", "remat_policy"),
     ("vocab_size", 0, "vocab_size"),
     ("attention_impl", "flash", "attention_impl"),
-])
+  ],
+)
 def test_invalid_fields_are_named(field, value, match):
   with pytest.raises(ValueError, match=match):
     get_config("polylm_tiny", **{field: value})

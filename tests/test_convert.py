@@ -20,9 +20,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def hf_model_dir(tmp_path_factory):
   torch.manual_seed(3)
-  config = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=2,
-                                   n_head=2, activation_function="gelu_fast", bos_token_id=1,
-                                   eos_token_id=2)
+  config = transformers.GPT2Config(
+    vocab_size=300,
+    n_positions=32,
+    n_embd=32,
+    n_layer=2,
+    n_head=2,
+    activation_function="gelu_fast",
+    bos_token_id=1,
+    eos_token_id=2,
+  )
   model = transformers.GPT2LMHeadModel(config).eval()
   with torch.no_grad():
     for p in model.parameters():
@@ -49,8 +56,9 @@ def test_import_then_export_is_lossless(hf_model_dir, tmp_path):
   tokens = torch.randint(0, 300, (2, 20))
   with torch.no_grad():
     # The source says gelu_fast, the export gelu_new: the same tanh GeLU, written differently.
-    np.testing.assert_allclose(reloaded(tokens).logits.numpy(), model(tokens).logits.numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      reloaded(tokens).logits.numpy(), model(tokens).logits.numpy(), atol=1e-5
+    )
   exported = hf.import_hf(tmp_path / "back")[1]
   for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(imported)):
     np.testing.assert_array_equal(a, b)
@@ -65,14 +73,23 @@ def test_refuses_to_overwrite_and_needs_one_direction(hf_model_dir, tmp_path):
     convert.convert(from_checkpoint=str(tmp_path / "run"), to_hf=str(src))
   with pytest.raises(ValueError, match="either --from_hf and --to"):
     convert.convert(from_hf=str(src), to_hf=str(tmp_path / "x"))
-  with pytest.raises(hf.HFFormatError, match="vocab_size gives vocab_size = 300 but the expected config has vocab_size = 512"):
+  with pytest.raises(
+    hf.HFFormatError,
+    match="vocab_size gives vocab_size = 300 but the expected config has vocab_size = 512",
+  ):
     convert.convert(from_hf=str(src), to=str(tmp_path / "run2"), expected="polylm_tiny")
 
 
 def test_binary(hf_model_dir, tmp_path):
   src, _ = hf_model_dir
-  cmd = [sys.executable, "-m", "polylm_jax.convert", f"--from_hf={src}",
-         f"--to={tmp_path / 'run'}", "--param_dtype=bfloat16"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "polylm_jax.convert",
+    f"--from_hf={src}",
+    f"--to={tmp_path / 'run'}",
+    "--param_dtype=bfloat16",
+  ]
   done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   assert "import:" in done.stdout and "parameters, bfloat16" in done.stdout

@@ -10,85 +10,107 @@ from stream_fixtures import make_docs, register_int_task
 
 
 def test_default_two_stage_boundary():
-    c = curriculum.two_stage_curriculum()
-    assert c.mixtures == ("polylm_pretrain_stage1", "polylm_pretrain_stage2")
-    assert c.boundaries(1000) == (0, 800)
-    assert c.boundaries(152_500) == (0, 122_000)
-    b = c.boundaries(10)
-    assert [curriculum.stage_at(s, b) for s in range(10)] == [0] * 8 + [1] * 2
-    assert curriculum.two_stage_curriculum(final_stage_fraction=0.5).boundaries(10) == (0, 5)
-    assert curriculum.two_stage_curriculum(final_stage_fraction=0.0).boundaries(10) == (0, 10)
+  c = curriculum.two_stage_curriculum()
+  assert c.mixtures == ("polylm_pretrain_stage1", "polylm_pretrain_stage2")
+  assert c.boundaries(1000) == (0, 800)
+  assert c.boundaries(152_500) == (0, 122_000)
+  b = c.boundaries(10)
+  assert [curriculum.stage_at(s, b) for s in range(10)] == [0] * 8 + [1] * 2
+  assert curriculum.two_stage_curriculum(final_stage_fraction=0.5).boundaries(10) == (0, 5)
+  assert curriculum.two_stage_curriculum(final_stage_fraction=0.0).boundaries(10) == (0, 10)
 
 
 def test_absolute_steps_and_errors():
-    c = curriculum.Curriculum("c", (curriculum.Stage("a"), curriculum.Stage("b", start_step=3),
-                                    curriculum.Stage("c", start_step=7)))
-    assert c.boundaries(None) == (0, 3, 7)
-    assert [curriculum.stage_at(s, (0, 3, 7)) for s in (0, 2, 3, 6, 7, 100)] == [0, 0, 1, 1,
-                                                                                  2, 2]
-    with pytest.raises(ValueError, match="TRAIN_STEPS must be a positive int"):
-        curriculum.two_stage_curriculum().boundaries(None)
-    with pytest.raises(ValueError, match="first stage must start at step 0"):
-        curriculum.Curriculum("c", (curriculum.Stage("a", 0.5),))
-    with pytest.raises(ValueError, match="stage starts decrease"):
-        curriculum.Curriculum("c", (curriculum.Stage("a"), curriculum.Stage("b", 0.8),
-                                    curriculum.Stage("c", 0.5))).boundaries(10)
-    with pytest.raises(ValueError, match="final_stage_fraction"):
-        curriculum.two_stage_curriculum(final_stage_fraction=1.5)
-    with pytest.raises(ValueError, match="step must be >= 0"):
-        curriculum.stage_at(-1, (0,))
-    with pytest.raises(KeyError, match="no curriculum named"):
-        curriculum.get_curriculum("nope")
+  c = curriculum.Curriculum(
+    "c",
+    (
+      curriculum.Stage("a"),
+      curriculum.Stage("b", start_step=3),
+      curriculum.Stage("c", start_step=7),
+    ),
+  )
+  assert c.boundaries(None) == (0, 3, 7)
+  assert [curriculum.stage_at(s, (0, 3, 7)) for s in (0, 2, 3, 6, 7, 100)] == [0, 0, 1, 1, 2, 2]
+  with pytest.raises(ValueError, match="TRAIN_STEPS must be a positive int"):
+    curriculum.two_stage_curriculum().boundaries(None)
+  with pytest.raises(ValueError, match="first stage must start at step 0"):
+    curriculum.Curriculum("c", (curriculum.Stage("a", 0.5),))
+  with pytest.raises(ValueError, match="stage starts decrease"):
+    curriculum.Curriculum(
+      "c", (curriculum.Stage("a"), curriculum.Stage("b", 0.8), curriculum.Stage("c", 0.5))
+    ).boundaries(10)
+  with pytest.raises(ValueError, match="final_stage_fraction"):
+    curriculum.two_stage_curriculum(final_stage_fraction=1.5)
+  with pytest.raises(ValueError, match="step must be >= 0"):
+    curriculum.stage_at(-1, (0,))
+  with pytest.raises(KeyError, match="no curriculum named"):
+    curriculum.get_curriculum("nope")
 
 
 @pytest.fixture(scope="module")
 def two_stage():
-    """Stage 1: en + de at 30% non-English; stage 2: de + zh only (so the switch shows)."""
-    t = {lang: register_int_task(f"polylm_{lang}_curtest",
-                                 {"train": make_docs(1000 * (i + 1), 50, max_len=60)})
-         for i, lang in enumerate(("en", "de", "zh"))}
-    s1 = mixing.register_stage_mixture(mixing.StageMixture(
-        "curtest_stage1", (mixing.Component(t["en"]), mixing.Component(t["de"])),
-        non_english_share=0.3), overwrite=True)
-    s2 = mixing.register_stage_mixture(mixing.StageMixture(
-        "curtest_stage2", (mixing.Component(t["de"]), mixing.Component(t["zh"])),
-        non_english_share=1.0), overwrite=True)
-    curriculum.register_curriculum(curriculum.two_stage_curriculum(
-        "curtest", s1.name, s2.name, final_stage_fraction=0.25), overwrite=True)
-    return t
+  """Stage 1: en + de at 30% non-English; stage 2: de + zh only (so the switch shows)."""
+  t = {
+    lang: register_int_task(
+      f"polylm_{lang}_curtest", {"train": make_docs(1000 * (i + 1), 50, max_len=60)}
+    )
+    for i, lang in enumerate(("en", "de", "zh"))
+  }
+  s1 = mixing.register_stage_mixture(
+    mixing.StageMixture(
+      "curtest_stage1",
+      (mixing.Component(t["en"]), mixing.Component(t["de"])),
+      non_english_share=0.3,
+    ),
+    overwrite=True,
+  )
+  s2 = mixing.register_stage_mixture(
+    mixing.StageMixture(
+      "curtest_stage2",
+      (mixing.Component(t["de"]), mixing.Component(t["zh"])),
+      non_english_share=1.0,
+    ),
+    overwrite=True,
+  )
+  curriculum.register_curriculum(
+    curriculum.two_stage_curriculum("curtest", s1.name, s2.name, final_stage_fraction=0.25),
+    overwrite=True,
+  )
+  return t
 
 
 TRAIN_STEPS = 24  # boundary at step 18
 
 
 def _build(**kw):
-    return stream.build_stream("curtest", seq_len=32, batch_size=2, seed=11,
-                               train_steps=TRAIN_STEPS, **kw)
+  return stream.build_stream(
+    "curtest", seq_len=32, batch_size=2, seed=11, train_steps=TRAIN_STEPS, **kw
+  )
 
 
 def test_stream_switches_at_the_exact_step(two_stage):
-    s = _build()
-    assert s.boundaries == (0, 18)
-    en, de, zh = (mixing.language_index(l) for l in ("en", "de", "zh"))
-    for step in range(TRAIN_STEPS):
-        langs = set(np.unique(s.next()["langs"]).tolist())
-        if step < 18:
-            assert zh not in langs and s.stage == (0 if step + 1 < 18 else 1)
-        else:
-            assert langs <= {de, zh} and en not in langs, step
+  s = _build()
+  assert s.boundaries == (0, 18)
+  en, de, zh = (mixing.language_index(l) for l in ("en", "de", "zh"))
+  for step in range(TRAIN_STEPS):
+    langs = set(np.unique(s.next()["langs"]).tolist())
+    if step < 18:
+      assert zh not in langs and s.stage == (0 if step + 1 < 18 else 1)
+    else:
+      assert langs <= {de, zh} and en not in langs, step
 
 
 @pytest.mark.parametrize("cut", [9, 17, 18, 19])
 def test_resume_around_the_boundary_is_exact(two_stage, cut):
-    ref = _build()
-    expected = [ref.next() for _ in range(TRAIN_STEPS)]
-    s = _build()
-    for _ in range(cut):
-        s.next()
-    saved = json.loads(json.dumps(s.state()))
-    r = _build()
-    r.restore(saved)
-    for i in range(cut, TRAIN_STEPS):
-        got = r.next()
-        for k in got:
-            np.testing.assert_array_equal(got[k], expected[i][k], err_msg=f"step {i} {k}")
+  ref = _build()
+  expected = [ref.next() for _ in range(TRAIN_STEPS)]
+  s = _build()
+  for _ in range(cut):
+    s.next()
+  saved = json.loads(json.dumps(s.state()))
+  r = _build()
+  r.restore(saved)
+  for i in range(cut, TRAIN_STEPS):
+    got = r.next()
+    for k in got:
+      np.testing.assert_array_equal(got[k], expected[i][k], err_msg=f"step {i} {k}")

@@ -33,8 +33,8 @@ def _forward(params, tokens):
 def full_logits(params, row):
   """Logits of one row; right-padded to max_len so one compile serves every length (causal)."""
   padded = np.zeros((1, CFG.max_len), np.int32)
-  padded[0, :len(row)] = row
-  return np.asarray(_forward(params, padded)[0, :len(row)])
+  padded[0, : len(row)] = row
+  return np.asarray(_forward(params, padded)[0, : len(row)])
 
 
 # ---- cache parity -----------------------------------------------------------------------
@@ -57,20 +57,23 @@ def test_cached_decoding_matches_full_forward_at_every_position(params, layer_lo
     logits, cache = stack(stack.init_cache(3), tokens, positions, segments, last_only=False)
     steps = []
     for t in range(extra.shape[1]):
-      step, cache = stack(cache, extra[:, t:t + 1], lens[:, None] + t, jnp.ones((3, 1), jnp.int32))
+      step, cache = stack(
+        cache, extra[:, t : t + 1], lens[:, None] + t, jnp.ones((3, 1), jnp.int32)
+      )
       steps.append(step)
     return logits, jnp.stack(steps, 1)
 
   prefill, steps = map(np.asarray, run(params, tokens, positions, segments, extra))
   for i, r in enumerate(rows):
-    got = np.concatenate([prefill[i, width - len(r):], steps[i]])
+    got = np.concatenate([prefill[i, width - len(r) :], steps[i]])
     np.testing.assert_allclose(got, full_logits(params, r + list(extra[i])), atol=1e-5, rtol=0)
 
 
 def test_layer_loops_generate_the_same(params):
   for settings in (dict(), decoding.DEMO_BEAM):
-    assert (decoding.generate(CFG, params, PROMPTS, 6, layer_loop="scan", **settings)
-            == decoding.generate(CFG, params, PROMPTS, 6, **settings))
+    assert decoding.generate(
+      CFG, params, PROMPTS, 6, layer_loop="scan", **settings
+    ) == decoding.generate(CFG, params, PROMPTS, 6, **settings)
   with pytest.raises(ValueError, match="layer_loop"):
     decoding.generate(CFG, params, PROMPTS, 6, layer_loop="fast")
 
@@ -81,7 +84,7 @@ def test_greedy_matches_step_by_step_argmax(params):
     seq = list(prompt)
     for _ in range(6):
       seq.append(int(np.argmax(full_logits(params, seq)[-1])))
-    assert new == seq[len(prompt):]
+    assert new == seq[len(prompt) :]
 
 
 # ---- equivalence with transformers' generate --------------------------------------------
@@ -92,11 +95,24 @@ def hf_pair(tmp_path_factory):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   from polylm_jax import hf
+
   torch.manual_seed(0)
-  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4,
-      activation_function="gelu_new", attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0,
-      bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)).eval()
+  model = transformers.GPT2LMHeadModel(
+    transformers.GPT2Config(
+      vocab_size=512,
+      n_positions=64,
+      n_embd=64,
+      n_layer=2,
+      n_head=4,
+      activation_function="gelu_new",
+      attn_pdrop=0.0,
+      embd_pdrop=0.0,
+      resid_pdrop=0.0,
+      bos_token_id=1,
+      eos_token_id=2,
+      tie_word_embeddings=True,
+    )
+  ).eval()
   with torch.no_grad():
     for p in model.parameters():
       p.add_(0.05 * torch.randn_like(p))
@@ -108,12 +124,19 @@ def hf_pair(tmp_path_factory):
 
 def _hf_generate(model, prompt, max_new, eos, **kw):
   import torch
+
   with torch.no_grad():
-    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                         max_new_tokens=max_new, do_sample=False, pad_token_id=eos,
-                         eos_token_id=eos, **kw)
-  new = [int(x) for x in out[0, len(prompt):]]
-  return new[:new.index(eos) + 1] if eos in new else new
+    out = model.generate(
+      torch.tensor([prompt]),
+      attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+      max_new_tokens=max_new,
+      do_sample=False,
+      pad_token_id=eos,
+      eos_token_id=eos,
+      **kw,
+    )
+  new = [int(x) for x in out[0, len(prompt) :]]
+  return new[: new.index(eos) + 1] if eos in new else new
 
 
 def test_greedy_and_beam_equal_transformers_generate(hf_pair):
@@ -143,8 +166,9 @@ def test_sampling_is_reproducible_and_batch_independent(params):
   c = decoding.generate(CFG, params, PROMPTS, 8, preset="sampling", seed=4)
   assert a == b and a != c
   # Streaming runs the prompt alone (batch 1, in chunks of 3 steps): same tokens as row 0.
-  chunks = list(decoding.generate_stream(CFG, params, PROMPTS[0], 8, chunk_tokens=3,
-                                         preset="sampling", seed=3))
+  chunks = list(
+    decoding.generate_stream(CFG, params, PROMPTS[0], 8, chunk_tokens=3, preset="sampling", seed=3)
+  )
   assert sum(chunks, []) == a[0] and len(chunks) > 1
 
 
@@ -187,8 +211,11 @@ def test_processors_match_numpy_reference():
   logits = (rng.randn(3, 50) * 3).astype(np.float32)
   seen = rng.rand(3, 50) < 0.3
   j = jnp.asarray
-  np.testing.assert_allclose(decoding.apply_repetition_penalty(j(logits), j(seen), 1.3),
-                             np_repetition(logits, seen, 1.3), rtol=1e-6)
+  np.testing.assert_allclose(
+    decoding.apply_repetition_penalty(j(logits), j(seen), 1.3),
+    np_repetition(logits, seen, 1.3),
+    rtol=1e-6,
+  )
   for k in (1, 5, 50, 80):
     np.testing.assert_array_equal(decoding.top_k_filter(j(logits), k), np_top_k(logits, k))
   for top_p in (0.05, 0.5, 0.9, 1.0):
@@ -203,8 +230,9 @@ def test_processors_match_numpy_reference():
   np.testing.assert_allclose(got[np.isfinite(got)], ref[np.isfinite(ref)], rtol=1e-6)
   # Greedy (temperature 0) applies only the repetition penalty.
   greedy = decoding.make_settings(top_k=3, repetition_penalty=1.3)
-  np.testing.assert_allclose(decoding.process_logits(j(logits), j(seen), greedy),
-                             np_repetition(logits, seen, 1.3), rtol=1e-6)
+  np.testing.assert_allclose(
+    decoding.process_logits(j(logits), j(seen), greedy), np_repetition(logits, seen, 1.3), rtol=1e-6
+  )
 
 
 def test_sampling_frequencies_follow_processed_distribution():
@@ -230,7 +258,7 @@ def test_stops_at_eos_and_max_new_tokens(params):
   with_eos = decoding.generate(CFG, params, PROMPTS, 8, eos_id=eos, include_eos=True)
   for b, o, w in zip(base, out, with_eos):
     cut = b.index(eos) if eos in b else len(b)
-    assert o == b[:cut] and w == b[:cut + 1]
+    assert o == b[:cut] and w == b[: cut + 1]
   assert all(len(r) == 8 for r in base)
 
 
@@ -252,20 +280,26 @@ def test_score_matches_full_forward(params):
 # ---- errors -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
     (dict(prompts=[list(range(1, 66))]), "more than the model's max_len"),
     (dict(prompts=[list(range(1, 60))]), "with max_new_tokens=8"),
     (dict(prompts=[[1, 512]]), r"outside \[0, 512\)"),
-    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(temperature=-0.1), "temperature"), (dict(num_beams=0), "num_beams"),
-    (dict(top_k=-1), "top_k"), (dict(repetition_penalty=0), "repetition_penalty"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(temperature=-0.1), "temperature"),
+    (dict(num_beams=0), "num_beams"),
+    (dict(top_k=-1), "top_k"),
+    (dict(repetition_penalty=0), "repetition_penalty"),
     (dict(num_beams=2, temperature=0.7), "beam search is deterministic"),
     (dict(early_stopping="sometimes"), "early_stopping"),
     (dict(tempreature=0.7), "unknown decoding setting"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(preset="nucleus"), "unknown decoding preset"),
-])
+  ],
+)
 def test_bad_inputs_raise_clear_errors(params, kwargs, match):
   kwargs = {"prompts": [[1, 2, 3]], "max_new_tokens": 8, **kwargs}
   with pytest.raises(ValueError, match=match):
@@ -285,8 +319,11 @@ def test_check_vocab():
   class Vocab:
     def __init__(self, size, eos=2):
       self.vocab_size, self.eos_id = size, eos
+
   decoding.check_vocab(CFG, Vocab(512))
-  with pytest.raises(ValueError, match="tokenizer .* has 4096 pieces but the checkpoint's vocab_size is 512"):
+  with pytest.raises(
+    ValueError, match="tokenizer .* has 4096 pieces but the checkpoint's vocab_size is 512"
+  ):
     decoding.check_vocab(CFG, Vocab(4096))
   with pytest.raises(ValueError, match="eos id 1"):
     decoding.check_vocab(CFG, Vocab(512, eos=1))
@@ -303,5 +340,6 @@ def test_sharded_generate_equals_unsharded(params):
     ref = decoding.generate(CFG, params, PROMPTS, 8, **settings)
     assert decoding.generate(CFG, params, PROMPTS, 8, mesh=mesh, **settings) == ref, settings
   s = decoding.score(CFG, params, [[5, 6], [7]], [[8], [9, 10]], mesh=mesh)
-  np.testing.assert_allclose(s.total, decoding.score(CFG, params, [[5, 6], [7]], [[8], [9, 10]]).total,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    s.total, decoding.score(CFG, params, [[5, 6], [7]], [[8], [9, 10]]).total, rtol=1e-5
+  )

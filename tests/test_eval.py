@@ -20,7 +20,9 @@ from polylm_jax.model import init_params
 from tasks import benchmark, benchmark_demo, templates
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCAL_TASKS = "polylm_eval_xcopa_it_1shot,polylm_eval_mtg_title_0shot,polylm_eval_flores_zh_en_0shot"
+LOCAL_TASKS = (
+  "polylm_eval_xcopa_it_1shot,polylm_eval_mtg_title_0shot,polylm_eval_flores_zh_en_0shot"
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,9 @@ def setup(tmp_path_factory):
   vocab = vocab_lib.get_vocabulary()
   config = get_config("polylm_tiny", vocab_size=vocab.vocab_size, max_len=128)
   params = init_params(config, jax.random.key(0))
-  with checkpoints.CheckpointManager(root / "run", config,
-                                     checkpoints.CheckpointPolicy(async_save=False)) as m:
+  with checkpoints.CheckpointManager(
+    root / "run", config, checkpoints.CheckpointPolicy(async_save=False)
+  ) as m:
     m.save(3, params, force=True)
   hf.export_hf(config, jax.device_get(params), root / "hf")
   data = benchmark_demo.write_demo_data(str(root / "data"), n=3)
@@ -38,18 +41,30 @@ def setup(tmp_path_factory):
 
 
 def _run(args, env=None):
-  return subprocess.Popen([sys.executable, "-m", "polylm_jax.eval", *args], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+  return subprocess.Popen(
+    [sys.executable, "-m", "polylm_jax.eval", *args],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
+  )
 
 
 def test_binary_end_to_end(setup):
   root, data = setup
   out = root / "out"
-  ok = _run(["--gin_file=gin/runs/eval.gin", f'--gin.CHECKPOINT_PATH="{root / "run"}"',
-             f'--gin.EVAL_OUTPUT_DIR="{out}"', f'--gin.MIXTURE_OR_TASK_NAME="{LOCAL_TASKS}"',
-             f'--gin.EVAL_DATA_DIR="{data}"', "--gin.BATCH_SIZE=4",
-             "--gin.evaluate.max_new_tokens=4"])
+  ok = _run(
+    [
+      "--gin_file=gin/runs/eval.gin",
+      f'--gin.CHECKPOINT_PATH="{root / "run"}"',
+      f'--gin.EVAL_OUTPUT_DIR="{out}"',
+      f'--gin.MIXTURE_OR_TASK_NAME="{LOCAL_TASKS}"',
+      f'--gin.EVAL_DATA_DIR="{data}"',
+      "--gin.BATCH_SIZE=4",
+      "--gin.evaluate.max_new_tokens=4",
+    ]
+  )
   missing = _run(["--gin_file=gin/runs/eval.gin", f'--gin.EVAL_OUTPUT_DIR="{root / "x"}"'])
   stdout, stderr = ok.communicate(timeout=600)
   assert ok.returncode == 0, stderr[-3000:]
@@ -67,7 +82,8 @@ def test_binary_end_to_end(setup):
   rows = eval_report.read_csv(out / "results.csv")
   assert {r["task"] for r in rows} == set(names)
   assert {(r["task"], r["metric"]) for r in rows if r["primary"] == "True"} == {
-      (n, {"xcopa": "accuracy", "flores": "bleu"}.get(n.split("_")[2], "rougeL")) for n in names}
+    (n, {"xcopa": "accuracy", "flores": "bleu"}.get(n.split("_")[2], "rougeL")) for n in names
+  }
   md = (out / "results.md").read_text()
   for heading in ("## xcopa, 1-shot", "## mtg_title, 0-shot", "## flores, 0-shot"):
     assert heading in md
@@ -86,11 +102,16 @@ def test_evaluate_checkpoint_on_an_hf_dir_with_tfds_tasks(setup, tmp_path):
   shutil.copy(vocab_lib.default_vocabulary_path(), root / "hf" / "tokenizer.model")
   with benchmark_demo.mock_tfds(3):
     results = eval_bin.evaluate_checkpoint(
-        checkpoint_path=str(root / "hf"), output_dir=str(tmp_path / "out"),
-        mixture_or_task_name="polylm_eval_xnli_fr_0shot,polylm_eval_tydiqa_en_0shot",
-        data_dir=data, max_examples=2, batch_size=2, max_new_tokens=3,
-        template_overrides={"xnli": {"choices": (" yes", " maybe", " no")}},
-        print_fn=lambda *a: None)
+      checkpoint_path=str(root / "hf"),
+      output_dir=str(tmp_path / "out"),
+      mixture_or_task_name="polylm_eval_xnli_fr_0shot,polylm_eval_tydiqa_en_0shot",
+      data_dir=data,
+      max_examples=2,
+      batch_size=2,
+      max_new_tokens=3,
+      template_overrides={"xnli": {"choices": (" yes", " maybe", " no")}},
+      print_fn=lambda *a: None,
+    )
   assert templates.get_template("xnli").choices == (" yes", " maybe", " no")
   templates.reset_templates()
   xnli = results["polylm_eval_xnli_fr_0shot"]
@@ -101,12 +122,19 @@ def test_evaluate_checkpoint_on_an_hf_dir_with_tfds_tasks(setup, tmp_path):
 
 def test_run_dir_and_hf_dir_give_the_same_scores(setup, tmp_path):
   root, data = setup
-  common = dict(mixture_or_task_name="polylm_eval_xcopa_vi_0shot", data_dir=data,
-                batch_size=4, print_fn=lambda *a: None, plot=False)
-  a = eval_bin.evaluate_checkpoint(checkpoint_path=str(root / "run"),
-                                   output_dir=str(tmp_path / "a"), **common)
-  b = eval_bin.evaluate_checkpoint(checkpoint_path=str(root / "hf"),
-                                   output_dir=str(tmp_path / "b"), **common)
+  common = dict(
+    mixture_or_task_name="polylm_eval_xcopa_vi_0shot",
+    data_dir=data,
+    batch_size=4,
+    print_fn=lambda *a: None,
+    plot=False,
+  )
+  a = eval_bin.evaluate_checkpoint(
+    checkpoint_path=str(root / "run"), output_dir=str(tmp_path / "a"), **common
+  )
+  b = eval_bin.evaluate_checkpoint(
+    checkpoint_path=str(root / "hf"), output_dir=str(tmp_path / "b"), **common
+  )
   sa = [p["scores"] for p in a.tasks[0].predictions]
   sb = [p["scores"] for p in b.tasks[0].predictions]
   np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-5)
@@ -116,30 +144,54 @@ def test_run_dir_and_hf_dir_give_the_same_scores(setup, tmp_path):
 def test_errors_before_any_work(setup, tmp_path):
   root, data = setup
   with pytest.raises(ValueError, match="unknown task or mixture 'polylm_eval_nope'"):
-    eval_bin.evaluate_checkpoint(checkpoint_path=str(tmp_path / "nothing"),
-                                 output_dir=str(tmp_path), mixture_or_task_name="polylm_eval_nope")
+    eval_bin.evaluate_checkpoint(
+      checkpoint_path=str(tmp_path / "nothing"),
+      output_dir=str(tmp_path),
+      mixture_or_task_name="polylm_eval_nope",
+    )
   with pytest.raises(FileNotFoundError, match="no such directory"):
-    eval_bin.evaluate_checkpoint(checkpoint_path=str(tmp_path / "nothing"),
-                                 output_dir=str(tmp_path),
-                                 mixture_or_task_name="polylm_eval_xcopa_it_0shot")
+    eval_bin.evaluate_checkpoint(
+      checkpoint_path=str(tmp_path / "nothing"),
+      output_dir=str(tmp_path),
+      mixture_or_task_name="polylm_eval_xcopa_it_0shot",
+    )
   with pytest.raises(FileNotFoundError, match="VOCAB_PATH="):
-    eval_bin.evaluate_checkpoint(checkpoint_path=str(root / "run"), output_dir=str(tmp_path),
-                                 mixture_or_task_name="polylm_eval_xcopa_it_0shot",
-                                 data_dir=data, vocab_path=str(tmp_path / "none.model"))
+    eval_bin.evaluate_checkpoint(
+      checkpoint_path=str(root / "run"),
+      output_dir=str(tmp_path),
+      mixture_or_task_name="polylm_eval_xcopa_it_0shot",
+      data_dir=data,
+      vocab_path=str(tmp_path / "none.model"),
+    )
   with pytest.raises(ValueError, match="unknown template family"):
-    eval_bin.evaluate_checkpoint(checkpoint_path=str(root / "run"), output_dir=str(tmp_path),
-                                 mixture_or_task_name="polylm_eval_xcopa_it_0shot",
-                                 template_overrides={"nope": {"prompt": ""}})
+    eval_bin.evaluate_checkpoint(
+      checkpoint_path=str(root / "run"),
+      output_dir=str(tmp_path),
+      mixture_or_task_name="polylm_eval_xcopa_it_0shot",
+      template_overrides={"nope": {"prompt": ""}},
+    )
   with pytest.raises(ValueError, match="EVAL_OUTPUT_DIR is empty"):
-    eval_bin.evaluate_checkpoint(checkpoint_path=str(root / "run"), output_dir="",
-                                 mixture_or_task_name="polylm_eval_xcopa_it_0shot")
+    eval_bin.evaluate_checkpoint(
+      checkpoint_path=str(root / "run"),
+      output_dir="",
+      mixture_or_task_name="polylm_eval_xcopa_it_0shot",
+    )
 
 
 def test_report_files_are_replaced_whole(tmp_path):
   """A second report over the same dir replaces files; no temporary files stay behind."""
-  task = evaluation.TaskResult("polylm_eval_xcopa_it_0shot", "xcopa", "it", 0,
-                               {"accuracy": 50.0}, "accuracy", 2, 0, 0.1,
-                               [{"id": "a", "choices": [" x", " y"]}, {"id": "b"}])
+  task = evaluation.TaskResult(
+    "polylm_eval_xcopa_it_0shot",
+    "xcopa",
+    "it",
+    0,
+    {"accuracy": 50.0},
+    "accuracy",
+    2,
+    0,
+    0.1,
+    [{"id": "a", "choices": [" x", " y"]}, {"id": "b"}],
+  )
   results = evaluation.EvalResults([task])
   eval_report.write_report(results, tmp_path)
   task.metrics["accuracy"] = 100.0
@@ -147,6 +199,11 @@ def test_report_files_are_replaced_whole(tmp_path):
   (row,) = list(csv.DictReader(open(tmp_path / "results.csv")))
   assert row["value"] == "100.0000"
   assert sorted(p.name for p in tmp_path.iterdir()) == [
-      "predictions", "results.csv", "results.json", "results.md", "results.png"]
+    "predictions",
+    "results.csv",
+    "results.json",
+    "results.md",
+    "results.png",
+  ]
   with pytest.raises(ValueError, match="no task results"):
     eval_report.write_report(evaluation.EvalResults([]), tmp_path)

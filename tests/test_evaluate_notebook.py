@@ -15,8 +15,9 @@ def test_evaluate_notebook_runs(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = nbformat.read(os.path.join(REPO, "notebooks", "evaluate.ipynb"), as_version=4)
-  NotebookClient(nb, timeout=900, kernel_name="python3",
-                 resources={"metadata": {"path": REPO}}).execute()
+  NotebookClient(
+    nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": REPO}}
+  ).execute()
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   assert not [o for o in outputs if o.get("output_type") == "error"]
   markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]

@@ -20,7 +20,8 @@ BLEU_ONE_WRONG = 100 * (1 / 3) ** 0.25
 def test_bleu_hand_value():
   assert BLEU_ONE_WRONG == pytest.approx(75.9836, abs=1e-3)
   assert eval_metrics.bleu(["a b c d e x"], [["a b c d e f"]], "en") == pytest.approx(
-      BLEU_ONE_WRONG)
+    BLEU_ONE_WRONG
+  )
   assert eval_metrics.bleu(["a b c d e f"], ["a b c d e f"], "en") == pytest.approx(100.0)
 
 
@@ -30,12 +31,17 @@ def test_bleu_tokenizers_for_zh_ja_th():
   assert eval_metrics.bleu_tokenizer("ja") == "char"
   assert eval_metrics.bleu_tokenizer("th") == "char"
   assert eval_metrics.bleu_tokenizer("de") == "13a"
-  assert eval_metrics.bleu(["猫坐在垫子下"], ["猫坐在垫子上"], "zh") == pytest.approx(BLEU_ONE_WRONG)
+  assert eval_metrics.bleu(["猫坐在垫子下"], ["猫坐在垫子上"], "zh") == pytest.approx(
+    BLEU_ONE_WRONG
+  )
   assert eval_metrics.bleu(["猫坐在垫子下"], ["猫坐在垫子上"], "en") == 0.0
   assert eval_metrics.bleu(["กขคงจฉ"], ["กขคงจช"], "th") == pytest.approx(BLEU_ONE_WRONG)
-  assert eval_metrics.bleu(["ねこがすわる"], ["ねこがすわれ"], "ja") == pytest.approx(BLEU_ONE_WRONG)
-  assert eval_metrics.bleu(["猫坐在垫子下"], ["猫坐在垫子上"], "en", tokenize="char") == \
-      pytest.approx(BLEU_ONE_WRONG)
+  assert eval_metrics.bleu(["ねこがすわる"], ["ねこがすわれ"], "ja") == pytest.approx(
+    BLEU_ONE_WRONG
+  )
+  assert eval_metrics.bleu(
+    ["猫坐在垫子下"], ["猫坐在垫子上"], "en", tokenize="char"
+  ) == pytest.approx(BLEU_ONE_WRONG)
 
 
 def test_chrf_hand_value():
@@ -116,8 +122,12 @@ def demo_data(tmp_path_factory):
 
 def test_split_encode_matches_joint_tokenization(model):
   _, _, vocab = model
-  for prompt, choice in [("Question: is it?\nAnswer:", " True"), ("我爱", "你们"),
-                         ("", "A whole sentence."), ("x", " y")]:
+  for prompt, choice in [
+    ("Question: is it?\nAnswer:", " True"),
+    ("我爱", "你们"),
+    ("", "A whole sentence."),
+    ("x", " y"),
+  ]:
     ctx, cont = evaluation.split_encode(vocab, prompt, choice)
     assert ctx + cont == list(vocab.encode(prompt + choice))
     assert cont
@@ -134,8 +144,9 @@ def test_fit_cuts_context_from_the_left():
 
 def test_rank_scores_equal_direct_scoring(model, demo_data):
   config, params, vocab = model
-  res = evaluation.evaluate(config, params, vocab, "polylm_eval_xcopa_it_2shot", max_examples=5,
-                            batch_size=4)
+  res = evaluation.evaluate(
+    config, params, vocab, "polylm_eval_xcopa_it_2shot", max_examples=5, batch_size=4
+  )
   task = res["polylm_eval_xcopa_it_2shot"]
   examples = benchmark.load_examples("polylm_eval_xcopa_it_2shot", max_examples=5)
   assert task.num_examples == len(task.predictions) == 5
@@ -151,21 +162,25 @@ def test_rank_scores_equal_direct_scoring(model, demo_data):
     assert pred["prediction"] == int(np.argmax(row))
     assert pred["correct"] == (pred["prediction"] == ex.label)
   assert task.metrics["accuracy"] == pytest.approx(
-      100 * np.mean([p["correct"] for p in task.predictions]))
+    100 * np.mean([p["correct"] for p in task.predictions])
+  )
 
 
 def test_rank_accuracy_with_a_scorer_that_knows_the_answers(model, demo_data, monkeypatch):
   """A scorer preferring the gold continuation gives 100%; one preferring the other 0%."""
   config, params, vocab = model
   name = "polylm_eval_xwinograd_en_0shot"
-  gold = {tuple(evaluation.split_encode(vocab, ex.prompt, ex.choices[ex.label])[1])
-          for ex in benchmark.load_examples(name)}
+  gold = {
+    tuple(evaluation.split_encode(vocab, ex.prompt, ex.choices[ex.label])[1])
+    for ex in benchmark.load_examples(name)
+  }
 
   def fake_score(sign):
     def score(config, params, contexts, continuations, **kw):
       total = np.array([sign * (1.0 if tuple(c) in gold else -1.0) for c in continuations])
       n = np.array([len(c) for c in continuations])
       return decoding.Scores(total, total / n, n, np.zeros(len(n), bool))
+
     return score
 
   monkeypatch.setattr(evaluation.decoding, "score", fake_score(+1))
@@ -177,8 +192,9 @@ def test_rank_accuracy_with_a_scorer_that_knows_the_answers(model, demo_data, mo
 def test_generation_equals_direct_generate(model, demo_data):
   config, params, vocab = model
   name = "polylm_eval_flores_en_zh_0shot"
-  res = evaluation.evaluate(config, params, vocab, name, max_examples=3, max_new_tokens=6,
-                            batch_size=2)
+  res = evaluation.evaluate(
+    config, params, vocab, name, max_examples=3, max_new_tokens=6, batch_size=2
+  )
   task = res[name]
   assert task.notes == {"max_new_tokens": 6, "bleu_tokenizer": "zh"}
   examples = benchmark.load_examples(name, max_examples=3)
@@ -197,8 +213,12 @@ def test_generation_metrics_with_planted_outputs(model, demo_data, monkeypatch):
   config, params, vocab = model
   name = "polylm_eval_mtg_title_de_0shot"
   examples = benchmark.load_examples(name, max_examples=3)
-  by_prompt = {tuple([config.eos_id] + list(vocab.encode(ex.prompt))):
-               list(vocab.encode(ex.references[0] + "\nmore text")) for ex in examples}
+  by_prompt = {
+    tuple([config.eos_id] + list(vocab.encode(ex.prompt))): list(
+      vocab.encode(ex.references[0] + "\nmore text")
+    )
+    for ex in examples
+  }
 
   def fake_generate(config, params, prompts, max_new, **kw):
     return [by_prompt[tuple(p)] for p in prompts]
@@ -221,8 +241,7 @@ def test_truncation_is_counted(model, demo_data):
 
 def test_results_summary_and_rows(model, demo_data):
   config, params, vocab = model
-  res = evaluation.evaluate(config, params, vocab, ["polylm_eval_xcopa_id_0shot"],
-                            max_examples=2)
+  res = evaluation.evaluate(config, params, vocab, ["polylm_eval_xcopa_id_0shot"], max_examples=2)
   assert set(res.summary()) == {"eval/polylm_eval_xcopa_id_0shot/accuracy"}
   (row,) = res.rows()
   assert row["family"] == "xcopa" and row["lang"] == "id" and row["primary"]
@@ -248,13 +267,14 @@ def test_bad_arguments(model, demo_data):
   with pytest.raises(ValueError, match="max_examples"):
     evaluation.evaluate(config, params, vocab, "polylm_eval_xcopa_it_0shot", max_examples=0)
   with pytest.raises(ValueError, match="unknown decoding setting"):
-    evaluation.evaluate(config, params, vocab, "polylm_eval_xcopa_it_0shot",
-                        decode_settings={"beams": 2})
+    evaluation.evaluate(
+      config, params, vocab, "polylm_eval_xcopa_it_0shot", decode_settings={"beams": 2}
+    )
   with pytest.raises(ValueError, match="unknown task or mixture"):
     evaluation.evaluate(config, params, vocab, "polylm_eval_nosuch")
   with pytest.raises(ValueError, match="vocab_size"):
-    evaluation.evaluate(config.replace(vocab_size=512), params, vocab,
-                        "polylm_eval_xcopa_it_0shot")
+    evaluation.evaluate(config.replace(vocab_size=512), params, vocab, "polylm_eval_xcopa_it_0shot")
   with pytest.raises(ValueError, match="unknown families"):
-    evaluation.evaluate(config, params, vocab, "polylm_eval_mtg_title_de_0shot",
-                        max_new_tokens={"mtg": 3})
+    evaluation.evaluate(
+      config, params, vocab, "polylm_eval_mtg_title_de_0shot", max_new_tokens={"mtg": 3}
+    )

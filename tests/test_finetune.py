@@ -18,12 +18,40 @@ from polylm_jax.model import init_params
 
 ANSWER = "OK."
 QUESTIONS = {
-    "ar": "ما هو {}؟", "de": "Was ist {}?", "es": "¿Qué es {}?", "fr": "Qu'est-ce que {} ?",
-    "id": "Apa itu {}?", "ja": "{}とは何ですか？", "ko": "{}은 무엇인가요?", "pt": "O que é {}?",
-    "ru": "Что такое {}?", "th": "{} คืออะไร", "vi": "{} là gì?",
+  "ar": "ما هو {}؟",
+  "de": "Was ist {}?",
+  "es": "¿Qué es {}?",
+  "fr": "Qu'est-ce que {} ?",
+  "id": "Apa itu {}?",
+  "ja": "{}とは何ですか？",
+  "ko": "{}은 무엇인가요?",
+  "pt": "O que é {}?",
+  "ru": "Что такое {}?",
+  "th": "{} คืออะไร",
+  "vi": "{} là gì?",
 }
-THINGS = ["agua", "sol", "luna", "tren", "libro", "mar", "río", "pan", "arroz", "té", "casa",
-          "nube", "árbol", "flor", "gato", "perro", "piedra", "viento", "fuego", "nieve"]
+THINGS = [
+  "agua",
+  "sol",
+  "luna",
+  "tren",
+  "libro",
+  "mar",
+  "río",
+  "pan",
+  "arroz",
+  "té",
+  "casa",
+  "nube",
+  "árbol",
+  "flor",
+  "gato",
+  "perro",
+  "piedra",
+  "viento",
+  "fuego",
+  "nieve",
+]
 
 
 def write_fixture(data_dir):
@@ -35,14 +63,19 @@ def write_fixture(data_dir):
       for i in range(110):
         thing = THINGS[i % len(THINGS)]
         inp = None if i % 2 else f"{thing} {i}"
-        f.write(json.dumps({"instruction": q.format(thing), "input": inp, "output": ANSWER},
-                           ensure_ascii=False) + "\n")
+        f.write(
+          json.dumps(
+            {"instruction": q.format(thing), "input": inp, "output": ANSWER}, ensure_ascii=False
+          )
+          + "\n"
+        )
 
 
 @pytest.mark.slow
 def test_finetune_gin_then_answers_in_multialpaca_format(tmp_path, monkeypatch):
   from polylm_jax import train as train_lib
   from tasks import instructions
+
   vocab = vocab_lib.get_vocabulary()
   config = get_config("polylm_tiny", vocab_size=vocab.vocab_size)
   write_fixture(tmp_path / "multialpaca")
@@ -56,13 +89,26 @@ def test_finetune_gin_then_answers_in_multialpaca_format(tmp_path, monkeypatch):
 
   gin.clear_config()
   try:
-    gin_utils.parse_gin(["models/polylm_tiny.gin", "runs/finetune.gin"], [
-        f"MODEL_DIR = '{tmp_path / 'finetuned'}'", f"CHECKPOINT_PATH = '{init_dir}'",
-        "TRAIN_STEPS = 80", "BATCH_SIZE = 8", "TASK_FEATURE_LENGTHS = {'targets': 64}",
-        f"polylm.PolyLMConfig.vocab_size = {vocab.vocab_size}", "COMPUTE_DTYPE = 'float32'",
-        "WARMUP_STEPS = 5", "train.decay_steps = 75", "train.peak_learning_rate = 1e-2",
-        "train.eval_period = 80", "train.eval_steps = 1", "train.checkpoint_period = 80",
-        "train.log_period = 10", "train.sample_prompts = []"])
+    gin_utils.parse_gin(
+      ["models/polylm_tiny.gin", "runs/finetune.gin"],
+      [
+        f"MODEL_DIR = '{tmp_path / 'finetuned'}'",
+        f"CHECKPOINT_PATH = '{init_dir}'",
+        "TRAIN_STEPS = 80",
+        "BATCH_SIZE = 8",
+        "TASK_FEATURE_LENGTHS = {'targets': 64}",
+        f"polylm.PolyLMConfig.vocab_size = {vocab.vocab_size}",
+        "COMPUTE_DTYPE = 'float32'",
+        "WARMUP_STEPS = 5",
+        "train.decay_steps = 75",
+        "train.peak_learning_rate = 1e-2",
+        "train.eval_period = 80",
+        "train.eval_steps = 1",
+        "train.checkpoint_period = 80",
+        "train.log_period = 10",
+        "train.sample_prompts = []",
+      ],
+    )
     logs = []
     result = train_lib.gin_train(print_fn=lambda *a, **k: logs.append(" ".join(map(str, a))))
   finally:
@@ -80,9 +126,17 @@ def test_finetune_gin_then_answers_in_multialpaca_format(tmp_path, monkeypatch):
   assert vocab.decode(out[:-1]) == ANSWER and out[-1] == vocab_lib.EOS_ID
   # ... and so does the chat binary's loop, which formats what is typed the same way
   from polylm_jax import chat
+
   stdout = io.StringIO()
-  transcript = chat.chat_loop(cfg, params, vocab, style="multialpaca", max_new_tokens=8,
-                              preset="greedy", stdin=io.StringIO("Was ist ein Berg?\n/quit\n"),
-                              stdout=stdout)
+  transcript = chat.chat_loop(
+    cfg,
+    params,
+    vocab,
+    style="multialpaca",
+    max_new_tokens=8,
+    preset="greedy",
+    stdin=io.StringIO("Was ist ein Berg?\n/quit\n"),
+    stdout=stdout,
+  )
   assert transcript == [("Was ist ein Berg?", ANSWER)]
   assert f"> {ANSWER}\n" in stdout.getvalue()

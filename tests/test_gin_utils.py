@@ -19,8 +19,9 @@ def test_model_gin_files_equal_presets(name):
 
 
 def test_bindings_override_files():
-  gin_utils.parse_gin(["models/polylm_tiny.gin"], ["COMPUTE_DTYPE = 'bfloat16'",
-                                                    "polylm.PolyLMConfig.num_layers = 3"])
+  gin_utils.parse_gin(
+    ["models/polylm_tiny.gin"], ["COMPUTE_DTYPE = 'bfloat16'", "polylm.PolyLMConfig.num_layers = 3"]
+  )
   cfg = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
   assert (cfg.dtype, cfg.num_layers) == ("bfloat16", 3)
 
@@ -34,15 +35,19 @@ def test_typos_and_missing_files_are_named(tmp_path):
   gin.clear_config()
   extra = tmp_path / "extra"
   extra.mkdir()
-  (extra / "mine.gin").write_text("include 'models/polylm_tiny.gin'\n"
-                                   "polylm.PolyLMConfig.d_ff = 128\n")
+  (extra / "mine.gin").write_text(
+    "include 'models/polylm_tiny.gin'\npolylm.PolyLMConfig.d_ff = 128\n"
+  )
   gin_utils.parse_gin(["mine.gin"], search_paths=[str(extra)])
   assert gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn().d_ff == 128
 
 
 def test_rewrite_gin_args():
   assert gin_utils.rewrite_gin_args(["prog", '--gin.MODEL_DIR="/x"', "--gin_file=a.gin"]) == [
-      "prog", '--gin_bindings=MODEL_DIR = "/x"', "--gin_file=a.gin"]
+    "prog",
+    '--gin_bindings=MODEL_DIR = "/x"',
+    "--gin_file=a.gin",
+  ]
 
 
 def test_write_operative_config(tmp_path):

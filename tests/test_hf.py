@@ -23,9 +23,20 @@ VOCAB, POSITIONS, D, LAYERS, HEADS = 1000, 64, 64, 3, 4
 def make_hf_model(seed: int = 0, **overrides) -> transformers.GPT2LMHeadModel:
   """A random PolyLM-shaped GPT2LMHeadModel; every tensor (biases, LN too) perturbed."""
   torch.manual_seed(seed)
-  kw = dict(vocab_size=VOCAB, n_positions=POSITIONS, n_embd=D, n_layer=LAYERS, n_head=HEADS,
-            activation_function="gelu_new", attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0,
-            bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+  kw = dict(
+    vocab_size=VOCAB,
+    n_positions=POSITIONS,
+    n_embd=D,
+    n_layer=LAYERS,
+    n_head=HEADS,
+    activation_function="gelu_new",
+    attn_pdrop=0.0,
+    embd_pdrop=0.0,
+    resid_pdrop=0.0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=True,
+  )
   kw.update(overrides)
   model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kw)).eval()
   with torch.no_grad():
@@ -86,9 +97,15 @@ def imported(hf_dir):
 
 def test_config_is_read(imported):
   config, _ = imported
-  assert (config.vocab_size, config.num_layers, config.d_model, config.num_heads,
-          config.head_dim, config.d_ff, config.max_len) == (VOCAB, LAYERS, D, HEADS,
-                                                            D // HEADS, 4 * D, POSITIONS)
+  assert (
+    config.vocab_size,
+    config.num_layers,
+    config.d_model,
+    config.num_heads,
+    config.head_dim,
+    config.d_ff,
+    config.max_len,
+  ) == (VOCAB, LAYERS, D, HEADS, D // HEADS, 4 * D, POSITIONS)
 
 
 def test_logit_parity_safetensors(hf_model, imported):
@@ -158,13 +175,17 @@ def test_export_in_bfloat16(imported, tmp_path):
   hf.export_hf(config, params, tmp_path, dtype="bfloat16")
   back = hf.import_hf(tmp_path)[1]
   np.testing.assert_array_equal(
-      back["wpe"], params["wpe"].astype(hf.np_dtype("bfloat16")).astype(np.float32))
+    back["wpe"], params["wpe"].astype(hf.np_dtype("bfloat16")).astype(np.float32)
+  )
 
 
 def test_checkpoint_without_transformer_prefix(imported, hf_dir, tmp_path):
   tensors = safetensors.numpy.load_file(hf_dir / hf.SAFETENSORS_FILE)
-  safetensors.numpy.save_file({k.removeprefix("transformer."): v for k, v in tensors.items()},
-                              tmp_path / hf.SAFETENSORS_FILE, metadata={"format": "pt"})
+  safetensors.numpy.save_file(
+    {k.removeprefix("transformer."): v for k, v in tensors.items()},
+    tmp_path / hf.SAFETENSORS_FILE,
+    metadata={"format": "pt"},
+  )
   shutil.copy(hf_dir / hf.CONFIG_FILE, tmp_path)
   assert_trees_equal(hf.import_hf(tmp_path)[1], imported[1])
 
@@ -174,8 +195,9 @@ def test_qkv_layout_matches_hf_split(hf_model, imported):
   _, params = imported
   w = hf_model.transformer.h[2].attn.c_attn.weight.detach().numpy()
   dh = D // HEADS
-  np.testing.assert_array_equal(params["layers"]["attn"]["qkv_kernel"][2, :, 1, 3],
-                                w[:, D + 3 * dh: D + 4 * dh])
+  np.testing.assert_array_equal(
+    params["layers"]["attn"]["qkv_kernel"][2, :, 1, 3], w[:, D + 3 * dh : D + 4 * dh]
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +208,9 @@ def base_config() -> dict:
   return json.loads(make_hf_model().config.to_json_string())
 
 
-@pytest.mark.parametrize("field, value", [
+@pytest.mark.parametrize(
+  "field, value",
+  [
     ("model_type", "llama"),
     ("architectures", ["LlamaForCausalLM"]),
     ("tie_word_embeddings", False),
@@ -209,7 +233,8 @@ def base_config() -> dict:
     ("n_layer", 0),
     ("vocab_size", None),
     ("layer_norm_epsilon", 0),
-])
+  ],
+)
 def test_non_polylm_config_names_the_field(field, value):
   config = base_config()
   config[field] = value
@@ -220,8 +245,14 @@ def test_non_polylm_config_names_the_field(field, value):
 def test_numerically_equivalent_flags_are_accepted():
   # reorder_and_upcast_attn only computes the same attention in fp32, as this model does.
   config = base_config()
-  config.update(reorder_and_upcast_attn=True, n_inner=4 * D, activation_function="gelu_fast",
-                rope_scaling=None, position_embedding_type="absolute", eos_token_id=255999)
+  config.update(
+    reorder_and_upcast_attn=True,
+    n_inner=4 * D,
+    activation_function="gelu_fast",
+    rope_scaling=None,
+    position_embedding_type="absolute",
+    eos_token_id=255999,
+  )
   assert hf.config_from_hf(config).d_ff == 4 * D
 
 
@@ -239,11 +270,24 @@ def test_n_inner_is_read_and_checked_against_the_expected_config():
 
 def test_polylm_1_7b_config_json_maps_to_the_preset():
   released = {  # the fields of the released polylm-1.7b config.json
-      "activation_function": "gelu_fast", "architectures": ["GPT2LMHeadModel"],
-      "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "eos_token_id": 2,
-      "bos_token_id": 255999, "layer_norm_epsilon": 1e-05, "model_type": "gpt2",
-      "n_embd": 2048, "n_head": 16, "n_inner": 8192, "n_layer": 24, "n_positions": 2048,
-      "scale_attn_weights": True, "tie_word_embeddings": True, "vocab_size": 256000}
+    "activation_function": "gelu_fast",
+    "architectures": ["GPT2LMHeadModel"],
+    "attn_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "resid_pdrop": 0.0,
+    "eos_token_id": 2,
+    "bos_token_id": 255999,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_embd": 2048,
+    "n_head": 16,
+    "n_inner": 8192,
+    "n_layer": 24,
+    "n_positions": 2048,
+    "scale_attn_weights": True,
+    "tie_word_embeddings": True,
+    "vocab_size": 256000,
+  }
   assert hf.config_from_hf(released) == get_config("polylm_1_7b")
   assert hf.config_from_hf(hf.config_to_hf(get_config("polylm_13b"))) == get_config("polylm_13b")
 
@@ -278,8 +322,11 @@ def test_tensor_shape_disagreeing_with_config(hf_dir, tmp_path):
   config = json.loads((hf_dir / hf.CONFIG_FILE).read_text())
   config["n_inner"] = 2 * D
   (tmp_path / hf.CONFIG_FILE).write_text(json.dumps(config))
-  with pytest.raises(hf.HFFormatError, match=r"'transformer.h.0.mlp.c_fc.weight' has shape "
-                     r"\[64, 256\] but .*config.json implies \[64, 128\]"):
+  with pytest.raises(
+    hf.HFFormatError,
+    match=r"'transformer.h.0.mlp.c_fc.weight' has shape "
+    r"\[64, 256\] but .*config.json implies \[64, 128\]",
+  ):
     hf.import_hf(tmp_path)
 
 

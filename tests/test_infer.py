@@ -26,6 +26,7 @@ def _clear_gin():
 @pytest.fixture(scope="module")
 def vocab():
   from polylm_jax import vocab as vocab_lib
+
   return vocab_lib.get_vocabulary()
 
 
@@ -50,17 +51,35 @@ def _write_prompts(path, lines):
 
 
 def test_binary_end_to_end_jsonl(run_dir, model, vocab, tmp_path):
-  prompts = _write_prompts(tmp_path / "prompts.jsonl", [
-      {"id": "a", "prompt": "Hello world"}, {"prompt": "Bonjour"}, "",
-      {"id": 7, "instruction": "Translate to German", "input": "good morning"}])
+  prompts = _write_prompts(
+    tmp_path / "prompts.jsonl",
+    [
+      {"id": "a", "prompt": "Hello world"},
+      {"prompt": "Bonjour"},
+      "",
+      {"id": 7, "instruction": "Translate to German", "input": "good morning"},
+    ],
+  )
   out = tmp_path / "out"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device: no mesh
   proc = subprocess.run(
-      [sys.executable, "-m", "polylm_jax.infer", "--gin_file=runs/infer.gin",
-       f'--gin.CHECKPOINT_PATH="{run_dir}"', f'--gin.INFER_OUTPUT_DIR="{out}"',
-       f'--gin.INFER_INPUT_FILE="{prompts}"', "--gin.INFER_MAX_NEW_TOKENS=5",
-       "--gin.BATCH_SIZE=2"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "polylm_jax.infer",
+      "--gin_file=runs/infer.gin",
+      f'--gin.CHECKPOINT_PATH="{run_dir}"',
+      f'--gin.INFER_OUTPUT_DIR="{out}"',
+      f'--gin.INFER_INPUT_FILE="{prompts}"',
+      "--gin.INFER_MAX_NEW_TOKENS=5",
+      "--gin.BATCH_SIZE=2",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in (out / infer.OUTPUT_FILE).read_text().splitlines()]
   assert [r["id"] for r in rows] == ["a", 1, 7]
@@ -75,6 +94,7 @@ def test_binary_end_to_end_jsonl(run_dir, model, vocab, tmp_path):
 def test_hf_dir_and_seqio_task_with_beam_search(model, vocab, tmp_path):
   import seqio
   import tensorflow as tf
+
   config, params = model
   hf_dir = tmp_path / "hf"
   hf.export_hf(config, params, hf_dir)
@@ -82,16 +102,28 @@ def test_hf_dir_and_seqio_task_with_beam_search(model, vocab, tmp_path):
   name = "test_infer_prompts"
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(
-          lambda split, shuffle_files: tf.data.Dataset.from_tensor_slices(
-              {"inputs": texts, "targets": ["t0", "t1", "t2"]}), splits=["validation"]),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-      output_features={"inputs": seqio.Feature(vocab, add_eos=True),
-                       "targets": seqio.Feature(vocab, add_eos=True)})
-  path = infer.run_inference(checkpoint_path=str(hf_dir), output_dir=str(tmp_path / "out"),
-                             mixture_or_task_name=name, max_new_tokens=4, batch_size=2,
-                             preset="beam", print_fn=lambda *a: None)
+    name,
+    source=seqio.FunctionDataSource(
+      lambda split, shuffle_files: tf.data.Dataset.from_tensor_slices(
+        {"inputs": texts, "targets": ["t0", "t1", "t2"]}
+      ),
+      splits=["validation"],
+    ),
+    preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+    output_features={
+      "inputs": seqio.Feature(vocab, add_eos=True),
+      "targets": seqio.Feature(vocab, add_eos=True),
+    },
+  )
+  path = infer.run_inference(
+    checkpoint_path=str(hf_dir),
+    output_dir=str(tmp_path / "out"),
+    mixture_or_task_name=name,
+    max_new_tokens=4,
+    batch_size=2,
+    preset="beam",
+    print_fn=lambda *a: None,
+  )
   rows = [json.loads(l) for l in open(path)]
   assert [r["prompt"] for r in rows] == texts and [r["target"] for r in rows] == ["t0", "t1", "t2"]
   expected = decoding.generate_text(config, params, vocab, texts, 4, **decoding.DEMO_BEAM)

@@ -17,12 +17,12 @@ CFG = get_config("polylm_mid")
 STD = 0.006
 OUT_STD = STD / math.sqrt(2 * CFG.num_layers)
 WEIGHTS = {
-    ("wte",): STD,
-    ("wpe",): STD,
-    ("layers", "attn", "qkv_kernel"): STD,
-    ("layers", "attn", "out_kernel"): OUT_STD,
-    ("layers", "mlp", "fc1_kernel"): STD,
-    ("layers", "mlp", "fc2_kernel"): OUT_STD,
+  ("wte",): STD,
+  ("wpe",): STD,
+  ("layers", "attn", "qkv_kernel"): STD,
+  ("layers", "attn", "out_kernel"): OUT_STD,
+  ("layers", "mlp", "fc1_kernel"): STD,
+  ("layers", "mlp", "fc2_kernel"): OUT_STD,
 }
 
 

@@ -10,6 +10,7 @@ from rouge_score import rouge_scorer
 from polylm_jax import instruct_filters as F
 from polylm_jax.self_instruct import DEFAULT_SEED_DIR, MULTIALPACA_LANGUAGES
 
+
 def test_multilingual_rouge_tokenizer_and_rouge_l():
   assert F.tokenize("日本語の文") == ["日", "本", "語", "の", "文"]
   assert F.tokenize("Hola, MUNDO!") == ["hola", "mundo"]
@@ -25,9 +26,10 @@ def test_multilingual_rouge_tokenizer_and_rouge_l():
 
 def test_pool_max_rouge_is_exact():
   pool = F.InstructionPool("es")
-  texts = [f"Escribe {n} ideas para una fiesta de cumpleaños {w}" for n, w in
-           [("tres", "infantil"), ("cinco", "sorpresa"), ("diez", "temática")]] + [
-               "Traduce la frase al inglés", "Resume el texto en una frase"]
+  texts = [
+    f"Escribe {n} ideas para una fiesta de cumpleaños {w}"
+    for n, w in [("tres", "infantil"), ("cinco", "sorpresa"), ("diez", "temática")]
+  ] + ["Traduce la frase al inglés", "Resume el texto en una frase"]
   pool.extend((t, "") for t in texts)
   cand = "Escribe cinco ideas para una fiesta sorpresa"
   best, i = pool.max_rouge(cand)
@@ -40,7 +42,9 @@ def keep_case(pool):
   return pool.check("Explica por qué el mar es salado.", "", "Porque los ríos llevan sales.")
 
 
-@pytest.mark.parametrize("instruction,input_text,output,reason,detail", [
+@pytest.mark.parametrize(
+  "instruction,input_text,output,reason,detail",
+  [
     ("", "", "algo", "format", "empty instruction"),
     ("Resume el texto.", "", "   ", "format", "empty output"),
     ("Resume el texto.", "", "...", "format", "no letters"),
@@ -60,11 +64,22 @@ def keep_case(pool):
     ("Resume el archivo que te envié.", "", "Un resumen.", "unservable", "archivo"),
     ("Mira este video y dime de qué trata.", "", "De gatos.", "unservable", "video"),
     ("EXPLICA por qué el mar es salado", "", "Otra respuesta.", "duplicate", "same instruction"),
-    ("Resume este texto.", "El gato de mi vecina duerme en el sofá todo el día.", "Duerme.",
-     "near_duplicate", "Jaccard"),
-    ("Explica brevemente a un niño pequeño por qué el mar es salado.", "", "Sal.", "rouge",
-     "ROUGE-L 0.74"),
-])
+    (
+      "Resume este texto.",
+      "El gato de mi vecina duerme en el sofá todo el día.",
+      "Duerme.",
+      "near_duplicate",
+      "Jaccard",
+    ),
+    (
+      "Explica brevemente a un niño pequeño por qué el mar es salado.",
+      "",
+      "Sal.",
+      "rouge",
+      "ROUGE-L 0.74",
+    ),
+  ],
+)
 def test_each_filter_rejects_what_it_should(instruction, input_text, output, reason, detail):
   pool = F.InstructionPool("es")
   pool.add("Explica por qué el mar es salado.", "")
@@ -75,14 +90,21 @@ def test_each_filter_rejects_what_it_should(instruction, input_text, output, rea
   assert not verdict.kept
 
 
-@pytest.mark.parametrize("instruction,input_text,output", [
-    ("Agrega una coma donde haga falta.", "Voy a casa pero antes compro pan.",
-     "Voy a casa, pero antes compro pan."),
+@pytest.mark.parametrize(
+  "instruction,input_text,output",
+  [
+    (
+      "Agrega una coma donde haga falta.",
+      "Voy a casa pero antes compro pan.",
+      "Voy a casa, pero antes compro pan.",
+    ),
     ("Escribe la frase en mayúsculas.", "la casa es verde", "LA CASA ES VERDE"),
     ("文を単語に区切ってください。", "あなたが好きです", "あなた が 好き です"),
-])
+  ],
+)
 def test_format_keeps_tasks_that_change_only_case_punctuation_or_spacing(
-    instruction, input_text, output):
+  instruction, input_text, output
+):
   assert F.check_format(instruction, input_text, output) is None
   assert F.check_format(instruction, input_text, " " + input_text + "\n") is not None
 
@@ -94,25 +116,38 @@ def test_kept_candidate_reports_its_rouge():
   assert verdict.kept and 0.0 <= verdict.rouge < 0.7
 
 
-@pytest.mark.parametrize("lang,text", [
-    ("ja", "この写真に写っているものを説明してください。"), ("ko", "첨부한 사진을 설명해 주세요."),
-    ("th", "อธิบายรูปภาพนี้"), ("ru", "Опиши эту картинку."), ("ar", "صف الصورة التالية."),
-    ("de", "Beschreibe das Bild."), ("fr", "Décrivez cette photo."), ("pt", "Descreva a imagem."),
-    ("id", "Jelaskan gambar ini."), ("vi", "Hãy mô tả hình ảnh này."),
-    ("es", "Abre el fichero adjunto."), ("ja", "リンク先の記事を要約してください。"),
-])
+@pytest.mark.parametrize(
+  "lang,text",
+  [
+    ("ja", "この写真に写っているものを説明してください。"),
+    ("ko", "첨부한 사진을 설명해 주세요."),
+    ("th", "อธิบายรูปภาพนี้"),
+    ("ru", "Опиши эту картинку."),
+    ("ar", "صف الصورة التالية."),
+    ("de", "Beschreibe das Bild."),
+    ("fr", "Décrivez cette photo."),
+    ("pt", "Descreva a imagem."),
+    ("id", "Jelaskan gambar ini."),
+    ("vi", "Hãy mô tả hình ảnh này."),
+    ("es", "Abre el fichero adjunto."),
+    ("ja", "リンク先の記事を要約してください。"),
+  ],
+)
 def test_unservable_in_every_language(lang, text):
   assert F.unservable_match(text, lang)
 
 
-@pytest.mark.parametrize("lang,text", [
-    ("de", "Erkläre die Bildung von Wolken."),          # Bildung, not Bild
-    ("vi", "Điều gì ảnh hưởng đến thời tiết?"),          # ảnh hưởng = influence
-    ("th", "สภาพอากาศวันนี้เป็นอย่างไร"),                  # สภาพ contains ภาพ
-    ("ar", "تصور أنك تعيش في القرن الماضي."),            # تصور contains صور
-    ("es", "Explica la fotosíntesis."),                  # foto- as a prefix
-    ("ja", "次のパラグラフを要約してください。"),              # パラグラフ = paragraph
-])
+@pytest.mark.parametrize(
+  "lang,text",
+  [
+    ("de", "Erkläre die Bildung von Wolken."),  # Bildung, not Bild
+    ("vi", "Điều gì ảnh hưởng đến thời tiết?"),  # ảnh hưởng = influence
+    ("th", "สภาพอากาศวันนี้เป็นอย่างไร"),  # สภาพ contains ภาพ
+    ("ar", "تصور أنك تعيش في القرن الماضي."),  # تصور contains صور
+    ("es", "Explica la fotosíntesis."),  # foto- as a prefix
+    ("ja", "次のパラグラフを要約してください。"),  # パラグラフ = paragraph
+  ],
+)
 def test_unservable_avoids_false_positives(lang, text):
   assert F.unservable_match(text, lang) is None
 
@@ -149,8 +184,14 @@ def test_seed_tasks_pass_every_filter():
     seeds = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert len(seeds) >= 20, lang
     types = {s["type"] for s in seeds}
-    assert {"open_qa", "rewriting", "classification", "extraction", "brainstorming",
-            "translation"} <= types, (lang, types)
+    assert {
+      "open_qa",
+      "rewriting",
+      "classification",
+      "extraction",
+      "brainstorming",
+      "translation",
+    } <= types, (lang, types)
     pool = F.InstructionPool(lang)
     for s in seeds:
       verdict = pool.check(s["instruction"], s["input"] or "", s["output"])

@@ -20,9 +20,11 @@ def test_truncated_last_line_is_cut_and_damage_elsewhere_is_an_error(tmp_path):
 
 def test_seed_loader_errors_name_file_line_and_field(tmp_path):
   path = tmp_path / "es.jsonl"
-  for text, why in [('{"instruction": "a", "output": "b"}\n[1]\n', "line 2: expected a JSON object"),
-                    ('{"instruction": "", "output": "b"}\n', "field 'instruction' must be"),
-                    ("\n\n", "holds no seed tasks")]:
+  for text, why in [
+    ('{"instruction": "a", "output": "b"}\n[1]\n', "line 2: expected a JSON object"),
+    ('{"instruction": "", "output": "b"}\n', "field 'instruction' must be"),
+    ("\n\n", "holds no seed tasks"),
+  ]:
     path.write_text(text)
     with pytest.raises(ValueError, match=why):
       store.load_seed_tasks(str(path))
@@ -30,7 +32,8 @@ def test_seed_loader_errors_name_file_line_and_field(tmp_path):
     store.load_seed_tasks(str(tmp_path / "missing.jsonl"))
   path.write_text('{"instruction": "a", "input": null, "output": "b", "type": "open_qa"}\n')
   assert store.load_seed_tasks(str(path)) == [
-      {"instruction": "a", "input": "", "output": "b", "type": "open_qa"}]
+    {"instruction": "a", "input": "", "output": "b", "type": "open_qa"}
+  ]
 
 
 def test_appender_and_atomic_rewrite(tmp_path):
@@ -47,13 +50,17 @@ def test_appender_and_atomic_rewrite(tmp_path):
 
 def test_stats_table_and_plot(tmp_path):
   kept = {"es": [{"rouge_l": 0.2}, {"rouge_l": 0.5}], "ja": []}
-  rejected = [{"lang": "es", "reason": "rouge", "rouge_l": 0.8},
-              {"lang": "ja", "reason": "language", "rouge_l": None},
-              {"lang": "ja", "reason": "teacher_error"}, {"lang": "xx", "reason": "format"}]
+  rejected = [
+    {"lang": "es", "reason": "rouge", "rouge_l": 0.8},
+    {"lang": "ja", "reason": "language", "rouge_l": None},
+    {"lang": "ja", "reason": "teacher_error"},
+    {"lang": "xx", "reason": "format"},
+  ]
   stats = store.compute_stats(kept, rejected, ["es", "ja"])
   assert stats["languages"] == {
-      "es": {"kept": 2, "rejected": {"rouge": 1}, "candidates": 3},
-      "ja": {"kept": 0, "rejected": {"language": 1, "teacher_error": 1}, "candidates": 1}}
+    "es": {"kept": 2, "rejected": {"rouge": 1}, "candidates": 3},
+    "ja": {"kept": 0, "rejected": {"language": 1, "teacher_error": 1}, "candidates": 1},
+  }
   assert stats["rouge_l"] == {"kept": [0.2, 0.5], "rejected": [0.8]}
   text = store.format_stats(stats, threshold=0.7)
   assert "teacher_error" in text.splitlines()[0]

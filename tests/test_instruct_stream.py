@@ -16,18 +16,29 @@ def _write(path, n, lang_word):
   with open(path, "w", encoding="utf-8") as f:
     for i in range(n):
       inp = None if i % 3 else f"texto {i} " * (i % 4)
-      f.write(json.dumps({"instruction": f"{lang_word} {i}?", "input": inp,
-                          "output": f"resposta {i} " * (1 + i % 5)}, ensure_ascii=False) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "instruction": f"{lang_word} {i}?",
+            "input": inp,
+            "output": f"resposta {i} " * (1 + i % 5),
+          },
+          ensure_ascii=False,
+        )
+        + "\n"
+      )
   return str(path)
 
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
   d = tmp_path_factory.mktemp("instr")
-  es = instructions.register_instruction_task("es", _write(d / "es.jsonl", 30, "pregunta"),
-                                              source_name="streamtest", holdout_every=5)
-  pt = instructions.register_instruction_task("pt", _write(d / "pt.jsonl", 12, "pergunta"),
-                                              source_name="streamtest", holdout_every=5)
+  es = instructions.register_instruction_task(
+    "es", _write(d / "es.jsonl", 30, "pregunta"), source_name="streamtest", holdout_every=5
+  )
+  pt = instructions.register_instruction_task(
+    "pt", _write(d / "pt.jsonl", 12, "pergunta"), source_name="streamtest", holdout_every=5
+  )
   mix = instructions.register_instruction_mixture("streamtest_mix", [es, pt])
   return es, pt, mix
 
@@ -38,8 +49,7 @@ def _segments(batch, r):
   seg = batch["segment_ids"][r]
   for s in range(1, seg.max() + 1):
     m = seg == s
-    out.append(tuple(batch[k][r][m] for k in ("inputs", "targets", "loss_weights",
-                                                 "positions")))
+    out.append(tuple(batch[k][r][m] for k in ("inputs", "targets", "loss_weights", "positions")))
   return out
 
 
@@ -64,7 +74,7 @@ def test_prompt_tokens_zero_weight_response_full_on_packed_rows(tasks):
       packed_rows += len(segs) > 1
       for inputs, targets, w, pos in segs:
         np.testing.assert_array_equal(pos, np.arange(len(inputs)))  # positions reset
-        np.testing.assert_array_equal(inputs[1:], targets[:-1])     # one example, shifted
+        np.testing.assert_array_equal(inputs[1:], targets[:-1])  # one example, shifted
         p = known[tuple(inputs.tolist())]  # the whole example, uncut (all fit in T here)
         np.testing.assert_array_equal(w, (np.arange(1, len(inputs) + 1) >= p).astype(float))
         assert w[p - 2] == 0 and w[p - 1] == 1  # last prompt target 0, first response target 1
@@ -72,7 +82,8 @@ def test_prompt_tokens_zero_weight_response_full_on_packed_rows(tasks):
         # the weighted targets decode to the response, the unweighted ones to the prompt
         prompt_text = vocab.decode(inputs[:p].tolist())
         assert prompt_text.endswith("\n\n") and "\n\n" not in vocab.decode(
-            targets[w == 1][:-1].tolist())
+          targets[w == 1][:-1].tolist()
+        )
       pad = batch["segment_ids"][r] == 0
       assert (batch["loss_weights"][r][pad] == 0).all() and (batch["langs"][r][pad] == -1).all()
   assert packed_rows > 0

@@ -11,13 +11,22 @@ from polylm_jax import vocab as vocab_lib
 from tasks import instructions
 
 RECORDS = [
-    {"instruction": "¿Cuál es la capital de Perú?", "input": None, "output": "Lima."},
-    {"instruction": "Resume el texto.", "input": "El gato duerme en el sofá todo el día.",
-     "output": "Un gato duerme mucho."},
-    {"instruction": "Di hola.", "output": "¡Hola!"},  # no "input" key at all
-    {"instruction": "  Traduce al inglés.  ", "input": "  \n ", "output": "Good morning."},
-    {"instruction": "Clasifica el sentimiento.", "input": "Me encanta.", "output": "Positivo",
-     "lang": "es", "round": 3, "teacher": "x"},  # self-instruct extras are ignored
+  {"instruction": "¿Cuál es la capital de Perú?", "input": None, "output": "Lima."},
+  {
+    "instruction": "Resume el texto.",
+    "input": "El gato duerme en el sofá todo el día.",
+    "output": "Un gato duerme mucho.",
+  },
+  {"instruction": "Di hola.", "output": "¡Hola!"},  # no "input" key at all
+  {"instruction": "  Traduce al inglés.  ", "input": "  \n ", "output": "Good morning."},
+  {
+    "instruction": "Clasifica el sentimiento.",
+    "input": "Me encanta.",
+    "output": "Positivo",
+    "lang": "es",
+    "round": 3,
+    "teacher": "x",
+  },  # self-instruct extras are ignored
 ]
 
 
@@ -32,16 +41,23 @@ def write_jsonl(path, records, extra_lines=()):
 
 def task_examples(name, split="train"):
   task = seqio.get_mixture_or_task(name)
-  ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False,
-                        trim_output_features=False, try_in_mem_cache=False)
+  ds = task.get_dataset(
+    sequence_length=None,
+    split=split,
+    shuffle=False,
+    use_cached=False,
+    trim_output_features=False,
+    try_in_mem_cache=False,
+  )
   return list(ds.as_numpy_iterator())
 
 
 @pytest.mark.parametrize("style", ["multialpaca", "chat"])
 def test_task_formats_like_prompts_module(tmp_path, style):
   path = write_jsonl(tmp_path / "es.jsonl", RECORDS)
-  name = instructions.register_instruction_task("es", path, source_name="fixture", style=style,
-                                                holdout_every=None)
+  name = instructions.register_instruction_task(
+    "es", path, source_name="fixture", style=style, holdout_every=None
+  )
   assert name == ("polylm_fixture_es" if style == "multialpaca" else "polylm_fixture_es_chat")
   vocab = vocab_lib.get_vocabulary()
   got = task_examples(name)
@@ -53,13 +69,17 @@ def test_task_formats_like_prompts_module(tmp_path, style):
     assert list(ex["inputs"]) == list(vocab.encode(want_prompt))  # no eos after the prompt
     assert ex["targets"][-1] == vocab_lib.EOS_ID
     assert vocab.decode(ex["targets"][:-1].tolist()) == r["output"]
-  assert instructions.instruction_task_info(name) == {"lang": "es", "source": "fixture",
-                                                      "style": style}
+  assert instructions.instruction_task_info(name) == {
+    "lang": "es",
+    "source": "fixture",
+    "style": style,
+  }
 
 
 def test_holdout_split_and_counts(tmp_path):
-  records = [{"instruction": f"Pregunta {i}", "input": None, "output": f"Respuesta {i}"}
-             for i in range(10)]
+  records = [
+    {"instruction": f"Pregunta {i}", "input": None, "output": f"Respuesta {i}"} for i in range(10)
+  ]
   path = write_jsonl(tmp_path / "pt.jsonl", records)
   name = instructions.register_instruction_task("pt", path, source_name="split", holdout_every=4)
   train = [e["targets_pretokenized"].decode() for e in task_examples(name, "train")]
@@ -70,28 +90,38 @@ def test_holdout_split_and_counts(tmp_path):
 
 
 def test_malformed_lines_fail_or_skip(tmp_path):
-  path = write_jsonl(tmp_path / "fr.jsonl", RECORDS[:2],
-                     extra_lines=['{"instruction": "x", "input": 3, "output": "y"}'])
-  name = instructions.register_instruction_task("fr", path, source_name="bad",
-                                                holdout_every=None)
+  path = write_jsonl(
+    tmp_path / "fr.jsonl",
+    RECORDS[:2],
+    extra_lines=['{"instruction": "x", "input": 3, "output": "y"}'],
+  )
+  name = instructions.register_instruction_task("fr", path, source_name="bad", holdout_every=None)
   with pytest.raises(Exception, match=r"fr.jsonl line 3: field 'input' must be a string or null"):
     task_examples(name)
-  for bad, why in [("{not json", "invalid JSON"), ('["a"]', "expected a JSON object"),
-                   ('{"input": "a", "output": "b"}', "field 'instruction' must be a string")]:
+  for bad, why in [
+    ("{not json", "invalid JSON"),
+    ('["a"]', "expected a JSON object"),
+    ('{"input": "a", "output": "b"}', "field 'instruction' must be a string"),
+  ]:
     with pytest.raises(instructions.sources.MalformedLine, match=why):
       instructions.parse_record(bad, "f line 1")
-  name = instructions.register_instruction_task("fr", path, source_name="bad", on_error="skip",
-                                                holdout_every=None)
+  name = instructions.register_instruction_task(
+    "fr", path, source_name="bad", on_error="skip", holdout_every=None
+  )
   assert len(task_examples(name)) == 2
   assert seqio.get_mixture_or_task(name).source.skipped == {path: 1}
 
 
 def test_blank_records_are_dropped_and_counted(tmp_path):
-  path = write_jsonl(tmp_path / "ja.jsonl", RECORDS[:2] + [
+  path = write_jsonl(
+    tmp_path / "ja.jsonl",
+    RECORDS[:2]
+    + [
       {"instruction": "質問", "input": None, "output": ""},
-      {"instruction": "  ", "input": "x", "output": "y"}])
-  name = instructions.register_instruction_task("ja", path, source_name="blank",
-                                                holdout_every=None)
+      {"instruction": "  ", "input": "x", "output": "y"},
+    ],
+  )
+  name = instructions.register_instruction_task("ja", path, source_name="blank", holdout_every=None)
   assert len(task_examples(name)) == 2
   assert seqio.get_mixture_or_task(name).source.blank == {path: 2}
 
@@ -112,14 +142,26 @@ def test_missing_data_dir_and_files_are_clear(tmp_path, monkeypatch):
 
 def test_builtin_tasks_and_mixture_read_data_dir(tmp_path, monkeypatch):
   assert set(instructions.MULTIALPACA_LANGUAGES) == {
-      "ar", "de", "es", "fr", "id", "ja", "ko", "pt", "ru", "th", "vi"}
+    "ar",
+    "de",
+    "es",
+    "fr",
+    "id",
+    "ja",
+    "ko",
+    "pt",
+    "ru",
+    "th",
+    "vi",
+  }
   for lang in instructions.MULTIALPACA_LANGUAGES:
     assert f"polylm_multialpaca_{lang}" in seqio.TaskRegistry.names()
   monkeypatch.delenv(instructions.DATA_DIR_ENV, raising=False)
   for i, lang in enumerate(instructions.MULTIALPACA_LANGUAGES):
-    write_jsonl(tmp_path / f"{lang}.jsonl",
-                [{"instruction": f"q{j}", "input": None, "output": f"a{j}"}
-                 for j in range(100 + 100 * i)])
+    write_jsonl(
+      tmp_path / f"{lang}.jsonl",
+      [{"instruction": f"q{j}", "input": None, "output": f"a{j}"} for j in range(100 + 100 * i)],
+    )
   instructions.set_data_dir(str(tmp_path))
   try:
     mixture = seqio.get_mixture_or_task(instructions.MIXTURE_NAME)
@@ -134,24 +176,30 @@ def test_builtin_tasks_and_mixture_read_data_dir(tmp_path, monkeypatch):
 
 def test_shards_one_file_each(tmp_path):
   for k in range(3):
-    write_jsonl(tmp_path / f"de-{k}.jsonl",
-                [{"instruction": f"Frage {k}.{j}", "input": None, "output": "Antwort"}
-                 for j in range(2)])
-  name = instructions.register_instruction_task("de", str(tmp_path / "de-*.jsonl"),
-                                                source_name="sharded", holdout_every=None)
+    write_jsonl(
+      tmp_path / f"de-{k}.jsonl",
+      [{"instruction": f"Frage {k}.{j}", "input": None, "output": "Antwort"} for j in range(2)],
+    )
+  name = instructions.register_instruction_task(
+    "de", str(tmp_path / "de-*.jsonl"), source_name="sharded", holdout_every=None
+  )
   source = seqio.get_mixture_or_task(name).source
   assert len(source.list_shards("train")) == 3
   ds = source.get_dataset("train", shuffle=False, shard_info=seqio.ShardInfo(1, 3))
-  assert [e["instruction"].decode() for e in ds.as_numpy_iterator()] == ["Frage 1.0",
-                                                                           "Frage 1.1"]
+  assert [e["instruction"].decode() for e in ds.as_numpy_iterator()] == ["Frage 1.0", "Frage 1.1"]
 
 
 def test_tf_formatting_matches_python_on_edge_cases():
   cases = [("a", ""), (" a ", " b "), ("a\n", "\n"), ("多行\n指示", "入力"), ("x", "y\nz")]
-  ds = tf.data.Dataset.from_tensor_slices({
-      "instruction": [c[0] for c in cases], "input": [c[1] for c in cases],
-      "output": ["o"] * len(cases)})
+  ds = tf.data.Dataset.from_tensor_slices(
+    {
+      "instruction": [c[0] for c in cases],
+      "input": [c[1] for c in cases],
+      "output": ["o"] * len(cases),
+    }
+  )
   for style in prompts.STYLES:
-    got = [e["inputs"].decode() for e in
-           instructions.format_instructions(ds, style).as_numpy_iterator()]
+    got = [
+      e["inputs"].decode() for e in instructions.format_instructions(ds, style).as_numpy_iterator()
+    ]
     assert got == [prompts.format_prompt(i, x, style) for i, x in cases]

@@ -5,20 +5,20 @@ import pytest
 from polylm_jax import langid
 
 SENTENCES = {
-    "es": "¿Puedes explicar por qué los días son más largos en verano?",
-    "pt": "Você pode explicar por que os dias são mais longos no verão?",
-    "fr": "Pouvez-vous expliquer pourquoi les jours sont plus longs en été ?",
-    "de": "Kannst du erklären, warum die Tage im Sommer länger sind?",
-    "id": "Bisakah kamu menjelaskan mengapa siang hari lebih panjang pada musim panas?",
-    "vi": "Bạn có thể giải thích tại sao ngày mùa hè lại dài hơn không?",
-    "en": "Can you explain why the days are longer in summer?",
-    "ru": "Можешь объяснить, почему летом дни длиннее?",
-    "ar": "هل يمكنك أن تشرح لماذا تكون الأيام أطول في الصيف؟",
-    "ja": "夏に日が長くなるのはなぜか説明してください。",
-    "zh": "你能解释一下为什么夏天白天更长吗？",
-    "ko": "여름에 낮이 더 긴 이유를 설명해 줄 수 있나요?",
-    "th": "ช่วยอธิบายหน่อยว่าทำไมกลางวันในฤดูร้อนจึงยาวกว่า",
-    "he": "אתה יכול להסביר למה הימים ארוכים יותר בקיץ?",
+  "es": "¿Puedes explicar por qué los días son más largos en verano?",
+  "pt": "Você pode explicar por que os dias são mais longos no verão?",
+  "fr": "Pouvez-vous expliquer pourquoi les jours sont plus longs en été ?",
+  "de": "Kannst du erklären, warum die Tage im Sommer länger sind?",
+  "id": "Bisakah kamu menjelaskan mengapa siang hari lebih panjang pada musim panas?",
+  "vi": "Bạn có thể giải thích tại sao ngày mùa hè lại dài hơn không?",
+  "en": "Can you explain why the days are longer in summer?",
+  "ru": "Можешь объяснить, почему летом дни длиннее?",
+  "ar": "هل يمكنك أن تشرح لماذا تكون الأيام أطول في الصيف؟",
+  "ja": "夏に日が長くなるのはなぜか説明してください。",
+  "zh": "你能解释一下为什么夏天白天更长吗？",
+  "ko": "여름에 낮이 더 긴 이유를 설명해 줄 수 있나요?",
+  "th": "ช่วยอธิบายหน่อยว่าทำไมกลางวันในฤดูร้อนจึงยาวกว่า",
+  "he": "אתה יכול להסביר למה הימים ארוכים יותר בקיץ?",
 }
 
 

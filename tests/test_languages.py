@@ -6,8 +6,26 @@ from tasks import languages
 
 
 def test_the_18_polylm_languages():
-  assert languages.LANGUAGE_CODES == ("zh", "en", "es", "fr", "pt", "ru", "de", "it", "ar",
-                                      "ja", "ko", "th", "vi", "id", "nl", "pl", "tr", "he")
+  assert languages.LANGUAGE_CODES == (
+    "zh",
+    "en",
+    "es",
+    "fr",
+    "pt",
+    "ru",
+    "de",
+    "it",
+    "ar",
+    "ja",
+    "ko",
+    "th",
+    "vi",
+    "id",
+    "nl",
+    "pl",
+    "tr",
+    "he",
+  )
   for lang in languages.POLYLM_LANGUAGES:
     assert lang.name and lang.native and lang.script
   assert languages.check_language("zh").native == "中文"
@@ -15,7 +33,7 @@ def test_the_18_polylm_languages():
 
 
 def test_tfds_codes_that_differ_from_iso():
-  assert languages.check_language("he").mc4 == "iw"          # mC4 uses the old code
+  assert languages.check_language("he").mc4 == "iw"  # mC4 uses the old code
   assert languages.check_language("zh").wiki40b == "zh-cn"
   assert languages.check_language("zh").ted == "zh-cn"
   assert languages.check_language("pt").ted == "pt"

@@ -15,9 +15,18 @@ def _device(kind, platform="gpu"):
   return types.SimpleNamespace(device_kind=kind, platform=platform)
 
 
-@pytest.mark.parametrize("kind,peak", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-    ("TPU v4", 275e12), ("TPU v5p", 459e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12)])
+@pytest.mark.parametrize(
+  "kind,peak",
+  [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H200", 989e12),
+    ("TPU v4", 275e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+  ],
+)
 def test_peak_flops_per_device_kind(kind, peak, monkeypatch):
   monkeypatch.delenv("POLYLM_PEAK_FLOPS", raising=False)
   value, source = metrics.device_peak_flops(_device(kind, "tpu" if "TPU" in kind else "gpu"))
@@ -48,12 +57,25 @@ def test_mfu():
 
 
 def test_progress_line_has_the_fields():
-  line = metrics.progress_line(120, 400, {
-      "loss": 9.0, "loss_avg": 5.4321, "tokens_per_second": 12345.6, "mfu": 0.231,
-      "learning_rate": 3e-4, "grad_norm": 1.234, "stage": 1, "skipped_steps": 2,
-      "eta_seconds": 133})
-  assert line == ("step 120/400 | loss 5.4321 | 12,346 tok/s | MFU 23.1% | lr 3.0e-04 | "
-                  "gnorm 1.23 | stage 1 | skipped 2 | ETA 2m13s")
+  line = metrics.progress_line(
+    120,
+    400,
+    {
+      "loss": 9.0,
+      "loss_avg": 5.4321,
+      "tokens_per_second": 12345.6,
+      "mfu": 0.231,
+      "learning_rate": 3e-4,
+      "grad_norm": 1.234,
+      "stage": 1,
+      "skipped_steps": 2,
+      "eta_seconds": 133,
+    },
+  )
+  assert line == (
+    "step 120/400 | loss 5.4321 | 12,346 tok/s | MFU 23.1% | lr 3.0e-04 | "
+    "gnorm 1.23 | stage 1 | skipped 2 | ETA 2m13s"
+  )
   assert metrics.progress_line(1, 2, {"loss": 2.0}) == "step 1/2 | loss 2.0000"
 
 
@@ -67,12 +89,12 @@ def test_throughput_excludes_the_first_interval_and_gives_eta(monkeypatch):
   clock = iter([0.0, 10.0, 12.0])
   monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
   t = metrics.Throughput(tokens_per_step=100, total_steps=10)
-  assert t.measure(1) == {}           # starts the clock once step 1 (with compilation) is done
-  m = t.measure(6)                     # 5 steps in 10 s
+  assert t.measure(1) == {}  # starts the clock once step 1 (with compilation) is done
+  m = t.measure(6)  # 5 steps in 10 s
   assert m["step_time"] == pytest.approx(2.0)
   assert m["tokens_per_second"] == pytest.approx(50.0)
   assert m["eta_seconds"] == pytest.approx(8.0)
-  m = t.measure(8)                     # 2 steps in 2 s; ETA from the median step time
+  m = t.measure(8)  # 2 steps in 2 s; ETA from the median step time
   assert m["tokens_per_second"] == pytest.approx(100.0)
   assert m["eta_seconds"] == pytest.approx(1.5 * 2)
 
@@ -105,8 +127,8 @@ def test_jsonl_survives_a_half_written_line_and_last_record_wins(tmp_path):
   w.write("train", 1, {"loss": 3.0}, tensorboard=False)
   w.close()
   with open(tmp_path / "metrics.jsonl", "a") as f:
-    f.write('{"kind": "train", "step": 2, "lo')   # killed mid-line
-  w = metrics.MetricsWriter(str(tmp_path))       # a restart appends after a newline
+    f.write('{"kind": "train", "step": 2, "lo')  # killed mid-line
+  w = metrics.MetricsWriter(str(tmp_path))  # a restart appends after a newline
   w.write("train", 2, {"loss": 2.0}, tensorboard=False)
   w.write("train", 1, {"loss": 1.0}, tensorboard=False)  # step 1 re-run after a restore
   w.close()

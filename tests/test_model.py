@@ -67,7 +67,7 @@ def test_matches_numpy_reference(params):
     return (x - mu) / np.sqrt(var + CFG.layer_norm_eps) * s + b
 
   def gelu(x):
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
   x = p["wte"][tokens] + p["wpe"][np.arange(9)]
   T = 9
@@ -116,24 +116,31 @@ def test_decode_cache_matches_full_forward_with_left_padding(params):
   seg = np.zeros((2, width), np.int32)
   pos = np.zeros((2, width), np.int32)
   for r, n in enumerate(lengths):
-    prompt[r, width - n:] = rows[r][:n]
-    seg[r, width - n:] = 1
-    pos[r, width - n:] = np.arange(n)
+    prompt[r, width - n :] = rows[r][:n]
+    seg[r, width - n :] = 1
+    pos[r, width - n :] = np.arange(n)
   model = PolyLM(CFG)
-  logits, state = model.apply({"params": params, "cache": cache}, prompt, pos, seg, decode=True,
-                              mutable=["cache"])
+  logits, state = model.apply(
+    {"params": params, "cache": cache}, prompt, pos, seg, decode=True, mutable=["cache"]
+  )
   steps = [logits[r, width - 1] for r in range(2)]
   per_row = [[steps[0]], [steps[1]]]
   for t in range(new - 1):
     tok = np.array([[rows[r][lengths[r] + t]] for r in range(2)], np.int32)
     p = np.array([[lengths[r] + t] for r in range(2)], np.int32)
-    step_logits, state = model.apply({"params": params, "cache": state["cache"]}, tok, p,
-                                     np.ones((2, 1), np.int32), decode=True, mutable=["cache"])
+    step_logits, state = model.apply(
+      {"params": params, "cache": state["cache"]},
+      tok,
+      p,
+      np.ones((2, 1), np.int32),
+      decode=True,
+      mutable=["cache"],
+    )
     for r in range(2):
       per_row[r].append(step_logits[r, 0])
   for r, n in enumerate(lengths):
     full = _apply(params, rows[r][None])[0]
-    np.testing.assert_allclose(np.stack(per_row[r]), full[n - 1:n - 1 + new], atol=1e-5)
+    np.testing.assert_allclose(np.stack(per_row[r]), full[n - 1 : n - 1 + new], atol=1e-5)
 
 
 def test_bf16_compute_and_fp32_residual(params):
@@ -160,10 +167,13 @@ def test_remat_keeps_values_and_gradients(params, policy):
 
 def test_compile_time_does_not_grow_with_depth():
   """The stack is one scan: the jaxpr of 24 layers has no more equations than 2 layers."""
+
   def eqns(num_layers):
     cfg = CFG.replace(num_layers=num_layers)
     p = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     jaxpr = jax.make_jaxpr(lambda p, t: PolyLM(cfg).apply({"params": p}, t))(
-        p, jax.ShapeDtypeStruct((1, 4), jnp.int32))
+      p, jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    )
     return len(jaxpr.jaxpr.eqns)
+
   assert eqns(24) == eqns(2)

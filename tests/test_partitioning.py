@@ -9,14 +9,20 @@ from polylm_jax.config import get_config
 from polylm_jax.model import PolyLM, init_params
 
 CFG = get_config("polylm_tiny")
-L, D, H, K, F, V = (CFG.num_layers, CFG.d_model, CFG.num_heads, CFG.head_dim, CFG.d_ff,
-                    CFG.vocab_size)
+L, D, H, K, F, V = (
+  CFG.num_layers,
+  CFG.d_model,
+  CFG.num_heads,
+  CFG.head_dim,
+  CFG.d_ff,
+  CFG.vocab_size,
+)
 
 # mesh -> expected per-device shard shape of (wte, qkv_kernel, fc1_kernel)
 MESHES = {
-    (8, 1, 1): ((V, D), (L, D, 3, H, K), (L, D, F)),
-    (2, 4, 1): ((V, D // 4), (L, D // 4, 3, H, K), (L, D // 4, F)),
-    (2, 1, 4): ((V // 4, D), (L, D, 3, H // 4, K), (L, D, F // 4)),
+  (8, 1, 1): ((V, D), (L, D, 3, H, K), (L, D, F)),
+  (2, 4, 1): ((V, D // 4), (L, D // 4, 3, H, K), (L, D // 4, F)),
+  (2, 1, 4): ((V // 4, D), (L, D, 3, H // 4, K), (L, D, F // 4)),
 }
 
 
@@ -39,8 +45,10 @@ def test_sharded_forward_equals_single_device(params, shape):
   shardings = pt.param_shardings(CFG, mesh)
   sharded = pt.shard_params(params, shardings)
   with pt.use_mesh(mesh):
-    forward = jax.jit(lambda p, t: PolyLM(CFG).apply({"params": p}, t),
-                      in_shardings=(shardings, pt.batch_sharding(mesh)))
+    forward = jax.jit(
+      lambda p, t: PolyLM(CFG).apply({"params": p}, t),
+      in_shardings=(shardings, pt.batch_sharding(mesh)),
+    )
     out = forward(sharded, jax.device_put(tokens, pt.batch_sharding(mesh)))
   np.testing.assert_allclose(out, ref, atol=1e-5)
 

@@ -56,8 +56,12 @@ def _script(ch: str) -> str:
     return "cyrillic"
   if 0x0590 <= cp <= 0x05FF or 0xFB1D <= cp <= 0xFB4F:
     return "hebrew"
-  if (0x0600 <= cp <= 0x06FF or 0x0750 <= cp <= 0x077F
-      or 0xFB50 <= cp <= 0xFDFF or 0xFE70 <= cp <= 0xFEFF):
+  if (
+    0x0600 <= cp <= 0x06FF
+    or 0x0750 <= cp <= 0x077F
+    or 0xFB50 <= cp <= 0xFDFF
+    or 0xFE70 <= cp <= 0xFEFF
+  ):
     return "arabic"
   if 0x0E00 <= cp <= 0x0E7F:
     return "thai"
@@ -67,13 +71,13 @@ def _script(ch: str) -> str:
 
 
 EXPECTED_SCRIPTS = {
-    "zh": {"han"},
-    "ja": {"han", "kana"},
-    "ko": {"hangul"},
-    "ru": {"cyrillic"},
-    "ar": {"arabic"},
-    "he": {"hebrew"},
-    "th": {"thai"},
+  "zh": {"han"},
+  "ja": {"han", "kana"},
+  "ko": {"hangul"},
+  "ru": {"cyrillic"},
+  "ar": {"arabic"},
+  "he": {"hebrew"},
+  "th": {"thai"},
 }
 
 
@@ -93,8 +97,8 @@ def _check_script(lang: str, text: str, where: str) -> None:
   expected = EXPECTED_SCRIPTS.get(lang, {"latin"})
   share = sum(shares.get(s, 0.0) for s in expected)
   assert share >= MIN_SCRIPT_SHARE, (
-      f"{where}: only {share:.0%} of letters are {sorted(expected)}; "
-      f"shares: {shares}")
+    f"{where}: only {share:.0%} of letters are {sorted(expected)}; shares: {shares}"
+  )
   if lang == "ja":
     assert shares.get("kana", 0.0) >= 0.2, f"{where}: too little kana for Japanese"
   if lang == "zh":
@@ -108,8 +112,8 @@ BUDDHIST_ERA_OFFSET = 543
 def _years(line: str, lang: str = "en") -> list[int]:
   # Fold every decimal digit (Arabic-Indic, Thai, full-width) to ASCII first.
   folded = "".join(
-      str(unicodedata.decimal(ch)) if unicodedata.decimal(ch, None) is not None
-      else ch for ch in line)
+    str(unicodedata.decimal(ch)) if unicodedata.decimal(ch, None) is not None else ch for ch in line
+  )
   years = [int(y) for y in re.findall(r"(?<!\d)([12]\d{3})(?!\d)", folded)]
   if lang == "th":
     years = [y - BUDDHIST_ERA_OFFSET if y >= 2400 else y for y in years]
@@ -130,7 +134,8 @@ def test_parallel_file_is_well_formed(lang):
   lines = _lines(lang)
   where = f"parallel/{lang}.txt"
   assert len(lines) == len(_lines("en")), (
-      f"{where}: {len(lines)} lines, en.txt has {len(_lines('en'))}")
+    f"{where}: {len(lines)} lines, en.txt has {len(_lines('en'))}"
+  )
   assert len(lines) >= MIN_PARALLEL_LINES
   for number, line in enumerate(lines, start=1):
     assert line, f"{where}:{number}: empty line"
@@ -156,8 +161,9 @@ def test_parallel_years_stay_on_their_line(lang):
   for i in with_years:
     if i < len(other):
       assert _years(english[i]) == _years(other[i], lang), (
-          f"parallel/{lang}.txt:{i + 1}: years {_years(other[i], lang)} "
-          f"!= en {_years(english[i])}: is the line misaligned?")
+        f"parallel/{lang}.txt:{i + 1}: years {_years(other[i], lang)} "
+        f"!= en {_years(english[i])}: is the line misaligned?"
+      )
 
 
 @pytest.mark.parametrize("lang", DOCUMENTS)
@@ -171,7 +177,8 @@ def test_documents_file_is_well_formed(lang):
     assert "\n" not in document, f"{where}: document {number} spans several lines"
     assert document == document.strip(), f"{where}: document {number} has stray whitespace"
     assert len(document) >= MIN_DOCUMENT_CHARS, (
-        f"{where}: document {number} has only {len(document)} characters")
+      f"{where}: document {number} has only {len(document)} characters"
+    )
   assert len(set(documents)) == len(documents), f"{where}: duplicate documents"
 
 
@@ -193,7 +200,10 @@ def test_no_stray_files():
 def test_all_18_languages_present():
   """Fails until every PolyLM language has both its files."""
   assert len(LANGUAGES) == 18
-  missing = [f"{kind}/{lang}.txt" for kind, present in
-             (("parallel", PARALLEL), ("documents", DOCUMENTS))
-             for lang in LANGUAGES if lang not in present]
+  missing = [
+    f"{kind}/{lang}.txt"
+    for kind, present in (("parallel", PARALLEL), ("documents", DOCUMENTS))
+    for lang in LANGUAGES
+    if lang not in present
+  ]
   assert not missing, f"sample corpus incomplete, missing: {missing}"

@@ -23,29 +23,41 @@ def _write(path, text):
 def test_text_lines_skip_blanks_and_keep_unicode(tmp_path):
   _write(tmp_path / "a.txt", "first doc\n\nsecond — doc 二\n   \nthird\n")
   src = sources.LocalFileSource({"train": str(tmp_path / "*.txt")}, name="t")
-  assert _texts(src.get_dataset("train", shuffle=False)) == ["first doc", "second — doc 二",
-                                                             "third"]
+  assert _texts(src.get_dataset("train", shuffle=False)) == [
+    "first doc",
+    "second — doc 二",
+    "third",
+  ]
 
 
 def test_jsonl_tsv_and_tfrecord_formats(tmp_path):
-  _write(tmp_path / "a.jsonl", json.dumps({"text": "héllo", "id": 1}) + "\n" +
-         json.dumps({"text": "world"}) + "\n")
-  src = sources.LocalFileSource({"train": str(tmp_path / "a.jsonl")}, fmt="jsonl",
-                                fields={"text": "text"})
+  _write(
+    tmp_path / "a.jsonl",
+    json.dumps({"text": "héllo", "id": 1}) + "\n" + json.dumps({"text": "world"}) + "\n",
+  )
+  src = sources.LocalFileSource(
+    {"train": str(tmp_path / "a.jsonl")}, fmt="jsonl", fields={"text": "text"}
+  )
   assert _texts(src.get_dataset("train", shuffle=False)) == ["héllo", "world"]
 
   _write(tmp_path / "a.tsv", "Guten Tag\tGood day\nDanke\tThanks\textra column\n")
-  src = sources.LocalFileSource({"train": str(tmp_path / "a.tsv")}, fmt="tsv",
-                                fields={0: "src", 1: "tgt"})
+  src = sources.LocalFileSource(
+    {"train": str(tmp_path / "a.tsv")}, fmt="tsv", fields={0: "src", 1: "tgt"}
+  )
   out = list(src.get_dataset("train", shuffle=False).as_numpy_iterator())
   assert [(e["src"].decode(), e["tgt"].decode()) for e in out] == [
-      ("Guten Tag", "Good day"), ("Danke", "Thanks")]
+    ("Guten Tag", "Good day"),
+    ("Danke", "Thanks"),
+  ]
 
   path = str(tmp_path / "a.tfrecord")
   with tf.io.TFRecordWriter(path) as w:
     for t in ("uno", "dos"):
-      ex = tf.train.Example(features=tf.train.Features(feature={
-          "content": tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode()]))}))
+      ex = tf.train.Example(
+        features=tf.train.Features(
+          feature={"content": tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode()]))}
+        )
+      )
       w.write(ex.SerializeToString())
   src = sources.LocalFileSource({"train": path}, fmt="tfrecord", fields={"content": "text"})
   assert _texts(src.get_dataset("train", shuffle=False)) == ["uno", "dos"]
@@ -57,21 +69,24 @@ def test_sharded_files_split_across_hosts_exactly_once(tmp_path):
     lines = [f"file{i} line{j}" for j in range(5)]
     expected.update(lines)
     _write(tmp_path / f"part-{i:05d}.txt", "\n".join(lines) + "\n")
-  src = sources.LocalFileSource({"train": [str(tmp_path / "part-0000[01].txt"),
-                                           str(tmp_path / "part-0000[23].txt")]})
+  src = sources.LocalFileSource(
+    {"train": [str(tmp_path / "part-0000[01].txt"), str(tmp_path / "part-0000[23].txt")]}
+  )
   assert len(src.list_shards("train")) == 4
   seen = []
   for host in range(2):
-    ds = src.get_dataset("train", shuffle=True, seed=7,
-                         shard_info=seqio.ShardInfo(index=host, num_shards=2))
+    ds = src.get_dataset(
+      "train", shuffle=True, seed=7, shard_info=seqio.ShardInfo(index=host, num_shards=2)
+    )
     seen += _texts(ds)
   assert sorted(seen) == sorted(expected)
 
 
 def test_holdout_every_splits_deterministically(tmp_path):
   _write(tmp_path / "a.txt", "".join(f"line {i}\n\n" for i in range(25)))
-  src = sources.LocalFileSource({"train": str(tmp_path / "a.txt"),
-                                 "validation": str(tmp_path / "a.txt")}, holdout_every=10)
+  src = sources.LocalFileSource(
+    {"train": str(tmp_path / "a.txt"), "validation": str(tmp_path / "a.txt")}, holdout_every=10
+  )
   assert _texts(src.get_dataset("validation", shuffle=False)) == ["line 9", "line 19"]
   train = _texts(src.get_dataset("train", shuffle=False))
   assert len(train) == 23 and "line 9" not in train
@@ -94,15 +109,21 @@ def test_empty_file_is_named(tmp_path):
 
 
 def _bad_jsonl(tmp_path):
-  return _write(tmp_path / "bad.jsonl", "\n".join([
-      json.dumps({"text": "one"}),
-      '{"text": "two"',                 # line 2: truncated
-      json.dumps({"text": "three"}),
-      json.dumps({"other": "x"}),       # line 4: no "text"
-      json.dumps(["not", "an object"]),  # line 5
-      json.dumps({"text": 5}),          # line 6
-      json.dumps({"text": "seven"}),
-  ]) + "\n")
+  return _write(
+    tmp_path / "bad.jsonl",
+    "\n".join(
+      [
+        json.dumps({"text": "one"}),
+        '{"text": "two"',  # line 2: truncated
+        json.dumps({"text": "three"}),
+        json.dumps({"other": "x"}),  # line 4: no "text"
+        json.dumps(["not", "an object"]),  # line 5
+        json.dumps({"text": 5}),  # line 6
+        json.dumps({"text": "seven"}),
+      ]
+    )
+    + "\n",
+  )
 
 
 def test_malformed_jsonl_fails_naming_file_and_line(tmp_path):
@@ -115,8 +136,9 @@ def test_malformed_jsonl_fails_naming_file_and_line(tmp_path):
 
 def test_malformed_jsonl_skip_and_count(tmp_path):
   path = _bad_jsonl(tmp_path)
-  src = sources.LocalFileSource({"train": path}, fmt="jsonl", fields={"text": "text"},
-                                on_error="skip")
+  src = sources.LocalFileSource(
+    {"train": path}, fmt="jsonl", fields={"text": "text"}, on_error="skip"
+  )
   assert _texts(src.get_dataset("train", shuffle=False)) == ["one", "three", "seven"]
   assert src.skipped == {path: 4}
 
@@ -155,5 +177,7 @@ def test_assert_nonempty_passes_data_and_names_the_task():
   out = sources.assert_nonempty(ds, "polylm_xx_news")
   assert [list(e["targets"]) for e in out.as_numpy_iterator()] == [[1, 2], [3, 4]]
   empty = ds.filter(lambda ex: False)
-  with pytest.raises(tf.errors.InvalidArgumentError, match="Task polylm_xx_news yielded no examples"):
+  with pytest.raises(
+    tf.errors.InvalidArgumentError, match="Task polylm_xx_news yielded no examples"
+  ):
     list(sources.assert_nonempty(empty, "polylm_xx_news").as_numpy_iterator())

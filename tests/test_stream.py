@@ -7,240 +7,252 @@ import pytest
 import seqio
 
 from polylm_jax import mixing, stream
-from stream_fixtures import (EOS, make_docs, register_file_task, register_int_task,
-                             split_docs, stream_tokens)
+from stream_fixtures import (
+  EOS,
+  make_docs,
+  register_file_task,
+  register_int_task,
+  split_docs,
+  stream_tokens,
+)
 
 
 @pytest.fixture(autouse=True)
 def _no_disk_cache(monkeypatch):  # these tasks live in temp dirs: keep them out of the cache
-    monkeypatch.setenv("POLYLM_JAX_UNIT_DISK_CACHE", "0")
+  monkeypatch.setenv("POLYLM_JAX_UNIT_DISK_CACHE", "0")
 
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    d = tmp_path_factory.mktemp("stream_tasks")
-    docs = {
-        "en": make_docs(1000, 60),
-        "zh": make_docs(2000, 50, max_len=90),
-        "de": make_docs(3000, 40, max_len=12),
-    }
-    names = {
-        "en": register_int_task("polylm_en_streamtest",
-                                {"train": docs["en"], "validation": make_docs(9000, 7)}),
-        "zh": register_file_task("polylm_zh_streamtest", str(d), docs["zh"], num_files=4),
-        "de": register_int_task("polylm_de_streamtest", {"train": docs["de"]}),
-    }
-    return names, docs
+  d = tmp_path_factory.mktemp("stream_tasks")
+  docs = {
+    "en": make_docs(1000, 60),
+    "zh": make_docs(2000, 50, max_len=90),
+    "de": make_docs(3000, 40, max_len=12),
+  }
+  names = {
+    "en": register_int_task(
+      "polylm_en_streamtest", {"train": docs["en"], "validation": make_docs(9000, 7)}
+    ),
+    "zh": register_file_task("polylm_zh_streamtest", str(d), docs["zh"], num_files=4),
+    "de": register_int_task("polylm_de_streamtest", {"train": docs["de"]}),
+  }
+  return names, docs
 
 
 def _plan(names, shares=(0.5, 0.3, 0.2)):
-    return stream.StagePlan("test", (names["en"], names["zh"], names["de"]), shares,
-                            (mixing.language_index("en"), mixing.language_index("zh"),
-                             mixing.language_index("de")))
+  return stream.StagePlan(
+    "test",
+    (names["en"], names["zh"], names["de"]),
+    shares,
+    (mixing.language_index("en"), mixing.language_index("zh"), mixing.language_index("de")),
+  )
 
 
 def _stream(names, **kw):
-    kw.setdefault("unit_bytes", 1)  # one unit per file: exercises seeking across units
-    kw.setdefault("seq_len", 16)
-    kw.setdefault("batch_size", 3)
-    return stream.PackedStream([_plan(names)], (0,), name="t", **kw)
+  kw.setdefault("unit_bytes", 1)  # one unit per file: exercises seeking across units
+  kw.setdefault("seq_len", 16)
+  kw.setdefault("batch_size", 3)
+  return stream.PackedStream([_plan(names)], (0,), name="t", **kw)
 
 
 def test_batch_contract_released_recipe(tasks):
-    names, docs = tasks
-    s = _stream(names)
-    batches = [s.next() for _ in range(6)]
-    for b in batches:
-        assert set(b) == {"inputs", "targets", "loss_weights", "positions", "segment_ids",
-                          "langs"}
-        for k, v in b.items():
-            assert v.shape == (3, 16), k
-            assert v.dtype == (np.float32 if k == "loss_weights" else np.int32), k
-        # loss on every token, including PolyLM's id 0 (<unk>) which occurs in the data
-        np.testing.assert_array_equal(b["loss_weights"], 1.0)
-        np.testing.assert_array_equal(b["positions"], np.tile(np.arange(16), (3, 1)))
-        np.testing.assert_array_equal(b["segment_ids"], 1)
-        # rows hold seq_len + 1 tokens: targets are inputs shifted by one, rows overlap by one
-        np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
-        np.testing.assert_array_equal(b["inputs"][1:, 0], b["targets"][:-1, -1])
-    assert any((b["targets"] == 0).any() for b in batches)
-    for a, b in zip(batches, batches[1:]):
-        assert b["inputs"][0, 0] == a["targets"][-1, -1]
-    # the stream is whole documents joined by eos, each tagged with its language
-    flat = stream_tokens(batches)
-    all_docs = {tuple(d + [EOS]): lang for lang, ds in docs.items() for d in ds}
-    pieces = split_docs(flat)
-    for piece in pieces[1:-1]:
-        assert piece in all_docs
-    # langs tags the target token: flat token i (i >= 1) has langs_flat[i]
-    langs_flat = np.concatenate([[-1]] + [b["langs"].reshape(-1) for b in batches])
-    pos = len(pieces[0])
-    for piece in pieces[1:-1]:
-        lang = mixing.language_index(all_docs[piece])
-        np.testing.assert_array_equal(langs_flat[pos:pos + len(piece)], lang)
-        pos += len(piece)
+  names, docs = tasks
+  s = _stream(names)
+  batches = [s.next() for _ in range(6)]
+  for b in batches:
+    assert set(b) == {"inputs", "targets", "loss_weights", "positions", "segment_ids", "langs"}
+    for k, v in b.items():
+      assert v.shape == (3, 16), k
+      assert v.dtype == (np.float32 if k == "loss_weights" else np.int32), k
+    # loss on every token, including PolyLM's id 0 (<unk>) which occurs in the data
+    np.testing.assert_array_equal(b["loss_weights"], 1.0)
+    np.testing.assert_array_equal(b["positions"], np.tile(np.arange(16), (3, 1)))
+    np.testing.assert_array_equal(b["segment_ids"], 1)
+    # rows hold seq_len + 1 tokens: targets are inputs shifted by one, rows overlap by one
+    np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
+    np.testing.assert_array_equal(b["inputs"][1:, 0], b["targets"][:-1, -1])
+  assert any((b["targets"] == 0).any() for b in batches)
+  for a, b in zip(batches, batches[1:]):
+    assert b["inputs"][0, 0] == a["targets"][-1, -1]
+  # the stream is whole documents joined by eos, each tagged with its language
+  flat = stream_tokens(batches)
+  all_docs = {tuple(d + [EOS]): lang for lang, ds in docs.items() for d in ds}
+  pieces = split_docs(flat)
+  for piece in pieces[1:-1]:
+    assert piece in all_docs
+  # langs tags the target token: flat token i (i >= 1) has langs_flat[i]
+  langs_flat = np.concatenate([[-1]] + [b["langs"].reshape(-1) for b in batches])
+  pos = len(pieces[0])
+  for piece in pieces[1:-1]:
+    lang = mixing.language_index(all_docs[piece])
+    np.testing.assert_array_equal(langs_flat[pos : pos + len(piece)], lang)
+    pos += len(piece)
 
 
 def test_segment_aware_resets_at_each_document(tasks):
-    names, _ = tasks
-    plain = _stream(names, seed=3)
-    seg = _stream(names, seed=3, segment_aware=True)
-    for _ in range(4):
-        a, b = plain.next(), seg.next()
-        np.testing.assert_array_equal(a["inputs"], b["inputs"])
-        np.testing.assert_array_equal(a["langs"], b["langs"])
-        for r in range(3):
-            starts = np.flatnonzero(b["inputs"][r] == EOS)
-            expect_seg = np.ones(16, np.int32)
-            expect_pos = np.arange(16)
-            for s in starts:
-                if s == 0:
-                    continue
-                expect_seg[s:] += 1
-                expect_pos[s:] = np.arange(16 - s)
-            np.testing.assert_array_equal(b["segment_ids"][r], expect_seg)
-            np.testing.assert_array_equal(b["positions"][r], expect_pos)
+  names, _ = tasks
+  plain = _stream(names, seed=3)
+  seg = _stream(names, seed=3, segment_aware=True)
+  for _ in range(4):
+    a, b = plain.next(), seg.next()
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
+    np.testing.assert_array_equal(a["langs"], b["langs"])
+    for r in range(3):
+      starts = np.flatnonzero(b["inputs"][r] == EOS)
+      expect_seg = np.ones(16, np.int32)
+      expect_pos = np.arange(16)
+      for s in starts:
+        if s == 0:
+          continue
+        expect_seg[s:] += 1
+        expect_pos[s:] = np.arange(16 - s)
+      np.testing.assert_array_equal(b["segment_ids"][r], expect_seg)
+      np.testing.assert_array_equal(b["positions"][r], expect_pos)
 
 
-@pytest.mark.parametrize("cut,cache", [(0, True), (1, True), (7, True), (23, True),
-                                       (23, False)])
+@pytest.mark.parametrize("cut,cache", [(0, True), (1, True), (7, True), (23, True), (23, False)])
 def test_resume_yields_exactly_the_uninterrupted_batches(tasks, cut, cache, monkeypatch):
-    names, _ = tasks
-    stream.UNIT_CACHE.clear()
-    if not cache:  # every unit re-read through seqio, resumes skip inside the unit
-        monkeypatch.setattr(stream.UNIT_CACHE, "max_tokens", 0)
-    total = 30
-    ref = _stream(names, seed=5)
-    expected = [ref.next() for _ in range(total)]
-    s = _stream(names, seed=5)
-    for _ in range(cut):
-        s.next()
-    saved = json.loads(json.dumps(s.state()))
-    assert len(json.dumps(saved)) < 2000
-    resumed = _stream(names, seed=5)
-    resumed.restore(saved)
-    for i in range(cut, total):
-        got = resumed.next()
-        for k in got:
-            np.testing.assert_array_equal(got[k], expected[i][k], err_msg=f"step {i} {k}")
+  names, _ = tasks
+  stream.UNIT_CACHE.clear()
+  if not cache:  # every unit re-read through seqio, resumes skip inside the unit
+    monkeypatch.setattr(stream.UNIT_CACHE, "max_tokens", 0)
+  total = 30
+  ref = _stream(names, seed=5)
+  expected = [ref.next() for _ in range(total)]
+  s = _stream(names, seed=5)
+  for _ in range(cut):
+    s.next()
+  saved = json.loads(json.dumps(s.state()))
+  assert len(json.dumps(saved)) < 2000
+  resumed = _stream(names, seed=5)
+  resumed.restore(saved)
+  for i in range(cut, total):
+    got = resumed.next()
+    for k in got:
+      np.testing.assert_array_equal(got[k], expected[i][k], err_msg=f"step {i} {k}")
 
 
 def test_resume_reads_at_most_one_unit(tasks):
-    names, docs = tasks
-    s = _stream(names, seed=1)
-    for _ in range(400):  # several epochs of every source
-        s.next()
-    st = s.state()
-    assert all(pos[0] >= 2 for pos in st["sources"].values()), st["sources"]
-    resumed = _stream(names, seed=1)
-    resumed.restore(st)
-    resumed.next()
-    unit_size = {names["en"]: 60, names["de"]: 40, names["zh"]: 50 // 4 + 1}
-    for task, reader in resumed._readers.items():
-        # a restore skips inside one unit (file / host slice), never over past epochs
-        assert reader._opened_at <= unit_size[task]
+  names, docs = tasks
+  s = _stream(names, seed=1)
+  for _ in range(400):  # several epochs of every source
+    s.next()
+  st = s.state()
+  assert all(pos[0] >= 2 for pos in st["sources"].values()), st["sources"]
+  resumed = _stream(names, seed=1)
+  resumed.restore(st)
+  resumed.next()
+  unit_size = {names["en"]: 60, names["de"]: 40, names["zh"]: 50 // 4 + 1}
+  for task, reader in resumed._readers.items():
+    # a restore skips inside one unit (file / host slice), never over past epochs
+    assert reader._opened_at <= unit_size[task]
 
 
 def test_two_hosts_yield_each_example_exactly_once(tasks):
-    names, docs = tasks
-    # by groups of files, by single files, and by examples (a one-'file' function source)
-    for lang, unit_bytes, n_units in (("zh", 1 << 26, 1), ("zh", 1, 2), ("en", 1, 1)):
-        seen = []
-        for host in range(2):
-            r = stream.SourceReader(names[lang], shard_index=host, num_shards=2, repeat=False,
-                                    unit_bytes=unit_bytes)
-            assert len(r.units) == n_units
-            while (item := r.next_doc()) is not None:
-                seen.append(tuple(item[0]))
-        assert sorted(seen) == sorted(tuple(d + [EOS]) for d in docs[lang])
-    # through the packed stream: one task, each host's first epoch, disjoint and complete
-    plan = stream.StagePlan("zh", (names["zh"],), (1.0,), (0,))
-    got = []
+  names, docs = tasks
+  # by groups of files, by single files, and by examples (a one-'file' function source)
+  for lang, unit_bytes, n_units in (("zh", 1 << 26, 1), ("zh", 1, 2), ("en", 1, 1)):
+    seen = []
     for host in range(2):
-        s = stream.PackedStream([plan], seq_len=8, batch_size=2, shard_index=host,
-                                num_shards=2, name="zh", unit_bytes=1)
-        batches = []
-        while s.state()["sources"][names["zh"]][0] == 0:
-            batches.append(s.next())
-        pieces = split_docs(stream_tokens(batches))
-        ids = [p[0] for p in pieces]
-        first_repeat = next(i for i in range(1, len(ids)) if ids[i] in ids[:i])
-        got += pieces[:first_repeat]
-    assert sorted(got) == sorted(tuple(d + [EOS]) for d in docs["zh"])
+      r = stream.SourceReader(
+        names[lang], shard_index=host, num_shards=2, repeat=False, unit_bytes=unit_bytes
+      )
+      assert len(r.units) == n_units
+      while (item := r.next_doc()) is not None:
+        seen.append(tuple(item[0]))
+    assert sorted(seen) == sorted(tuple(d + [EOS]) for d in docs[lang])
+  # through the packed stream: one task, each host's first epoch, disjoint and complete
+  plan = stream.StagePlan("zh", (names["zh"],), (1.0,), (0,))
+  got = []
+  for host in range(2):
+    s = stream.PackedStream(
+      [plan], seq_len=8, batch_size=2, shard_index=host, num_shards=2, name="zh", unit_bytes=1
+    )
+    batches = []
+    while s.state()["sources"][names["zh"]][0] == 0:
+      batches.append(s.next())
+    pieces = split_docs(stream_tokens(batches))
+    ids = [p[0] for p in pieces]
+    first_repeat = next(i for i in range(1, len(ids)) if ids[i] in ids[:i])
+    got += pieces[:first_repeat]
+  assert sorted(got) == sorted(tuple(d + [EOS]) for d in docs["zh"])
 
 
 def test_hosts_differ_and_are_deterministic(tasks):
-    names, _ = tasks
-    a0 = _stream(names, shard_index=0, num_shards=2).next()
-    a1 = _stream(names, shard_index=1, num_shards=2).next()
-    again = _stream(names, shard_index=0, num_shards=2).next()
-    assert not np.array_equal(a0["inputs"], a1["inputs"])
-    np.testing.assert_array_equal(a0["inputs"], again["inputs"])
+  names, _ = tasks
+  a0 = _stream(names, shard_index=0, num_shards=2).next()
+  a1 = _stream(names, shard_index=1, num_shards=2).next()
+  again = _stream(names, shard_index=0, num_shards=2).next()
+  assert not np.array_equal(a0["inputs"], a1["inputs"])
+  np.testing.assert_array_equal(a0["inputs"], again["inputs"])
 
 
 def test_seqio_mixture_rates_are_token_shares_and_a_task_is_one_source(tasks):
-    names, _ = tasks
-    seqio.MixtureRegistry.remove("streamtest_mix")
-    seqio.MixtureRegistry.add("streamtest_mix", [(names["en"], 3.0), (names["de"], 1.0)])
-    stages, bounds = stream.resolve("streamtest_mix")
-    assert bounds == (0,)
-    plan = stages[0]
-    assert dict(zip(plan.tasks, plan.shares)) == pytest.approx({names["en"]: 0.75,
-                                                               names["de"]: 0.25})
-    assert dict(zip(plan.tasks, plan.langs)) == {names["en"]: mixing.language_index("en"),
-                                                 names["de"]: mixing.language_index("de")}
-    s = stream.build_stream("streamtest_mix", seq_len=64, batch_size=4)
-    langs = np.concatenate([s.next()["langs"].reshape(-1) for _ in range(40)])
-    assert abs((langs == mixing.language_index("de")).mean() - 0.25) < 0.02
-    stages, _ = stream.resolve(names["zh"])
-    assert stages[0].tasks == (names["zh"],) and stages[0].shares == (1.0,)
-    seqio.MixtureRegistry.remove("streamtest_bad")
-    seqio.MixtureRegistry.add("streamtest_bad", [(names["en"], 0.0), (names["de"], 0.0)])
-    with pytest.raises(ValueError, match="seqio mixture 'streamtest_bad': rates must be"):
-        stream.resolve("streamtest_bad")
+  names, _ = tasks
+  seqio.MixtureRegistry.remove("streamtest_mix")
+  seqio.MixtureRegistry.add("streamtest_mix", [(names["en"], 3.0), (names["de"], 1.0)])
+  stages, bounds = stream.resolve("streamtest_mix")
+  assert bounds == (0,)
+  plan = stages[0]
+  assert dict(zip(plan.tasks, plan.shares)) == pytest.approx({names["en"]: 0.75, names["de"]: 0.25})
+  assert dict(zip(plan.tasks, plan.langs)) == {
+    names["en"]: mixing.language_index("en"),
+    names["de"]: mixing.language_index("de"),
+  }
+  s = stream.build_stream("streamtest_mix", seq_len=64, batch_size=4)
+  langs = np.concatenate([s.next()["langs"].reshape(-1) for _ in range(40)])
+  assert abs((langs == mixing.language_index("de")).mean() - 0.25) < 0.02
+  stages, _ = stream.resolve(names["zh"])
+  assert stages[0].tasks == (names["zh"],) and stages[0].shares == (1.0,)
+  seqio.MixtureRegistry.remove("streamtest_bad")
+  seqio.MixtureRegistry.add("streamtest_bad", [(names["en"], 0.0), (names["de"], 0.0)])
+  with pytest.raises(ValueError, match="seqio mixture 'streamtest_bad': rates must be"):
+    stream.resolve("streamtest_bad")
 
 
 def test_eval_batches_are_finite_padded_and_complete(tasks):
-    names, _ = tasks
-    val = make_docs(9000, 7)
-    batches = list(stream.eval_batches([names["en"]], seq_len=8, batch_size=2))
-    w = np.concatenate([b["loss_weights"].reshape(-1) for b in batches])
-    total = sum(len(d) + 1 for d in val)
-    assert int(w.sum()) == total - 1  # every token but the first is a weighted target
-    flat = stream_tokens(batches)[: total]
-    assert split_docs(flat) == [tuple(d + [EOS]) for d in val]
-    last = batches[-1]
-    assert (last["langs"][last["loss_weights"] == 0] == -1).all()
-    again = list(stream.eval_batches([names["en"]], seq_len=8, batch_size=2))
-    for a, b in zip(batches, again):
-        np.testing.assert_array_equal(a["inputs"], b["inputs"])
-    padded = list(stream.eval_batches([names["en"]], seq_len=8, batch_size=2,
-                                      num_batches=len(batches) + 2))
-    assert len(padded) == len(batches) + 2
-    assert padded[-1]["loss_weights"].sum() == 0
-    assert len(list(stream.eval_batches([names["en"]], 8, 2, num_batches=1))) == 1
+  names, _ = tasks
+  val = make_docs(9000, 7)
+  batches = list(stream.eval_batches([names["en"]], seq_len=8, batch_size=2))
+  w = np.concatenate([b["loss_weights"].reshape(-1) for b in batches])
+  total = sum(len(d) + 1 for d in val)
+  assert int(w.sum()) == total - 1  # every token but the first is a weighted target
+  flat = stream_tokens(batches)[:total]
+  assert split_docs(flat) == [tuple(d + [EOS]) for d in val]
+  last = batches[-1]
+  assert (last["langs"][last["loss_weights"] == 0] == -1).all()
+  again = list(stream.eval_batches([names["en"]], seq_len=8, batch_size=2))
+  for a, b in zip(batches, again):
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
+  padded = list(
+    stream.eval_batches([names["en"]], seq_len=8, batch_size=2, num_batches=len(batches) + 2)
+  )
+  assert len(padded) == len(batches) + 2
+  assert padded[-1]["loss_weights"].sum() == 0
+  assert len(list(stream.eval_batches([names["en"]], 8, 2, num_batches=1))) == 1
 
 
 def test_bad_input_errors(tasks):
-    names, _ = tasks
-    with pytest.raises(ValueError, match="seq_len"):
-        _stream(names, seq_len=0)
-    with pytest.raises(ValueError, match="batch_size"):
-        _stream(names, batch_size=-1)
-    with pytest.raises(ValueError, match="BATCH_SIZE=10"):
-        stream.per_host_batch_size(10, 4)
-    assert stream.per_host_batch_size(8, 4) == 2
-    with pytest.raises(ValueError, match="polylm_xx_nope"):
-        stream.build_stream("polylm_xx_nope", 8, 2)
-    with pytest.raises(ValueError, match="no split 'validation'"):
-        list(stream.eval_batches([names["de"]], 8, 2))
-    empty = register_int_task("polylm_en_emptytest", {"train": []})
-    plan = stream.StagePlan("e", (empty,), (1.0,), (1,))
-    with pytest.raises(ValueError, match="polylm_en_emptytest.*yielded no examples"):
-        stream.PackedStream([plan], seq_len=8, batch_size=2).next()
-    s = _stream(names)
-    s.next()
-    with pytest.raises(ValueError, match="seq_len: saved 16, now 32"):
-        _stream(names, seq_len=32).restore(s.state())
-    with pytest.raises(ValueError, match="num_shards"):
-        _stream(names, num_shards=2).restore(s.state())
+  names, _ = tasks
+  with pytest.raises(ValueError, match="seq_len"):
+    _stream(names, seq_len=0)
+  with pytest.raises(ValueError, match="batch_size"):
+    _stream(names, batch_size=-1)
+  with pytest.raises(ValueError, match="BATCH_SIZE=10"):
+    stream.per_host_batch_size(10, 4)
+  assert stream.per_host_batch_size(8, 4) == 2
+  with pytest.raises(ValueError, match="polylm_xx_nope"):
+    stream.build_stream("polylm_xx_nope", 8, 2)
+  with pytest.raises(ValueError, match="no split 'validation'"):
+    list(stream.eval_batches([names["de"]], 8, 2))
+  empty = register_int_task("polylm_en_emptytest", {"train": []})
+  plan = stream.StagePlan("e", (empty,), (1.0,), (1,))
+  with pytest.raises(ValueError, match="polylm_en_emptytest.*yielded no examples"):
+    stream.PackedStream([plan], seq_len=8, batch_size=2).next()
+  s = _stream(names)
+  s.next()
+  with pytest.raises(ValueError, match="seq_len: saved 16, now 32"):
+    _stream(names, seq_len=32).restore(s.state())
+  with pytest.raises(ValueError, match="num_shards"):
+    _stream(names, num_shards=2).restore(s.state())

@@ -18,8 +18,9 @@ OTHERS = [c for c in languages.LANGUAGE_CODES if c != "en"]
 
 
 def _read(name, split="train", n=None, **kw):
-  ds = seqio.get_mixture_or_task(name).get_dataset(None, split=split, shuffle=False,
-                                                   try_in_mem_cache=False, **kw)
+  ds = seqio.get_mixture_or_task(name).get_dataset(
+    None, split=split, shuffle=False, try_in_mem_cache=False, **kw
+  )
   if n:
     ds = ds.take(n)
   return list(ds.as_numpy_iterator())
@@ -50,10 +51,14 @@ def test_every_language_has_its_tasks_and_lookups():
   for code in OTHERS:
     for source in ("sample", "ted"):
       name = f"polylm_bitext_{code}_en_{source}"
-      assert tasks.task_languages(name) == (code, "en") and tasks.task_language(name) == f"{code}-en"
-  assert tasks.list_tasks(source="wmt19") == ["polylm_bitext_de_en_wmt19",
-                                              "polylm_bitext_ru_en_wmt19",
-                                              "polylm_bitext_zh_en_wmt19"]
+      assert (
+        tasks.task_languages(name) == (code, "en") and tasks.task_language(name) == f"{code}-en"
+      )
+  assert tasks.list_tasks(source="wmt19") == [
+    "polylm_bitext_de_en_wmt19",
+    "polylm_bitext_ru_en_wmt19",
+    "polylm_bitext_zh_en_wmt19",
+  ]
   assert len(tasks.list_tasks(kind="mono", source="sample")) == 18
   assert set(pretrain.BUILTIN_TASKS) <= set(seqio.TaskRegistry.names())
   with pytest.raises(ValueError, match="unknown PolyLM task 'polylm_xx_sample'"):
@@ -77,7 +82,7 @@ def test_sample_holdout_is_the_same_lines_in_every_task():
   en = open(pretrain.sample_parallel_file("en"), encoding="utf-8").read().splitlines()
   val = [_decode(ex) for ex in _read("polylm_fr_sample", "validation")]
   held = [fr[i] for i in range(9, len(fr), 10)]
-  assert val[:len(held)] == held                       # parallel file first, then documents
+  assert val[: len(held)] == held  # parallel file first, then documents
   train = {_decode(ex) for ex in _read("polylm_fr_sample", "train")}
   assert not train & set(held)
   pairs = [_decode(ex) for ex in _read("polylm_bitext_fr_en_sample", "validation")]
@@ -96,16 +101,18 @@ def test_bitext_both_directions_are_used_and_deterministic():
 
 
 def test_bitext_templates_render_names_and_directions():
-  ds = tf.data.Dataset.from_tensor_slices({"src": ["Guten Morgen", "Danke"],
-                                           "tgt": ["Good morning", "Thanks"]})
+  ds = tf.data.Dataset.from_tensor_slices(
+    {"src": ["Guten Morgen", "Danke"], "tgt": ["Good morning", "Thanks"]}
+  )
   fwd = registry.render_bitext(ds, "de", "en", [registry.INSTRUCTION_TEMPLATE], "forward")
   out = [e["targets"].decode() for e in fwd.as_numpy_iterator()]
-  assert out[0] == ("Translate the following German text into English.\n"
-                    "Guten Morgen\nGood morning")
-  back = registry.render_bitext(ds, "de", "en", ["{src_native} -> {tgt_code}: {src_text} = "
-                                                 "{tgt_text}"], "backward")
-  assert [e["targets"].decode() for e in back.as_numpy_iterator()][1] == \
-      "English -> de: Thanks = Danke"
+  assert out[0] == ("Translate the following German text into English.\nGuten Morgen\nGood morning")
+  back = registry.render_bitext(
+    ds, "de", "en", ["{src_native} -> {tgt_code}: {src_text} = {tgt_text}"], "backward"
+  )
+  assert [e["targets"].decode() for e in back.as_numpy_iterator()][
+    1
+  ] == "English -> de: Thanks = Danke"
   assert {e["lang"] for e in back.as_numpy_iterator()} == {b"de-en"}
   with pytest.raises(ValueError, match="unknown fields.*'language'"):
     registry.check_template("{language}: {src_text} {tgt_text}")
@@ -114,6 +121,7 @@ def test_bitext_templates_render_names_and_directions():
 
 
 # -- TFDS sources, offline ----------------------------------------------------------------
+
 
 def _tfds_tasks():
   out = []
@@ -126,26 +134,43 @@ def _tfds_tasks():
 
 def test_every_tfds_name_config_version_and_split_exists_in_tfds():
   from tensorflow_datasets.text import c4
+
   tfds_tasks = _tfds_tasks()
   assert len(tfds_tasks) == 18 * 3 + 17 + 6 + 7 + 1
   for name, src in tfds_tasks:
     loader = src.tfds_dataset
-    builder = tfds.builder(loader.name)           # raises for an unknown name/config/version
+    builder = tfds.builder(loader.name)  # raises for an unknown name/config/version
     assert str(builder.version) == loader.name.rsplit(":", 1)[1], name
     if builder.name == "c4":
       for split in loader._split_map.values():
         assert split.removesuffix("-validation") in c4.MC4_LANGUAGES, (name, split)
-    if builder.name in ("wmt19_translate", "wmt18_translate", "wmt15_translate",
-                        "wmt13_translate", "para_crawl", "opus"):
-      assert set(tasks.task_languages(name)) == set(builder.builder_config.language_pair
-                                                    if builder.name != "para_crawl" else
-                                                    ("en", builder.builder_config.target_language))
+    if builder.name in (
+      "wmt19_translate",
+      "wmt18_translate",
+      "wmt15_translate",
+      "wmt13_translate",
+      "para_crawl",
+      "opus",
+    ):
+      assert set(tasks.task_languages(name)) == set(
+        builder.builder_config.language_pair
+        if builder.name != "para_crawl"
+        else ("en", builder.builder_config.target_language)
+      )
 
 
-MOCKED = ["polylm_zh_mc4", "polylm_he_mc4", "polylm_zh_wiki40b", "polylm_he_wikipedia",
-          "polylm_bitext_de_en_wmt19", "polylm_bitext_tr_en_wmt18", "polylm_bitext_fr_en_wmt15",
-          "polylm_bitext_es_en_wmt13", "polylm_bitext_pl_en_para_crawl",
-          "polylm_bitext_de_en_opus"]
+MOCKED = [
+  "polylm_zh_mc4",
+  "polylm_he_mc4",
+  "polylm_zh_wiki40b",
+  "polylm_he_wikipedia",
+  "polylm_bitext_de_en_wmt19",
+  "polylm_bitext_tr_en_wmt18",
+  "polylm_bitext_fr_en_wmt15",
+  "polylm_bitext_es_en_wmt13",
+  "polylm_bitext_pl_en_para_crawl",
+  "polylm_bitext_de_en_opus",
+]
 
 
 @pytest.mark.parametrize("name", MOCKED)
@@ -158,23 +183,30 @@ def test_tfds_task_reads_offline_with_mock_data(name):
     assert ex["targets"][-1] == vocab_lib.EOS_ID and 0 not in ex["targets"]
     assert ex["lang"].decode() == tasks.task_language(name)
   if "bitext" in name:
-    assert all("\n" in _decode(ex) for ex in exs)         # two sides, newline-joined
+    assert all("\n" in _decode(ex) for ex in exs)  # two sides, newline-joined
 
 
 def test_ted_task_picks_the_right_languages():
   talks = [
-      {"language": ["en", "pt-br", "zh-cn", "de"],
-       "translation": ["Thank you.", "Obrigado.", "谢谢。", "Danke."]},
-      {"language": ["en", "de"], "translation": ["Hello.", "Hallo."]},   # no Chinese: dropped
-      {"language": ["zh-cn", "en"], "translation": ["你好。", "Hi."]},
+    {
+      "language": ["en", "pt-br", "zh-cn", "de"],
+      "translation": ["Thank you.", "Obrigado.", "谢谢。", "Danke."],
+    },
+    {"language": ["en", "de"], "translation": ["Hello.", "Hallo."]},  # no Chinese: dropped
+    {"language": ["zh-cn", "en"], "translation": ["你好。", "Hi."]},
   ]
 
   def as_dataset(self, *args, **kwargs):
     return tf.data.Dataset.from_generator(
-        lambda: ({"translations": t, "talk_name": "talk"} for t in talks),
-        output_signature={"translations": {"language": tf.TensorSpec([None], tf.string),
-                                           "translation": tf.TensorSpec([None], tf.string)},
-                          "talk_name": tf.TensorSpec([], tf.string)})
+      lambda: ({"translations": t, "talk_name": "talk"} for t in talks),
+      output_signature={
+        "translations": {
+          "language": tf.TensorSpec([None], tf.string),
+          "translation": tf.TensorSpec([None], tf.string),
+        },
+        "talk_name": tf.TensorSpec([], tf.string),
+      },
+    )
 
   with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE):
     texts = [_decode(ex) for ex in _read("polylm_bitext_zh_en_ted")]
@@ -184,14 +216,19 @@ def test_ted_task_picks_the_right_languages():
 
 
 def test_wiki40b_markers_become_plain_text():
-  raw = ("\n_START_ARTICLE_\nLighthouse\n_START_SECTION_\nHistory\n_START_PARAGRAPH_\n"
-         "Keepers lived there._NEWLINE_They left in 1990.")
+  raw = (
+    "\n_START_ARTICLE_\nLighthouse\n_START_SECTION_\nHistory\n_START_PARAGRAPH_\n"
+    "Keepers lived there._NEWLINE_They left in 1990."
+  )
   ds = pretrain.clean_wiki40b(tf.data.Dataset.from_tensors({"text": raw}))
-  assert next(ds.as_numpy_iterator())["text"].decode() == \
-      "Lighthouse\nHistory\nKeepers lived there.\nThey left in 1990."
+  assert (
+    next(ds.as_numpy_iterator())["text"].decode()
+    == "Lighthouse\nHistory\nKeepers lived there.\nThey left in 1990."
+  )
 
 
 # -- helpers for new sources and languages -------------------------------------------------
+
 
 def test_register_local_text_and_jsonl_tasks(tmp_path, cleanup):
   names, _ = cleanup
@@ -207,15 +244,29 @@ def test_register_local_text_and_jsonl_tasks(tmp_path, cleanup):
   assert sorted(_decode(e) for e in host0 + host1) == sorted(_decode(e) for e in exs)
 
   (tmp_path / "pairs.jsonl").write_text(
-      json.dumps({"de": "Wie spät ist es?", "en": "What time is it?"}) + "\n" +
-      "{oops\n" + json.dumps({"de": "Gute Nacht", "en": "Good night"}) + "\n")
-  names.append(tasks.register_bitext_files_task(
-      "de", "en", "mydocs", str(tmp_path / "pairs.jsonl"), fmt="jsonl", on_error="skip",
-      templates=[registry.INSTRUCTION_TEMPLATE], direction="forward"))
+    json.dumps({"de": "Wie spät ist es?", "en": "What time is it?"})
+    + "\n"
+    + "{oops\n"
+    + json.dumps({"de": "Gute Nacht", "en": "Good night"})
+    + "\n"
+  )
+  names.append(
+    tasks.register_bitext_files_task(
+      "de",
+      "en",
+      "mydocs",
+      str(tmp_path / "pairs.jsonl"),
+      fmt="jsonl",
+      on_error="skip",
+      templates=[registry.INSTRUCTION_TEMPLATE],
+      direction="forward",
+    )
+  )
   texts = [_decode(e) for e in _read(names[-1])]
-  assert texts == ["Translate the following German text into English.\nWie spät ist es?\n"
-                   "What time is it?", "Translate the following German text into English.\n"
-                   "Gute Nacht\nGood night"]
+  assert texts == [
+    "Translate the following German text into English.\nWie spät ist es?\nWhat time is it?",
+    "Translate the following German text into English.\nGute Nacht\nGood night",
+  ]
 
 
 def test_new_language_in_a_few_lines(tmp_path, cleanup):
@@ -224,7 +275,7 @@ def test_new_language_in_a_few_lines(tmp_path, cleanup):
   langs.append("sw")
   names += tasks.register_language_tasks("sw")
   assert "polylm_sw_mc4" in names and "polylm_bitext_sw_en_sample" in names
-  assert "polylm_sw_wiki40b" not in names                     # wiki40b=None: not registered
+  assert "polylm_sw_wiki40b" not in names  # wiki40b=None: not registered
   with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
     assert len(_read("polylm_sw_mc4")) == 2
   # The sample corpus has no Swahili: reading says which file is missing.
@@ -250,8 +301,7 @@ def test_task_that_yields_nothing_names_the_task(tmp_path, cleanup):
 
 def test_missing_and_malformed_files_through_a_task(tmp_path, cleanup):
   names, _ = cleanup
-  names.append(tasks.register_text_task("nl", "gone", str(tmp_path / "gone-*.jsonl"),
-                                        fmt="jsonl"))
+  names.append(tasks.register_text_task("nl", "gone", str(tmp_path / "gone-*.jsonl"), fmt="jsonl"))
   with pytest.raises(FileNotFoundError, match=r"polylm_nl_gone.*gone-\*\.jsonl"):
     _read("polylm_nl_gone")
   bad = tmp_path / "bad.jsonl"
@@ -265,8 +315,10 @@ def test_tasks_with_an_explicit_vocabulary(tmp_path, cleanup):
   """A task can carry its own vocabulary (e.g. the released 256k tokenizer)."""
   names, _ = cleanup
   from polylm_jax import tokenizer
-  path = tokenizer.train_tokenizer(str(tokenizer.SAMPLE_CORPUS_DIR / "*" / "*.txt"),
-                                   str(tmp_path / "v.model"), vocab_size=3500)
+
+  path = tokenizer.train_tokenizer(
+    str(tokenizer.SAMPLE_CORPUS_DIR / "*" / "*.txt"), str(tmp_path / "v.model"), vocab_size=3500
+  )
   v = vocab_lib.get_vocabulary(path)
   (tmp_path / "a.txt").write_text("Buongiorno a tutti.\n")
   names.append(tasks.register_text_task("it", "own", str(tmp_path / "a.txt"), vocabulary=v))

@@ -29,8 +29,10 @@ def test_success_sends_model_messages_and_key_from_env(monkeypatch):
   assert req["path"] == "/v1/chat/completions"
   assert req["headers"]["Authorization"] == "Bearer sk-test-123"
   assert req["json"]["model"] == "fake-model"
-  assert req["json"]["messages"] == [{"role": "system", "content": "be brief"},
-                                     {"role": "user", "content": "¿qué tal?"}]
+  assert req["json"]["messages"] == [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "¿qué tal?"},
+  ]
   assert "sk-test-123" not in repr(vars(t))  # the key lives only in the environment
 
 
@@ -42,8 +44,12 @@ def test_no_key_no_auth_header(monkeypatch):
 
 
 def test_malformed_json_and_bad_shape_are_retried_with_backoff():
-  script = [raw(b"{not json"), raw(b'{"choices": []}'), raw(b'{"choices": [{"message": '
-                                                             b'{"content": null}}]}'), ok("fine")]
+  script = [
+    raw(b"{not json"),
+    raw(b'{"choices": []}'),
+    raw(b'{"choices": [{"message": {"content": null}}]}'),
+    ok("fine"),
+  ]
   with FakeOpenAI(script) as srv:
     t = make(srv.url, max_retries=4)
     assert t.complete("p") == "fine"
@@ -58,8 +64,11 @@ def test_timeouts_are_retried_then_bounded():
   assert t.attempts == 2
   with FakeOpenAI([], default=slow(1.0, ok("late"))) as srv:
     t = make(srv.url, timeout=0.2, max_retries=2)
-    with pytest.raises(teachers.TeacherError, match=r"gave up after 3 attempts; last error: "
-                                                    r"timed out after 0.2s"):
+    with pytest.raises(
+      teachers.TeacherError,
+      match=r"gave up after 3 attempts; last error: "
+      r"timed out after 0.2s",
+    ):
       t.complete("p")
   assert t.attempts == 3 and t._sleep == [0.5, 1.0]
 
@@ -87,6 +96,7 @@ def test_batch_reports_each_failure_and_keeps_order():
   def answer(body):
     text = body["messages"][-1]["content"]
     return status(500) if text == "bad" else ok(text.upper())
+
   with FakeOpenAI([], default=answer) as srv:
     t = make(srv.url, max_retries=1, concurrency=3)
     replies = t.complete_batch(["a", "bad", "c", "d"])
@@ -104,6 +114,7 @@ def test_bad_settings():
 @pytest.fixture(scope="module")
 def tiny_model():
   from polylm_jax import vocab as vocab_lib
+
   vocab = vocab_lib.get_vocabulary()
   config = get_config("polylm_tiny", vocab_size=vocab.vocab_size)
   return config, init_params(config, jax.random.key(0)), vocab

@@ -10,15 +10,22 @@ import sentencepiece as spm
 from polylm_jax import tokenizer
 
 _TEXT = {
-    "en": ["The river was calm this morning, so we took the boat out early.",
-           "Please close the window before you leave the office tonight.",
-           "Our neighbours grow tomatoes and beans in their small garden.",
-           "In 1969, 600 million people watched the first moon landing."],
-    "de": ["Der Zug nach München hat heute zwanzig Minuten Verspätung.",
-           "Im Winter trinken wir gern heißen Tee mit Honig und Zitrone.",
-           "Die Kinder spielen nach der Schule Fußball im Park."],
-    "zh": ["我们明天早上八点在学校门口见面。", "这本书讲的是一个小村庄的历史。",
-           "他每天骑自行车上班，大约需要二十分钟。"],
+  "en": [
+    "The river was calm this morning, so we took the boat out early.",
+    "Please close the window before you leave the office tonight.",
+    "Our neighbours grow tomatoes and beans in their small garden.",
+    "In 1969, 600 million people watched the first moon landing.",
+  ],
+  "de": [
+    "Der Zug nach München hat heute zwanzig Minuten Verspätung.",
+    "Im Winter trinken wir gern heißen Tee mit Honig und Zitrone.",
+    "Die Kinder spielen nach der Schule Fußball im Park.",
+  ],
+  "zh": [
+    "我们明天早上八点在学校门口见面。",
+    "这本书讲的是一个小村庄的历史。",
+    "他每天骑自行车上班，大约需要二十分钟。",
+  ],
 }
 
 
@@ -31,8 +38,9 @@ def _corpus(tmp_path, repeat=20):
 
 
 def test_trained_model_has_the_released_layout(tmp_path):
-  out = tokenizer.train_tokenizer(str(_corpus(tmp_path) / "*.txt"), str(tmp_path / "t.model"),
-                                  vocab_size=400)
+  out = tokenizer.train_tokenizer(
+    str(_corpus(tmp_path) / "*.txt"), str(tmp_path / "t.model"), vocab_size=400
+  )
   sp = spm.SentencePieceProcessor(model_file=out)
   assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
   assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
@@ -58,7 +66,7 @@ def test_sampling_is_language_balanced_and_seeded(tmp_path):
   assert all(900 <= n <= 1000 for n in taken.values()), taken
   assert sum(len(s) for s in sample) == sum(taken.values())
   other, _ = tokenizer.sample_balanced(groups, 1000, seed=1)
-  assert sample != other                                   # the seed picks the documents
+  assert sample != other  # the seed picks the documents
   assert tokenizer.sample_balanced(groups, 1000, seed=0)[0] == sample
   _, taken = tokenizer.sample_balanced(groups, "en=500,*=2000", seed=0)
   assert taken["en"] <= 500 < taken["de"]
@@ -87,7 +95,7 @@ def test_language_from_dir(tmp_path):
 
 
 def test_long_documents_are_cut_at_spaces_below_the_byte_limit():
-  doc = " ".join(["слово"] * 5000)                       # ~60 KB of 2-byte characters
+  doc = " ".join(["слово"] * 5000)  # ~60 KB of 2-byte characters
   chunks = list(tokenizer._chunks(doc, max_bytes=1000))
   assert all(len(c.encode()) <= 1000 for c in chunks)
   assert " ".join(chunks) == doc
@@ -96,16 +104,30 @@ def test_long_documents_are_cut_at_spaces_below_the_byte_limit():
 def test_cli_train_and_errors(tmp_path, capsys):
   corpus = _corpus(tmp_path)
   out = tmp_path / "cli.model"
-  rc = tokenizer.main(["train", f"--corpus_glob={corpus}/*.txt", "--vocab_size=400",
-                       f"--output={out}", "--per_language_chars=en=800,*=1200"])
+  rc = tokenizer.main(
+    [
+      "train",
+      f"--corpus_glob={corpus}/*.txt",
+      "--vocab_size=400",
+      f"--output={out}",
+      "--per_language_chars=en=800,*=1200",
+    ]
+  )
   assert rc == 0 and out.exists() and capsys.readouterr().out.strip() == str(out)
-  rc = tokenizer.main(["train", f"--corpus_glob={tmp_path}/nothing/*.txt", "--vocab_size=400",
-                       f"--output={tmp_path}/x.model"])
+  rc = tokenizer.main(
+    [
+      "train",
+      f"--corpus_glob={tmp_path}/nothing/*.txt",
+      "--vocab_size=400",
+      f"--output={tmp_path}/x.model",
+    ]
+  )
   err = capsys.readouterr().err
   assert rc == 2 and "--corpus_glob" in err and "nothing" in err
   assert not (tmp_path / "x.model").exists()
-  rc = tokenizer.main(["train", f"--corpus_glob={corpus}/*.txt", "--vocab_size=100",
-                       f"--output={tmp_path}/y.model"])
+  rc = tokenizer.main(
+    ["train", f"--corpus_glob={corpus}/*.txt", "--vocab_size=100", f"--output={tmp_path}/y.model"]
+  )
   assert rc == 2 and "--vocab_size=100" in capsys.readouterr().err
 
 
@@ -126,7 +148,7 @@ def test_demo_tokenizer_is_cached_by_corpus_content(tmp_path):
   first = tokenizer.train_demo_tokenizer(cache, corpus_dir=corpus)
   stamp = os.stat(first).st_mtime_ns
   assert tokenizer.train_demo_tokenizer(cache, corpus_dir=corpus) == first
-  assert os.stat(first).st_mtime_ns == stamp                  # not retrained
+  assert os.stat(first).st_mtime_ns == stamp  # not retrained
   sp = spm.SentencePieceProcessor(model_file=first)
   assert sp.get_piece_size() == tokenizer.DEMO_VOCAB_SIZE
   with open(corpus / "parallel" / "en.txt", "a", encoding="utf-8") as f:

@@ -32,7 +32,7 @@ from polylm_jax import checkpoints, config, gin_utils, metrics, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = config.get_config("polylm_tiny")
-STEPS, PERIOD, BOUNDARY = 40, 5, 20     # the curriculum's stage 2 starts at 0.5 * STEPS
+STEPS, PERIOD, BOUNDARY = 40, 5, 20  # the curriculum's stage 2 starts at 0.5 * STEPS
 QUIET = dict(print_fn=lambda *a, **k: None)
 
 GIN = f"""
@@ -57,17 +57,28 @@ train.eval_before_training = True
 train.log_period = 1
 """
 
-COMMON = dict(model_config=TINY, mixture_or_task_name=train_fixtures.CURRICULUM,
-              task_feature_lengths={"targets": 32}, batch_size=8, peak_learning_rate=3e-3,
-              min_learning_rate=3e-4, warmup_steps=4, decay_steps=36, eval_period=0)
+COMMON = dict(
+  model_config=TINY,
+  mixture_or_task_name=train_fixtures.CURRICULUM,
+  task_feature_lengths={"targets": 32},
+  batch_size=8,
+  peak_learning_rate=3e-3,
+  min_learning_rate=3e-4,
+  warmup_steps=4,
+  decay_steps=36,
+  eval_period=0,
+)
 
 
 @pytest.fixture(scope="module")
 def jax_cache(tmp_path_factory):
   """A persistent compilation cache for this module (and its subprocesses)."""
   path = tmp_path_factory.mktemp("jax_cache")
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
+  names = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
   old = {n: getattr(jax.config, n) for n in names}
   for n, v in zip(names, (str(path), 0, 0)):
     jax.config.update(n, v)
@@ -84,8 +95,14 @@ def gin_dir(tmp_path_factory):
 
 
 def _command(gin_dir, model_dir):
-  return [sys.executable, "-m", "polylm_jax.train", f"--gin_search_paths={gin_dir}",
-          "--gin_file=trainer_test.gin", f'--gin.MODEL_DIR="{model_dir}"']
+  return [
+    sys.executable,
+    "-m",
+    "polylm_jax.train",
+    f"--gin_search_paths={gin_dir}",
+    "--gin_file=trainer_test.gin",
+    f'--gin.MODEL_DIR="{model_dir}"',
+  ]
 
 
 def _env(jax_cache):
@@ -100,8 +117,14 @@ def _env(jax_cache):
 
 
 def _start(gin_dir, model_dir, jax_cache):
-  return subprocess.Popen(_command(gin_dir, model_dir), cwd=REPO, env=_env(jax_cache),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    _command(gin_dir, model_dir),
+    cwd=REPO,
+    env=_env(jax_cache),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _finish(proc, timeout=240):
@@ -154,9 +177,12 @@ def test_binary_end_to_end(reference):
   assert f"checkpoints: {model_dir}/checkpoints" in out
   hist = _history(model_dir)
   assert sorted(hist) == list(range(1, STEPS + 1))
-  first, last = np.mean([hist[s][0] for s in (1, 2, 3)]), np.mean([hist[s][0] for s in (38, 39, 40)])
+  first, last = (
+    np.mean([hist[s][0] for s in (1, 2, 3)]),
+    np.mean([hist[s][0] for s in (38, 39, 40)]),
+  )
   assert last < first - 0.5, (first, last)
-  assert {hist[s][2] for s in range(1, BOUNDARY + 1)} == {0}     # step s eats batch s-1
+  assert {hist[s][2] for s in range(1, BOUNDARY + 1)} == {0}  # step s eats batch s-1
   assert {hist[s][2] for s in range(BOUNDARY + 1, STEPS + 1)} == {1}
   assert "BATCH_SIZE = 8" in (model_dir / "operative_config.gin").read_text()
   assert list((model_dir / "train").glob("events.out.tfevents.*"))
@@ -186,16 +212,18 @@ def test_half_written_checkpoint_is_never_the_latest(reference, tmp_path):
   model_dir = tmp_path / "run"
   shutil.copytree(reference[0] / "checkpoints", model_dir / "checkpoints")
   # A later step whose write never finished (the process died before Orbax renamed it).
-  shutil.copytree(model_dir / "checkpoints" / "40",
-                  model_dir / "checkpoints" / "45.orbax-checkpoint-tmp-1234")
+  shutil.copytree(
+    model_dir / "checkpoints" / "40", model_dir / "checkpoints" / "45.orbax-checkpoint-tmp-1234"
+  )
   shutil.rmtree(model_dir / "checkpoints" / "45.orbax-checkpoint-tmp-1234" / "opt_state")
   assert checkpoints.complete_steps(model_dir / "checkpoints")[-1] == 40
   with checkpoints.CheckpointManager(model_dir, TINY, read_only=True) as m:
     assert m.latest_step() == 40
 
 
-def test_sigkill_sigterm_and_kill_during_a_checkpoint_resume_exactly(reference, gin_dir,
-                                                                      jax_cache, tmp_path):
+def test_sigkill_sigterm_and_kill_during_a_checkpoint_resume_exactly(
+  reference, gin_dir, jax_cache, tmp_path
+):
   """One run, stopped three ways and restarted with the same command each time:
   SIGKILL at an arbitrary step, SIGTERM (saves first), SIGKILL while a checkpoint is being
   written. The stage boundary (step 20) is crossed after a restart. Every step's loss and
@@ -203,28 +231,34 @@ def test_sigkill_sigterm_and_kill_during_a_checkpoint_resume_exactly(reference, 
   model_dir = tmp_path / "run"
 
   ckpt_dir = model_dir / "checkpoints"
-  proc = _start(gin_dir, model_dir, jax_cache)                 # 1: SIGKILL at step >= 8
-  _wait_for(lambda: _steps_logged(model_dir) >= 8 and checkpoints.complete_steps(ckpt_dir),
-            proc, "step 8 and a complete checkpoint")
+  proc = _start(gin_dir, model_dir, jax_cache)  # 1: SIGKILL at step >= 8
+  _wait_for(
+    lambda: _steps_logged(model_dir) >= 8 and checkpoints.complete_steps(ckpt_dir),
+    proc,
+    "step 8 and a complete checkpoint",
+  )
   proc.send_signal(signal.SIGKILL)
   assert _finish(proc)[0] == -signal.SIGKILL
   assert _steps_logged(model_dir) < STEPS
   latest = checkpoints.complete_steps(ckpt_dir)[-1]
 
-  proc = _start(gin_dir, model_dir, jax_cache)                 # 2: SIGTERM at step >= 13
+  proc = _start(gin_dir, model_dir, jax_cache)  # 2: SIGTERM at step >= 13
   _wait_for(lambda: _steps_logged(model_dir) >= 13, proc, "step 13")
   proc.send_signal(signal.SIGTERM)
   code, out = _finish(proc)
   assert code == 143, out
-  assert f"restored step {latest} from" in out, out        # the latest complete at the kill
+  assert f"restored step {latest} from" in out, out  # the latest complete at the kill
   saved = int(re.search(r"SIGTERM: saved step (\d+)", out).group(1))
   assert 13 <= saved < BOUNDARY, out
   assert saved in checkpoints.complete_steps(ckpt_dir)
 
-  for _ in range(3):                                           # 3: SIGKILL mid-write, > 20
+  for _ in range(3):  # 3: SIGKILL mid-write, > 20
     proc = _start(gin_dir, model_dir, jax_cache)
-    _wait_for(lambda: _steps_logged(model_dir) > BOUNDARY + 1 and _tmp_checkpoints(model_dir),
-              proc, "a checkpoint being written after the stage boundary")
+    _wait_for(
+      lambda: _steps_logged(model_dir) > BOUNDARY + 1 and _tmp_checkpoints(model_dir),
+      proc,
+      "a checkpoint being written after the stage boundary",
+    )
     proc.send_signal(signal.SIGKILL)
     assert _finish(proc)[0] == -signal.SIGKILL
     half = _tmp_checkpoints(model_dir)
@@ -234,11 +268,11 @@ def test_sigkill_sigterm_and_kill_during_a_checkpoint_resume_exactly(reference, 
   complete = checkpoints.complete_steps(ckpt_dir)
   assert all(int(name.split(".")[0]) not in complete for name in half)
 
-  code, out = _finish(_start(gin_dir, model_dir, jax_cache))   # 4: to the end
+  code, out = _finish(_start(gin_dir, model_dir, jax_cache))  # 4: to the end
   assert code == 0, out
   resumed_from = int(re.search(r"restored step (\d+) from", out).group(1))
   assert resumed_from == complete[-1]
-  assert not _tmp_checkpoints(model_dir)                       # cleaned up, never restored
+  assert not _tmp_checkpoints(model_dir)  # cleaned up, never restored
 
   got, want = _history(model_dir), _history(reference[0])
   assert sorted(got) == sorted(want)
@@ -268,11 +302,15 @@ def one_device_losses(jax_cache, tmp_path_factory):
   return [res.losses[s] for s in range(1, 5)]
 
 
-@pytest.mark.parametrize("mesh", [dict(mesh_data=8),
-                                  dict(mesh_data=2, mesh_fsdp=4),
-                                  dict(mesh_data=2, mesh_fsdp=2, mesh_tensor=2,
-                                       num_microbatches=2)],
-                         ids=["data8", "data2_fsdp4", "data2_fsdp2_tensor2_micro2"])
+@pytest.mark.parametrize(
+  "mesh",
+  [
+    dict(mesh_data=8),
+    dict(mesh_data=2, mesh_fsdp=4),
+    dict(mesh_data=2, mesh_fsdp=2, mesh_tensor=2, num_microbatches=2),
+  ],
+  ids=["data8", "data2_fsdp4", "data2_fsdp2_tensor2_micro2"],
+)
 def test_mesh_shapes_match_one_device(mesh, one_device_losses, tmp_path):
   assert len(jax.devices()) == 8
   res = _run(tmp_path, "run", **mesh)
@@ -283,16 +321,16 @@ def test_mesh_shapes_match_one_device(mesh, one_device_losses, tmp_path):
   mu_wte = opt[1][0].mu["wte"]
   fsdp, tensor = mesh.get("mesh_fsdp", 1), mesh.get("mesh_tensor", 1)
   assert _shard_shape(wte) == (512 // tensor, 64 // fsdp)
-  assert _shard_shape(mu_wte) == _shard_shape(wte)               # Adam moments split alike
+  assert _shard_shape(mu_wte) == _shard_shape(wte)  # Adam moments split alike
   assert _shard_shape(fc1) == (2, 64 // fsdp, 256 // tensor)
-  assert wte.sharding.mesh.shape == {"data": 8 // (fsdp * tensor), "fsdp": fsdp,
-                                     "tensor": tensor}
+  assert wte.sharding.mesh.shape == {"data": 8 // (fsdp * tensor), "fsdp": fsdp, "tensor": tensor}
 
 
 def test_bf16_compute_with_fp32_params_tracks_fp32(one_device_losses, tmp_path):
   """The 13B recipe's mixed precision: bf16 matmuls, fp32 params, residual, softmax, grads."""
-  res = _run(tmp_path, "bf16", devices=jax.devices()[:1], model_config=TINY.replace(
-      dtype="bfloat16"))
+  res = _run(
+    tmp_path, "bf16", devices=jax.devices()[:1], model_config=TINY.replace(dtype="bfloat16")
+  )
   assert jax.tree.leaves(res.state.params)[0].dtype == np.float32
   assert res.state.opt_state[1][0].mu["wte"].dtype == np.float32
   losses = [res.losses[s] for s in range(1, 5)]
@@ -302,9 +340,17 @@ def test_bf16_compute_with_fp32_params_tracks_fp32(one_device_losses, tmp_path):
 
 def test_nonfinite_steps_are_skipped_then_rolled_back(jax_cache, tmp_path):
   logs = []
-  res = _run(tmp_path, "run", steps=8, devices=jax.devices()[:1], checkpoint_period=2,
-             debug_nonfinite_batches=[3, 4, 5], max_consecutive_skips=3,
-             nonfinite_policy="rollback", print_fn=lambda *a, **k: logs.append(a[0]))
+  res = _run(
+    tmp_path,
+    "run",
+    steps=8,
+    devices=jax.devices()[:1],
+    checkpoint_period=2,
+    debug_nonfinite_batches=[3, 4, 5],
+    max_consecutive_skips=3,
+    nonfinite_policy="rollback",
+    print_fn=lambda *a, **k: logs.append(a[0]),
+  )
   text = "\n".join(logs)
   assert "step 4: non-finite loss/gradients: update skipped (1 in a row" in text
   # Skipped steps leave the params alone, so the checkpoint of step 6 is a valid target.
@@ -313,31 +359,51 @@ def test_nonfinite_steps_are_skipped_then_rolled_back(jax_cache, tmp_path):
   assert checkpoints.complete_steps(tmp_path / "run" / "checkpoints") == [4, 6, 8]  # keep 3
   assert all(np.isfinite(res.losses[s]) for s in (7, 8))
   with pytest.raises(train.NonFiniteError, match="nonfinite_policy='stop'"):
-    _run(tmp_path, "stop", steps=6, devices=jax.devices()[:1], debug_nonfinite_batches=[1, 2],
-         max_consecutive_skips=2, nonfinite_policy="stop")
-  res = _run(tmp_path, "go", steps=4, devices=jax.devices()[:1], debug_nonfinite_batches=[1, 2],
-             max_consecutive_skips=2, nonfinite_policy="continue")
+    _run(
+      tmp_path,
+      "stop",
+      steps=6,
+      devices=jax.devices()[:1],
+      debug_nonfinite_batches=[1, 2],
+      max_consecutive_skips=2,
+      nonfinite_policy="stop",
+    )
+  res = _run(
+    tmp_path,
+    "go",
+    steps=4,
+    devices=jax.devices()[:1],
+    debug_nonfinite_batches=[1, 2],
+    max_consecutive_skips=2,
+    nonfinite_policy="continue",
+  )
   assert res.step == 4 and int(res.state.skipped_steps) == 2
 
 
-def test_init_checkpoint_starts_a_fresh_run_from_trained_params(reference, one_device_losses,
-                                                               tmp_path):
-  res = _run(tmp_path, "continued", steps=2, devices=jax.devices()[:1],
-             init_checkpoint=str(reference[0]))
+def test_init_checkpoint_starts_a_fresh_run_from_trained_params(
+  reference, one_device_losses, tmp_path
+):
+  res = _run(
+    tmp_path, "continued", steps=2, devices=jax.devices()[:1], init_checkpoint=str(reference[0])
+  )
   trained = metrics.read_jsonl(str(reference[0]))[STEPS]["loss"]
   assert res.step == 2
-  assert res.losses[1] < one_device_losses[0] - 1.0       # not a random init ...
-  assert abs(res.losses[1] - trained) < 1.0                 # ... but the trained model
+  assert res.losses[1] < one_device_losses[0] - 1.0  # not a random init ...
+  assert abs(res.losses[1] - trained) < 1.0  # ... but the trained model
 
 
 # -- errors before any compute ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw,message", [
+@pytest.mark.parametrize(
+  "kw,message",
+  [
     (dict(mesh_data=3), "uses 3 devices but 8 are available"),
     (dict(mesh_data=-1, mesh_tensor=3), "does not divide"),
-    (dict(batch_size=6, mesh_data=4, mesh_fsdp=2), "BATCH_SIZE=6 is not divisible by the data "
-                                                   "shards"),
+    (
+      dict(batch_size=6, mesh_data=4, mesh_fsdp=2),
+      "BATCH_SIZE=6 is not divisible by the data shards",
+    ),
     (dict(batch_size=8, num_microbatches=3, devices="one"), "num_microbatches=3"),
     (dict(batch_size=8, mesh_data=8, num_microbatches=2), r"8 data shards .* x num_microbatches=2"),
     (dict(task_feature_lengths={"targets": 65}), r"\['targets'\]=65 must be in \[1, max_len=64\]"),
@@ -347,11 +413,11 @@ def test_init_checkpoint_starts_a_fresh_run_from_trained_params(reference, one_d
     (dict(mesh_data=1, mesh_tensor=8), r"cannot be split over mesh axes \('tensor',\)"),
     (dict(mixture_or_task_name="no_such_mixture"), "no_such_mixture"),
     (dict(nonfinite_policy="ignore"), "nonfinite_policy"),
-])
+  ],
+)
 def test_bad_input_fails_before_compute(kw, message, tmp_path, monkeypatch):
   compiled = []
-  monkeypatch.setattr(train.step_lib, "init_train_state",
-                      lambda *a, **k: compiled.append(1))
+  monkeypatch.setattr(train.step_lib, "init_train_state", lambda *a, **k: compiled.append(1))
   if kw.pop("devices", None) == "one":
     kw["devices"] = jax.devices()[:1]
   with pytest.raises((ValueError, KeyError), match=message):
@@ -368,14 +434,19 @@ def test_unwritable_model_dir(tmp_path):
 def test_restore_with_another_model_config_or_vocabulary_names_the_field(reference, tmp_path):
   model_dir = tmp_path / "run"
   shutil.copytree(reference[0] / "checkpoints", model_dir / "checkpoints")
-  with pytest.raises(checkpoints.ConfigMismatchError, match="d_ff: checkpoint 256 vs requested 128"):
+  with pytest.raises(
+    checkpoints.ConfigMismatchError, match="d_ff: checkpoint 256 vs requested 128"
+  ):
     _run(tmp_path, "run", steps=STEPS, model_config=TINY.replace(d_ff=128))
   with pytest.raises(checkpoints.ConfigMismatchError, match="vocab_size: checkpoint 512"):
     _run(tmp_path, "run", steps=STEPS, model_config=TINY.replace(vocab_size=640))
-  train_fixtures.register(vocab_size=500)       # same model, another tokenizer
+  train_fixtures.register(vocab_size=500)  # same model, another tokenizer
   try:
-    with pytest.raises(checkpoints.ConfigMismatchError, match="vocabulary mismatch: checkpoint "
-                       "'PassThroughVocabulary:512.*' vs the tasks' 'PassThroughVocabulary:500"):
+    with pytest.raises(
+      checkpoints.ConfigMismatchError,
+      match="vocabulary mismatch: checkpoint "
+      "'PassThroughVocabulary:512.*' vs the tasks' 'PassThroughVocabulary:500",
+    ):
       _run(tmp_path, "run", steps=STEPS)
   finally:
     train_fixtures.register()
@@ -389,8 +460,9 @@ def test_gin_typos_and_missing_model_dir_fail_at_parse(gin_dir):
     with pytest.raises(ValueError, match="MODEL_DIR"):
       gin_utils.parse_gin(["trainer_test.gin"], [], [str(gin_dir)])
     gin.clear_config()
-    gin_utils.parse_gin(["trainer_test.gin"], ['MODEL_DIR = "/tmp/x"', "TRAIN_STEPS = 7"],
-                        [str(gin_dir)])
+    gin_utils.parse_gin(
+      ["trainer_test.gin"], ['MODEL_DIR = "/tmp/x"', "TRAIN_STEPS = 7"], [str(gin_dir)]
+    )
     assert gin.query_parameter("TRAIN_STEPS/macro.value") == 7
   finally:
     gin.clear_config()

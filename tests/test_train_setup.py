@@ -8,8 +8,14 @@ from polylm_jax import config, optim, partitioning, train_setup
 from polylm_jax import train_step as step_lib
 
 TINY = config.get_config("polylm_tiny")
-CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
-                "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+CLUSTER_VARS = (
+  "JAX_COORDINATOR_ADDRESS",
+  "JAX_NUM_PROCESSES",
+  "JAX_PROCESS_ID",
+  "SLURM_NTASKS",
+  "OMPI_COMM_WORLD_SIZE",
+  "TPU_WORKER_HOSTNAMES",
+)
 
 
 @pytest.fixture
@@ -35,8 +41,10 @@ def test_distributed_from_the_coordinator_environment(calls, monkeypatch):
   assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2)]
 
 
-@pytest.mark.parametrize("var,value", [("SLURM_NTASKS", "8"), ("OMPI_COMM_WORLD_SIZE", "2"),
-                                       ("TPU_WORKER_HOSTNAMES", "h0,h1")])
+@pytest.mark.parametrize(
+  "var,value",
+  [("SLURM_NTASKS", "8"), ("OMPI_COMM_WORLD_SIZE", "2"), ("TPU_WORKER_HOSTNAMES", "h0,h1")],
+)
 def test_distributed_cluster_detection_is_left_to_jax(calls, monkeypatch, var, value):
   monkeypatch.setenv(var, value)
   assert train_setup.maybe_initialize_distributed("auto") is True
@@ -51,8 +59,11 @@ def test_distributed_bad_mode(calls):
 def test_check_batch_layout_names_the_numbers():
   mesh = partitioning.make_mesh(data=2, fsdp=4)
   train_setup.check_batch_layout(16, mesh, 2, 1)
-  with pytest.raises(ValueError, match=r"8 data shards \(mesh data=2 x fsdp=4\) x "
-                                       r"num_microbatches=3 = 24"):
+  with pytest.raises(
+    ValueError,
+    match=r"8 data shards \(mesh data=2 x fsdp=4\) x "
+    r"num_microbatches=3 = 24",
+  ):
     train_setup.check_batch_layout(16, mesh, 3, 1)
   with pytest.raises(ValueError, match="multiple of the number of hosts"):
     train_setup.check_batch_layout(16, mesh, 1, 3)
@@ -60,10 +71,14 @@ def test_check_batch_layout_names_the_numbers():
 
 def test_check_shardable_names_the_parameter():
   train_setup.check_shardable(TINY, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
-  with pytest.raises(ValueError, match=r"parameter wte of shape \(510, 64\) cannot be split over "
-                                       r"mesh axes \('tensor',\) of size 4"):
-    train_setup.check_shardable(TINY.replace(vocab_size=510),
-                                partitioning.make_mesh(data=2, tensor=4))
+  with pytest.raises(
+    ValueError,
+    match=r"parameter wte of shape \(510, 64\) cannot be split over "
+    r"mesh axes \('tensor',\) of size 4",
+  ):
+    train_setup.check_shardable(
+      TINY.replace(vocab_size=510), partitioning.make_mesh(data=2, tensor=4)
+    )
 
 
 def test_check_model_dir(tmp_path):
@@ -75,21 +90,26 @@ def test_check_model_dir(tmp_path):
 def test_vocabulary_fingerprint_hashes_sentencepiece_models(tmp_path):
   class FakeSp:
     vocab_size = 3
+
     def __init__(self, path):
       self.sentencepiece_model_file = path
+
   a, b = tmp_path / "a.model", tmp_path / "b.model"
   a.write_bytes(b"model one")
   b.write_bytes(b"model two")
-  fa, fb = train_setup.vocabulary_fingerprint(FakeSp(str(a))), train_setup.vocabulary_fingerprint(
-      FakeSp(str(b)))
+  fa, fb = (
+    train_setup.vocabulary_fingerprint(FakeSp(str(a))),
+    train_setup.vocabulary_fingerprint(FakeSp(str(b))),
+  )
   assert fa.startswith("sentencepiece:") and fa.endswith(":3") and fa != fb
 
 
 def test_to_global_splits_the_batch_over_the_data_axes():
   mesh = partitioning.make_mesh(data=4, fsdp=2)
   fns = train_setup.make_step_functions(TINY, mesh, optim.make_optimizer(1e-3), None)
-  batch = {k: np.arange(16 * 8, dtype=np.int32).reshape(16, 8) % 500
-           for k in step_lib.BATCH_INT_FIELDS}
+  batch = {
+    k: np.arange(16 * 8, dtype=np.int32).reshape(16, 8) % 500 for k in step_lib.BATCH_INT_FIELDS
+  }
   batch["loss_weights"] = np.ones((16, 8), np.float32)
   g = train_setup.to_global(batch, fns.batch_shardings)
   assert g["inputs"].shape == (16, 8)

@@ -26,9 +26,13 @@ def make_batch(seed=0, b=8, t=16, zero_weight_frac=0.25):
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, CFG.vocab_size, (b, t + 1))
   weights = (rng.random((b, t)) >= zero_weight_frac).astype(np.float32)
-  batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
-               positions=np.broadcast_to(np.arange(t), (b, t)),
-               segment_ids=np.ones((b, t)), langs=rng.integers(0, ts.NUM_LANGUAGES, (b, t)))
+  batch = dict(
+    inputs=tokens[:, :-1],
+    targets=tokens[:, 1:],
+    positions=np.broadcast_to(np.arange(t), (b, t)),
+    segment_ids=np.ones((b, t)),
+    langs=rng.integers(0, ts.NUM_LANGUAGES, (b, t)),
+  )
   batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   batch["loss_weights"] = jnp.asarray(weights)
   return batch
@@ -55,8 +59,8 @@ def test_cross_entropy_matches_hand_computation():
   np.testing.assert_allclose(np.asarray(z), 0.0)
 
   loss, nll, z = ts.cross_entropy(jnp.asarray(logits), jnp.asarray(targets), z_loss=1e-2)
-  np.testing.assert_allclose(np.asarray(z), 1e-2 * lse ** 2, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(loss), expected + 1e-2 * lse ** 2, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(z), 1e-2 * lse**2, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(loss), expected + 1e-2 * lse**2, rtol=1e-6)
 
   # Label smoothing = KL(soft target || prediction) with t5x's soft targets.
   s, v = 0.1, logits.shape[-1]
@@ -71,8 +75,12 @@ def test_cross_entropy_matches_hand_computation():
 def test_loss_fn_weighted_mean_and_per_language_sums(params):
   batch = make_batch()
   loss, aux = jax.jit(functools.partial(ts.loss_fn, config=CFG))(params, batch)
-  logits = np.asarray(PolyLM(CFG).apply({"params": params}, batch["inputs"], batch["positions"],
-                                        batch["segment_ids"]), np.float64)
+  logits = np.asarray(
+    PolyLM(CFG).apply(
+      {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
+    ),
+    np.float64,
+  )
   logp = _log_softmax(logits)
   tgt = np.asarray(batch["targets"])
   nll = -np.take_along_axis(logp, tgt[..., None], -1)[..., 0]
@@ -80,11 +88,16 @@ def test_loss_fn_weighted_mean_and_per_language_sums(params):
   np.testing.assert_allclose(float(loss), (nll * w).sum() / w.sum(), rtol=1e-5)
   np.testing.assert_allclose(float(aux["weight_sum"]), w.sum())
   langs = np.asarray(batch["langs"])
-  np.testing.assert_allclose(np.asarray(aux["lang_weight_sum"]),
-                             np.bincount(langs.ravel(), w.ravel(), ts.NUM_LANGUAGES), rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(aux["lang_nll_sum"]),
-                             np.bincount(langs.ravel(), (nll * w).ravel(), ts.NUM_LANGUAGES),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(aux["lang_weight_sum"]),
+    np.bincount(langs.ravel(), w.ravel(), ts.NUM_LANGUAGES),
+    rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    np.asarray(aux["lang_nll_sum"]),
+    np.bincount(langs.ravel(), (nll * w).ravel(), ts.NUM_LANGUAGES),
+    rtol=1e-5,
+  )
   np.testing.assert_allclose(float(np.sum(aux["lang_nll_sum"])), float(aux["nll_sum"]), rtol=1e-5)
 
 
@@ -92,7 +105,9 @@ def test_zero_weight_tokens_contribute_nothing(params):
   """Token id 0 is <unk> in PolyLM: only loss_weights decide, never the token value."""
   batch = make_batch(zero_weight_frac=0.5)
   zero = batch["loss_weights"] == 0
-  scrambled = dict(batch, targets=jnp.where(zero, (batch["targets"] + 7) % CFG.vocab_size, batch["targets"]))
+  scrambled = dict(
+    batch, targets=jnp.where(zero, (batch["targets"] + 7) % CFG.vocab_size, batch["targets"])
+  )
   # Real targets equal to 0 (<unk>) with weight 1 must count.
   unk = dict(batch, targets=jnp.where(zero, batch["targets"], 0))
   grad = jax.jit(jax.value_and_grad(functools.partial(ts.loss_fn, config=CFG), has_aux=True))
@@ -110,18 +125,25 @@ def test_z_loss_adds_expected_amount(params):
   z = 1e-3
   l0, _ = ts.loss_fn(params, batch, config=CFG)
   lz, aux = ts.loss_fn(params, batch, config=CFG, z_loss=z)
-  logits = np.asarray(PolyLM(CFG).apply({"params": params}, batch["inputs"], batch["positions"],
-                                        batch["segment_ids"]), np.float64)
+  logits = np.asarray(
+    PolyLM(CFG).apply(
+      {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
+    ),
+    np.float64,
+  )
   lse = np.log(np.exp(logits).sum(-1))
   w = np.asarray(batch["loss_weights"])
-  expected = z * (w * lse ** 2).sum() / w.sum()
+  expected = z * (w * lse**2).sum() / w.sum()
   np.testing.assert_allclose(float(lz) - float(l0), expected, rtol=1e-4)
   np.testing.assert_allclose(float(aux["z_loss_sum"]) / w.sum(), expected, rtol=1e-4)
 
 
 def _step_fn(k=1, optimizer=OPT, **kw):
-  return jax.jit(functools.partial(ts.train_step, config=CFG, optimizer=optimizer,
-                                   schedule=SCHEDULE, num_microbatches=k, **kw))
+  return jax.jit(
+    functools.partial(
+      ts.train_step, config=CFG, optimizer=optimizer, schedule=SCHEDULE, num_microbatches=k, **kw
+    )
+  )
 
 
 def test_microbatching_matches_full_batch(params):
@@ -134,12 +156,17 @@ def test_microbatching_matches_full_batch(params):
     s_k, m_k = results[k]
     np.testing.assert_allclose(float(m_k["loss"]), float(m_1["loss"]), rtol=1e-6)
     np.testing.assert_allclose(float(m_k["grad_norm"]), float(m_1["grad_norm"]), rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 s_k.params, s_1.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9),
-                 s_k.opt_state, s_1.opt_state)
-    np.testing.assert_allclose(np.asarray(m_k["lang_nll_sum"]), np.asarray(m_1["lang_nll_sum"]),
-                               rtol=1e-5)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s_k.params, s_1.params
+    )
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9),
+      s_k.opt_state,
+      s_1.opt_state,
+    )
+    np.testing.assert_allclose(
+      np.asarray(m_k["lang_nll_sum"]), np.asarray(m_1["lang_nll_sum"]), rtol=1e-5
+    )
     np.testing.assert_allclose(np.asarray(m_k["lang_tokens"]), np.asarray(m_1["lang_tokens"]))
   with pytest.raises(ValueError, match="num_microbatches"):
     ts.compute_gradients(params, batch, config=CFG, num_microbatches=3)
@@ -168,7 +195,9 @@ def test_non_finite_guard_skips_and_counts(params):
   assert not np.allclose(np.asarray(s4.params["wte"]), np.asarray(s1.params["wte"]))
   # NaN in the parameters is caught too (the gradient is non-finite).
   nan_params = jax.tree.map(lambda x: x, s1.params)
-  nan_params["layers"]["mlp"]["fc1_kernel"] = nan_params["layers"]["mlp"]["fc1_kernel"].at[0, 0, 0].set(jnp.nan)
+  nan_params["layers"]["mlp"]["fc1_kernel"] = (
+    nan_params["layers"]["mlp"]["fc1_kernel"].at[0, 0, 0].set(jnp.nan)
+  )
   s5, m5 = step(s1.replace(params=nan_params), good)
   assert int(m5["skipped"]) == 1 and int(s5.skipped_steps) == 1
 
@@ -212,13 +241,16 @@ def _sharded_batches():
 
 @pytest.fixture(scope="module")
 def single_device_run(params):
-  step = jax.jit(functools.partial(ts.train_step, config=CFG, optimizer=SMOOTH_OPT),
-                 donate_argnums=0)
+  step = jax.jit(
+    functools.partial(ts.train_step, config=CFG, optimizer=SMOOTH_OPT), donate_argnums=0
+  )
   state = ts.init_train_state(jax.tree.map(jnp.copy, params), SMOOTH_OPT)  # donated
   return _run_steps(step, state, _sharded_batches())
 
 
-@pytest.mark.parametrize("mesh_kw", MESHES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize(
+  "mesh_kw", MESHES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items())
+)
 def test_sharded_steps_match_single_device(params, single_device_run, mesh_kw):
   """3 steps on 8 host devices vs one device. fp32, so losses agree to 1e-5 relative and
   params to 1e-4 (only the order of cross-device sums differs). The fsdp mesh also runs
@@ -229,17 +261,23 @@ def test_sharded_steps_match_single_device(params, single_device_run, mesh_kw):
   shardings = ts.train_state_shardings(CFG, SMOOTH_OPT, mesh)
   bshard = batch_sharding(mesh)
   with use_mesh(mesh):
-    step = jax.jit(functools.partial(ts.train_step, config=CFG, optimizer=SMOOTH_OPT,
-                                     num_microbatches=k),
-                   in_shardings=(shardings, bshard), out_shardings=(shardings, None),
-                   donate_argnums=0)
-    state = jax.device_put(ts.init_train_state(jax.tree.map(jnp.copy, params), SMOOTH_OPT),
-                           shardings)
+    step = jax.jit(
+      functools.partial(ts.train_step, config=CFG, optimizer=SMOOTH_OPT, num_microbatches=k),
+      in_shardings=(shardings, bshard),
+      out_shardings=(shardings, None),
+      donate_argnums=0,
+    )
+    state = jax.device_put(
+      ts.init_train_state(jax.tree.map(jnp.copy, params), SMOOTH_OPT), shardings
+    )
     state, losses = _run_steps(step, state, [jax.device_put(b, bshard) for b in _sharded_batches()])
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   assert losses[2] < losses[0]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               state.params, ref_state.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    state.params,
+    ref_state.params,
+  )
 
   v, d, f, L = CFG.vocab_size, CFG.d_model, CFG.d_ff, CFG.num_layers
   fsdp, tensor = mesh_kw.get("fsdp", 1), mesh_kw.get("tensor", 1)
@@ -250,7 +288,8 @@ def test_sharded_steps_match_single_device(params, single_device_run, mesh_kw):
     assert {s.data.shape for s in fc1.addressable_shards} == {(L, d // fsdp, f // tensor)}
     qkv = tree["layers"]["attn"]["qkv_kernel"]
     assert {s.data.shape for s in qkv.addressable_shards} == {
-        (L, d // fsdp, 3, CFG.num_heads // tensor, CFG.head_dim)}
+      (L, d // fsdp, 3, CFG.num_heads // tensor, CFG.head_dim)
+    }
   assert adam.count.sharding.is_fully_replicated
 
 

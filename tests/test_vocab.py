@@ -13,35 +13,35 @@ import tensorflow as tf
 from polylm_jax import tokenizer, vocab
 
 SCRIPTS = {
-    "zh": "今天天气很好，我们去公园散步吧。",
-    "en": "The quick brown fox jumps over the lazy dog.",
-    "es": "¿Dónde está la biblioteca? ¡Qué día tan bonito!",
-    "fr": "L'été dernier, nous sommes allés à la mer en Bretagne.",
-    "pt": "A educação é a arma mais poderosa do coração.",
-    "ru": "Съешь же ещё этих мягких французских булок, да выпей чаю.",
-    "de": "Größere Übungen für Straßenbahnfahrer müssen geplant werden.",
-    "it": "Perché non andiamo al cinema più tardi? È già ora.",
-    "ar": "اللغة العربية جميلة جداً، وأحب القراءة كل يوم.",
-    "ja": "私は東京で日本語を勉強しています。カタカナもひらがなも好きです。",
-    "ko": "안녕하세요, 저는 한국어를 배우고 있습니다.",
-    "th": "ภาษาไทยเป็นภาษาที่สวยงามมาก และมีวรรณยุกต์ห้าเสียง",
-    "vi": "Tiếng Việt có nhiều dấu thanh: sắc, huyền, hỏi, ngã, nặng.",
-    "id": "Saya suka makan nasi goreng di pagi hari bersama keluarga.",
-    "nl": "Het is vandaag een mooie dag om langs de gracht te fietsen.",
-    "pl": "Zażółć gęślą jaźń — to zdanie zawiera wszystkie polskie znaki.",
-    "tr": "Çocuklar bahçede oynuyor; ağaçlar yeşil ve çok güzel.",
-    "he": "שלום עולם, אני לומד עברית כבר שנתיים.",
+  "zh": "今天天气很好，我们去公园散步吧。",
+  "en": "The quick brown fox jumps over the lazy dog.",
+  "es": "¿Dónde está la biblioteca? ¡Qué día tan bonito!",
+  "fr": "L'été dernier, nous sommes allés à la mer en Bretagne.",
+  "pt": "A educação é a arma mais poderosa do coração.",
+  "ru": "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+  "de": "Größere Übungen für Straßenbahnfahrer müssen geplant werden.",
+  "it": "Perché non andiamo al cinema più tardi? È già ora.",
+  "ar": "اللغة العربية جميلة جداً، وأحب القراءة كل يوم.",
+  "ja": "私は東京で日本語を勉強しています。カタカナもひらがなも好きです。",
+  "ko": "안녕하세요, 저는 한국어를 배우고 있습니다.",
+  "th": "ภาษาไทยเป็นภาษาที่สวยงามมาก และมีวรรณยุกต์ห้าเสียง",
+  "vi": "Tiếng Việt có nhiều dấu thanh: sắc, huyền, hỏi, ngã, nặng.",
+  "id": "Saya suka makan nasi goreng di pagi hari bersama keluarga.",
+  "nl": "Het is vandaag een mooie dag om langs de gracht te fietsen.",
+  "pl": "Zażółć gęślą jaźń — to zdanie zawiera wszystkie polskie znaki.",
+  "tr": "Çocuklar bahçede oynuyor; ağaçlar yeşil ve çok güzel.",
+  "he": "שלום עולם, אני לומד עברית כבר שנתיים.",
 }
 # Characters no 4096-piece demo vocabulary holds: they must come back through byte fallback.
 OUT_OF_VOCAB = {
-    "emoji": "Party 🎉 with family 👨‍👩‍👧‍👦, thumbs 👍🏽 and flags 🇯🇵🇧🇷.",
-    "rare_cjk": "𠀀𪚥𰻞𠮷 龘靐 〇",
-    "symbols": "∑∫√∞ ≠ ½ € ₿ © ™ 🂡",
-    "combining_and_invisible": "e\u0301 n\u0303 a\u200bb\u200dc\ufeff \u200fשלום\u200e",
-    "whitespace": "  two  spaces\n\nnewlines\ttab \r\n trailing ",
-    "code": "def f(x):\n    return x ** 2  # 注释 1234567890\n",
-    "specials_as_text": "<unk> <s> </s> <pad> <0x0A>",
-    "control": "\x01\x07\x1b[0m\x7f",
+  "emoji": "Party 🎉 with family 👨‍👩‍👧‍👦, thumbs 👍🏽 and flags 🇯🇵🇧🇷.",
+  "rare_cjk": "𠀀𪚥𰻞𠮷 龘靐 〇",
+  "symbols": "∑∫√∞ ≠ ½ € ₿ © ™ 🂡",
+  "combining_and_invisible": "e\u0301 n\u0303 a\u200bb\u200dc\ufeff \u200fשלום\u200e",
+  "whitespace": "  two  spaces\n\nnewlines\ttab \r\n trailing ",
+  "code": "def f(x):\n    return x ** 2  # 注释 1234567890\n",
+  "specials_as_text": "<unk> <s> </s> <pad> <0x0A>",
+  "control": "\x01\x07\x1b[0m\x7f",
 }
 ALL_TEXTS = {**SCRIPTS, **OUT_OF_VOCAB}
 
@@ -56,7 +56,7 @@ def test_round_trip_and_never_id_zero(demo, name):
   text = ALL_TEXTS[name]
   ids = demo.encode(text)
   assert 0 not in ids, f"{name}: encoding produced id 0 (<unk>): {ids}"
-  assert all(3 <= i < demo.vocab_size for i in ids)     # no specials from text either
+  assert all(3 <= i < demo.vocab_size for i in ids)  # no specials from text either
   assert demo.decode(ids) == text
   tf_ids = demo.encode_tf(tf.constant(text)).numpy().tolist()
   assert tf_ids == ids
@@ -68,7 +68,7 @@ def test_out_of_vocab_characters_use_byte_pieces(demo):
   sp = demo.tokenizer
   ids = demo.encode("a𪚥")
   pieces = [sp.id_to_piece(i) for i in ids]
-  assert [sp.is_byte(i) for i in ids].count(True) == 4, pieces   # one piece per UTF-8 byte
+  assert [sp.is_byte(i) for i in ids].count(True) == 4, pieces  # one piece per UTF-8 byte
   assert pieces[-4:] == ["<0xF0>", "<0xAA>", "<0x9A>", "<0xA5>"]
 
 
@@ -107,9 +107,17 @@ def test_seqio_loss_weights_keep_every_real_token(demo):
 
 def test_layout_check_rejects_a_t5_style_model(tmp_path):
   lines = iter(["some training text for a tiny model"] * 50)
-  spm.SentencePieceTrainer.train(sentence_iterator=lines, model_prefix=str(tmp_path / "t5"),
-                                 vocab_size=20, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                 hard_vocab_limit=False, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=lines,
+    model_prefix=str(tmp_path / "t5"),
+    vocab_size=20,
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    hard_vocab_limit=False,
+    minloglevel=2,
+  )
   v = vocab.PolyLMVocabulary(str(tmp_path / "t5.model"))
   with pytest.raises(ValueError) as e:
     v.encode("text")
@@ -124,8 +132,11 @@ def test_missing_model_file_is_named(tmp_path):
 
 
 def test_project_trained_model_works_as_vocabulary(tmp_path):
-  path = tokenizer.train_tokenizer(str(tokenizer.SAMPLE_CORPUS_DIR / "parallel" / "*.txt"),
-                                   str(tmp_path / "p.model"), vocab_size=3000)
+  path = tokenizer.train_tokenizer(
+    str(tokenizer.SAMPLE_CORPUS_DIR / "parallel" / "*.txt"),
+    str(tmp_path / "p.model"),
+    vocab_size=3000,
+  )
   v = vocab.get_vocabulary(path)
   assert v.vocab_size == 3000 and (v.unk_id, v.bos_id, v.eos_id) == (0, 1, 2)
   for text in SCRIPTS.values():
@@ -134,7 +145,7 @@ def test_project_trained_model_works_as_vocabulary(tmp_path):
 
 def test_check_vocab_matches(demo):
   vocab.check_vocab_matches(demo, demo.vocab_size)
-  vocab.check_vocab_matches(demo, demo.vocab_size + 128)       # padded embedding is fine
+  vocab.check_vocab_matches(demo, demo.vocab_size + 128)  # padded embedding is fine
   with pytest.raises(ValueError) as e:
     vocab.check_vocab_matches(demo, 1000, where="gin PolyLMConfig.vocab_size")
   msg = str(e.value)
@@ -151,7 +162,7 @@ def test_default_vocabulary_is_lazy_pickles_and_cannot_be_switched_once_used(dem
   assert clone == demo and clone.encode("hola") == demo.encode("hola")
   with pytest.raises(RuntimeError, match="already in use"):
     vocab.set_default_vocabulary_path("/elsewhere/tokenizer.model")
-  vocab.set_default_vocabulary_path(demo.sentencepiece_model_file)   # same file: fine
+  vocab.set_default_vocabulary_path(demo.sentencepiece_model_file)  # same file: fine
   vocab.set_default_vocabulary_path(None)
 
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 from polylm_jax import curriculum, mixing
 
 EOS = 2
-LANGS = {"en": 3, "zh": 5, "fr": 7}   # language -> stride
+LANGS = {"en": 3, "zh": 5, "fr": 7}  # language -> stride
 CURRICULUM = "trainer_test_curriculum"
 STAGE1, STAGE2 = "trainer_test_stage1", "trainer_test_stage2"
 
@@ -60,16 +60,22 @@ def register(vocab_size: int = 512) -> None:
 
     seqio.TaskRegistry.remove(task_name(lang))
     seqio.TaskRegistry.add(
-        task_name(lang), source=seqio.FunctionDataSource(dataset_fn, splits=list(splits)),
-        preprocessors=[seqio.preprocessors.append_eos], output_features=features)
+      task_name(lang),
+      source=seqio.FunctionDataSource(dataset_fn, splits=list(splits)),
+      preprocessors=[seqio.preprocessors.append_eos],
+      output_features=features,
+    )
   comps = tuple(mixing.Component(task_name(lang)) for lang in LANGS)
-  mixing.register_stage_mixture(mixing.StageMixture(STAGE1, comps, non_english_share=0.3),
-                                overwrite=True)
-  mixing.register_stage_mixture(mixing.StageMixture(STAGE2, comps, non_english_share=0.6),
-                                overwrite=True)
+  mixing.register_stage_mixture(
+    mixing.StageMixture(STAGE1, comps, non_english_share=0.3), overwrite=True
+  )
+  mixing.register_stage_mixture(
+    mixing.StageMixture(STAGE2, comps, non_english_share=0.6), overwrite=True
+  )
   curriculum.register_curriculum(
-      curriculum.two_stage_curriculum(CURRICULUM, STAGE1, STAGE2, final_stage_fraction=0.5),
-      overwrite=True)
+    curriculum.two_stage_curriculum(CURRICULUM, STAGE1, STAGE2, final_stage_fraction=0.5),
+    overwrite=True,
+  )
 
 
 register()
