@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from polylm_jax.evaluation import EvalResults, TaskResult
+from polylm_jax.files import atomic_write
 
 CSV_FIELDS = (
   "task",
@@ -36,15 +37,6 @@ CSV_FIELDS = (
   "examples",
   "truncated",
 )
-
-
-def _atomic_write(path: Path, data: str | bytes) -> Path:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(data.encode("utf-8") if isinstance(data, str) else data)
-  os.replace(tmp, path)
-  return path
 
 
 def predictions_jsonl(task: TaskResult) -> str:
@@ -170,14 +162,14 @@ def write_report(
   out = Path(output_dir)
   written = {}
   for t in results.tasks:
-    written[f"predictions/{t.task}"] = _atomic_write(
+    written[f"predictions/{t.task}"] = atomic_write(
       out / "predictions" / f"{t.task}.jsonl", predictions_jsonl(t)
     )
-  written["csv"] = _atomic_write(out / "results.csv", results_csv(results))
-  written["markdown"] = _atomic_write(out / "results.md", results_markdown(results))
-  written["json"] = _atomic_write(out / "results.json", results_json(results))
+  written["csv"] = atomic_write(out / "results.csv", results_csv(results))
+  written["markdown"] = atomic_write(out / "results.md", results_markdown(results))
+  written["json"] = atomic_write(out / "results.json", results_json(results))
   if plot:
-    written["plot"] = _atomic_write(out / "results.png", plot_png(results))
+    written["plot"] = atomic_write(out / "results.png", plot_png(results))
   return written
 
 

@@ -13,11 +13,12 @@ import pathlib
 import sys
 from typing import Callable, Sequence, TypeVar
 
-T = TypeVar("T")
-
 import gin
 
 from polylm_jax.config import PolyLMConfig
+from polylm_jax.files import atomic_write
+
+T = TypeVar("T")
 
 # The repository's gin/ folder, so `include 'models/polylm_base.gin'` resolves from anywhere.
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
@@ -90,12 +91,7 @@ def operative_config() -> str:
 
 def write_operative_config(directory: str | os.PathLike, name: str = "config.gin") -> pathlib.Path:
   """Writes the operative config (what the run actually used) next to its outputs."""
-  path = pathlib.Path(directory) / name
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(gin.config_str())
-  tmp.replace(path)
-  return path
+  return atomic_write(pathlib.Path(directory) / name, gin.config_str())
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:

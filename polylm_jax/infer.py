@@ -31,6 +31,7 @@ import numpy as np
 
 from polylm_jax import checkpoints, decoding, gin_utils, partitioning, prompts as prompts_lib
 from polylm_jax.config import PolyLMConfig
+from polylm_jax.files import atomic_write
 
 OUTPUT_FILE = "outputs.jsonl"
 
@@ -159,14 +160,6 @@ def _fit(
   return truncated
 
 
-def _write_jsonl_atomic(path: str, rows: Sequence[dict[str, Any]]) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-
-
 def run_inference(
   *,
   checkpoint_path: str,
@@ -257,7 +250,7 @@ def run_inference(
     rows[i] = row
   os.makedirs(output_dir, exist_ok=True)
   path = os.path.join(output_dir, OUTPUT_FILE)
-  _write_jsonl_atomic(path, rows)
+  atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
   gin_utils.write_operative_config(output_dir)
   print_fn(f"wrote {len(rows)} generations to {path}")
   return path

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import numpy as np
+from polylm_jax.files import atomic_write
 
 
 def repair_jsonl(path: str) -> int:
@@ -77,18 +78,9 @@ class JsonlAppender:
     self._f.close()
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def rewrite_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
   """Replace `path` atomically with `records` (used to drop an unfinished round's log)."""
-  atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+  atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def load_seed_tasks(path: str) -> list[dict[str, str]]:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from polylm_jax.files import atomic_write
 from polylm_jax import instruct_filters as filters_lib
 from polylm_jax import instruct_store as store
 from polylm_jax.teachers import Teacher
@@ -384,7 +385,7 @@ class SelfInstruct:
     return counts
 
   def _save_progress(self) -> None:
-    store.atomic_write_text(
+    atomic_write(
       self.progress_path,
       json.dumps({"rounds_done": self.rounds_done, "teacher": self.teacher.name}, indent=1) + "\n",
     )
@@ -426,7 +427,7 @@ class SelfInstruct:
     """Statistics: printed, and written as stats.json and stats.png beside the data."""
     stats = store.compute_stats(self.kept, self.rejected, self.config.languages)
     out = self.config.output_dir
-    store.atomic_write_text(os.path.join(out, "stats.json"), json.dumps(stats, indent=1) + "\n")
+    atomic_write(os.path.join(out, "stats.json"), json.dumps(stats, indent=1) + "\n")
     threshold = self.config.filters.rouge_threshold
     store.plot_stats(stats, os.path.join(out, "stats.png"), threshold)
     self.log(store.format_stats(stats, threshold))

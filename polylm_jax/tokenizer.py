@@ -28,11 +28,12 @@ import logging
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+
+from polylm_jax.files import atomic_write
 
 # Bump when the recipe changes, so cached demo tokenizers are retrained.
 RECIPE_VERSION = 1
@@ -239,23 +240,8 @@ def train_tokenizer(
       f"SentencePiece training failed (--vocab_size={vocab_size}, "
       f"{sum(taken.values())} characters in {len(taken)} languages): {e}"
     ) from None
-  _atomic_write(output, model.getvalue())
+  atomic_write(output, model.getvalue())  # a reader never sees half a model
   return output
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  """Write to a temp file beside `path`, then rename: a reader never sees half a model."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".model")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def sample_corpus_files(corpus_dir: Path | str = SAMPLE_CORPUS_DIR) -> list[str]:
