@@ -8,7 +8,9 @@ stamp=.venv/.installed-$(sha1sum setup.cfg | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[test,hf]'
+  .venv/bin/python -m pip install --quiet -e '.[test,hf,t5x]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# The real t5x (not on PyPI): from $T5X_SOURCES or GitHub at pinned commits; idempotent.
+bash tools/install_t5x.sh .venv/bin/python
