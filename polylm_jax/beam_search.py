@@ -98,7 +98,7 @@ def beam_search(
   Inactive rows (batch padding) count as finished from the start. Traceable; jit outside.
   """
   k = s.num_beams
-  logits, cache = stack.prefill(tokens, positions, segment_ids)
+  logits, cache = stack.prefill(tokens, positions, segment_ids, prompt_lens)
   b = tokens.shape[0]
   rep = lambda x: jnp.repeat(x, k, axis=0)
   st = dict(

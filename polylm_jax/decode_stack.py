@@ -8,7 +8,9 @@ checks each against the full forward pass):
   "scan": the model's own `nn.scan` (`PolyLM.apply(decode=True)`): no copy, but XLA copies
       each layer's weights out of the stacked arrays at every step (a dynamic slice), which
       on CPU made batch-1 steps about 1.8x slower (benchmarks/decode.py --layer_loop).
-The unrolled path also computes logits for the last position only during the prefill.
+The unrolled path also computes logits for the last real token of each row only during the
+prefill. Prompts are right-padded: the prefill sets each row's cache index to its length
+(model.py), the layout t5x's decoding uses too.
 """
 
 from __future__ import annotations
@@ -78,8 +80,13 @@ class DecodeStack:
     positions: jax.Array,
     segment_ids: jax.Array,
     last_only: bool = True,
+    lengths: jax.Array | None = None,
   ) -> tuple[jax.Array, Any]:
-    """Logits [B, V] after the last column (or [B, T, V] with last_only=False); new cache."""
+    """Logits [B, V] after the last column (or [B, T, V] with last_only=False); new cache.
+
+    lengths [B] (a prefill of right-padded rows): each row's index moves to its length and
+    the [B, V] logits are those after its last real token, column lengths - 1."""
+    last = None if lengths is None else jnp.maximum(lengths, 1) - 1
     if not self.unrolled:
       logits, variables = PolyLM(self.config).apply(
         {"params": self.params, "cache": cache},
@@ -87,9 +94,12 @@ class DecodeStack:
         positions,
         segment_ids,
         decode=True,
+        prefill_lengths=lengths,
         mutable=["cache"],
       )
-      return (logits[:, -1] if last_only else logits), variables["cache"]
+      if last_only:
+        logits = logits[:, -1] if last is None else _take_column(logits, last)
+      return logits, variables["cache"]
     cfg, p = self.config, self.params
     dtype = jnp.dtype(cfg.dtype)
     residual_dtype = jnp.float32 if cfg.residual_fp32 else dtype
@@ -98,11 +108,11 @@ class DecodeStack:
     new_cache = []
     for layer, layer_cache in zip(self.layers, cache):
       (x, _), variables = Block(cfg, decode=True).apply(
-        {"params": layer, "cache": layer_cache}, x, segment_ids, mutable=["cache"]
+        {"params": layer, "cache": layer_cache}, x, segment_ids, lengths, mutable=["cache"]
       )
       new_cache.append(variables["cache"])
     if last_only:
-      x = x[:, -1:]
+      x = x[:, -1:] if last is None else _take_column(x, last)[:, None]
     h = nn.LayerNorm(
       epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype)
     ).apply({"params": p["ln_f"]}, x)
@@ -113,12 +123,13 @@ class DecodeStack:
     return (logits[:, -1] if last_only else logits), new_cache
 
   def prefill(
-    self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array
+    self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, lengths: jax.Array
   ) -> tuple[jax.Array, Any]:
-    """Fills a new cache with the (left-padded) prompts; logits after each row's last token."""
-    cache = self.init_cache(tokens.shape[0])
-    if self.unrolled or tokens.shape[1] == 1:
-      return self(cache, tokens, positions, segment_ids)
-    # All but the last column first: XLA drops their unused [B, T, V] logits.
-    _, cache = self(cache, tokens[:, :-1], positions[:, :-1], segment_ids[:, :-1])
-    return self(cache, tokens[:, -1:], positions[:, -1:], segment_ids[:, -1:])
+    """Fills a new cache with the right-padded prompts (`lengths` [B] real tokens each);
+    logits after each row's last token. Each row then decodes from its own length."""
+    return self(self.init_cache(tokens.shape[0]), tokens, positions, segment_ids, lengths=lengths)
+
+
+def _take_column(x: jax.Array, column: jax.Array) -> jax.Array:
+  """x[b, column[b]] for each row b: [B, T, ...] -> [B, ...]."""
+  return jnp.take_along_axis(x, column.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]

@@ -1,9 +1,9 @@
 """Generation and scoring: everything that turns a PolyLM into tokens or log-likelihoods.
 
-One jitted function per call shape runs the whole generation: a prefill of the left-padded
-prompts (padding has segment id 0, real tokens segment 1 and their own positions, so rows of
-different lengths share one cache index), then a `lax.while_loop` of cached one-token steps
-that exits as soon as every row has emitted eos or `max_new_tokens` is reached.
+One jitted function per call shape runs the whole generation: a prefill of the right-padded
+prompts (padding has segment id 0; each row's cache index then moves to its own length, the
+layout t5x's decoding uses too), then a `lax.while_loop` of cached one-token steps that exits
+as soon as every row has emitted eos or `max_new_tokens` is reached.
 
 Semantics follow transformers' `generate` so that results can be compared token for token:
 logits processors run in HF's order (repetition penalty, temperature, top-k, top-p), and
@@ -167,7 +167,7 @@ def _emit(s: DecodeSettings, state, logits):
 def _sample_init(
   stack, s, max_new, tokens, positions, segment_ids, prompt_lens, active, row_ids, key, knobs
 ):
-  logits, cache = stack.prefill(tokens, positions, segment_ids)
+  logits, cache = stack.prefill(tokens, positions, segment_ids, prompt_lens)
   b = tokens.shape[0]
   state = dict(
     cache=cache,
@@ -345,16 +345,15 @@ def validate_prompts(
   return out
 
 
-def _left_pad(prompts: list[list[int]], rows: int, width: int):
+def _right_pad(prompts: list[list[int]], rows: int, width: int):
   tokens = np.zeros((rows, width), np.int32)
-  positions = np.zeros((rows, width), np.int32)
+  positions = np.broadcast_to(np.arange(width, dtype=np.int32), (rows, width)).copy()
   segments = np.zeros((rows, width), np.int32)
   lens = np.ones((rows,), np.int32)
   for i in range(rows):
     p = prompts[i] if i < len(prompts) else [0]  # padding rows: one dummy token, inactive
-    tokens[i, width - len(p) :] = p
-    positions[i, width - len(p) :] = np.arange(len(p))
-    segments[i, width - len(p) :] = 1
+    tokens[i, : len(p)] = p
+    segments[i, : len(p)] = 1
     lens[i] = len(p)
   active = np.arange(rows) < len(prompts)
   return tokens, positions, segments, lens, active
@@ -430,7 +429,7 @@ def generate(
     chunk = prompts[lo:hi]
     rows = _bucket(hi - lo if not batch_size else batch_size, place.dp)
     width = min(_bucket(max(map(len, chunk)), _PROMPT_BUCKET), config.max_len - max_new_tokens)
-    tokens, positions, segments, lens, active = _left_pad(chunk, rows, width)
+    tokens, positions, segments, lens, active = _right_pad(chunk, rows, width)
     row_ids = np.arange(lo, lo + rows, dtype=np.int32)
     dcfg = _decode_config(config, width, max_new_tokens)
     with place.context():
@@ -488,7 +487,7 @@ def generate_stream(
   eos = config.eos_id if s.eos_id is None else int(s.eos_id)
   (prompt,) = validate_prompts(config, [prompt], max_new_tokens)
   width = min(_bucket(len(prompt), _PROMPT_BUCKET), config.max_len - max_new_tokens)
-  tokens, positions, segments, lens, active = _left_pad([prompt], 1, width)
+  tokens, positions, segments, lens, active = _right_pad([prompt], 1, width)
   dcfg = _decode_config(config, width, max_new_tokens)
   statics = _compile_key(s)
   params = _prepare_params(dcfg, params, layer_loop)  # once, not per chunk

@@ -5,9 +5,13 @@ input/output embeddings, Megatron initialisation, softmax in fp32. Every paramet
 activation carries logical axis names; `partitioning.py` maps them onto a mesh. The layer
 stack is one `nn.scan`, so compile time does not grow with depth.
 
-The same module serves decoding: with `decode=True` each layer keeps a key/value cache plus
-the segment id of every cached slot, so one rule masks both causality and padding. Prompts of
-different lengths are left-padded with segment id 0 and given explicit positions.
+The same module serves decoding: with `decode=True` each layer keeps a key/value cache, the
+segment id of every cached slot and a write index per row. Prompts are right-padded: a prefill
+writes the whole padded block and `prefill_lengths` [B] then sets each row's index to its own
+length, so every row decodes from its own position (t5x's convention: its sampling, num_decodes
+> 1 and beam search expand every cache leaf per row, index included). A query at slot q sees
+the slots <= q of its own segment; padding slots past a row's length are overwritten before
+any query reaches them.
 """
 
 from __future__ import annotations
@@ -74,7 +78,9 @@ class Attention(nn.Module):
   config: PolyLMConfig
 
   @nn.compact
-  def __call__(self, x: Array, segment_ids: Array, decode: bool) -> Array:
+  def __call__(
+    self, x: Array, segment_ids: Array, decode: bool, prefill_lengths: Array | None = None
+  ) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     d, h, dh = cfg.d_model, cfg.num_heads, cfg.head_dim
@@ -90,11 +96,11 @@ class Attention(nn.Module):
     k = _constrain(k, (BATCH, LENGTH, HEADS, KV))
     v = _constrain(v, (BATCH, LENGTH, HEADS, KV))
 
-    q_slots = jnp.arange(x.shape[1])
+    q_slots = jnp.arange(x.shape[1])[None, :]
     k_segments = segment_ids
     if decode:
-      k, v, k_segments, q_slots = self._update_cache(k, v, segment_ids)
-    mask = (jnp.arange(k.shape[1])[None, None, :] <= q_slots[None, :, None]) & (
+      k, v, k_segments, q_slots = self._update_cache(k, v, segment_ids, prefill_lengths)
+    mask = (jnp.arange(k.shape[1])[None, None, :] <= q_slots[:, :, None]) & (
       segment_ids[:, :, None] == k_segments[:, None, :]
     )
 
@@ -114,8 +120,9 @@ class Attention(nn.Module):
     y = jnp.einsum("bthk,hkd->btd", out, w_out.astype(dtype)) + b_out.astype(dtype)
     return _constrain(y, (BATCH, LENGTH, EMBED))
 
-  def _update_cache(self, k: Array, v: Array, segment_ids: Array):
-    """Writes this call's keys/values at the cache index; returns the whole cache."""
+  def _update_cache(self, k: Array, v: Array, segment_ids: Array, prefill_lengths: Array | None):
+    """Writes this call's keys/values at each row's index; returns the whole cache and the
+    query slots [B, T]. With `prefill_lengths` the index then moves to those lengths."""
     cfg = self.config
     b, t = k.shape[:2]
     shape = (b, cfg.max_len, cfg.num_heads, cfg.head_dim)
@@ -123,16 +130,16 @@ class Attention(nn.Module):
     cached_k = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
     cached_v = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
     cached_seg = self.variable("cache", "segment_ids", jnp.zeros, (b, cfg.max_len), jnp.int32)
-    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    index = self.variable("cache", "index", jnp.zeros, (b,), jnp.int32)
     start = index.value
     if initialised:
-      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
-      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
-      cached_seg.value = jax.lax.dynamic_update_slice(
-        cached_seg.value, segment_ids.astype(jnp.int32), (0, start)
-      )
-      index.value = start + t
-    return cached_k.value, cached_v.value, cached_seg.value, start + jnp.arange(t)
+      write = jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x, i, axis=0))
+      cached_k.value = write(cached_k.value, k, start)
+      cached_v.value = write(cached_v.value, v, start)
+      cached_seg.value = write(cached_seg.value, segment_ids.astype(jnp.int32), start)
+      end = start + t if prefill_lengths is None else prefill_lengths.astype(jnp.int32)
+      index.value = jnp.broadcast_to(end, (b,))
+    return cached_k.value, cached_v.value, cached_seg.value, start[:, None] + jnp.arange(t)
 
 
 class Mlp(nn.Module):
@@ -161,13 +168,16 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, segment_ids: Array) -> tuple[Array, None]:
+  def __call__(
+    self, x: Array, segment_ids: Array, prefill_lengths: Array | None = None
+  ) -> tuple[Array, None]:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     residual_dtype = x.dtype
 
     h = _layer_norm(cfg, "ln_1")(x).astype(dtype)
-    x = x + Attention(cfg, name="attn")(h, segment_ids, self.decode).astype(residual_dtype)
+    attn = Attention(cfg, name="attn")(h, segment_ids, self.decode, prefill_lengths)
+    x = x + attn.astype(residual_dtype)
 
     h = _layer_norm(cfg, "ln_2")(x).astype(dtype)
     h = Mlp(cfg, name="mlp")(h)
@@ -182,6 +192,9 @@ class PolyLM(nn.Module):
   segment_ids: [batch, length]; tokens attend only to earlier tokens of the same segment.
     Default: one segment per row (the released recipe: no reset at document boundaries).
     In decode mode, segment id 0 marks padding.
+  prefill_lengths: [batch], decode mode only: after writing this (right-padded) block, each
+    row's cache index moves to its length, where its next token goes.
+  In decode mode positions default to each row's cache index onwards.
   """
 
   config: PolyLMConfig
@@ -193,11 +206,15 @@ class PolyLM(nn.Module):
     positions: Array | None = None,
     segment_ids: Array | None = None,
     decode: bool = False,
+    prefill_lengths: Array | None = None,
   ) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+      if decode and self.has_variable("cache", "layers"):
+        index = self.get_variable("cache", "layers")["attn"]["index"][0]
+        positions = jnp.minimum(index[:, None] + positions, cfg.max_len - 1)
     if segment_ids is None:
       segment_ids = jnp.ones(tokens.shape, jnp.int32)
 
@@ -214,11 +231,11 @@ class PolyLM(nn.Module):
       block,
       variable_axes={"params": 0, "cache": 0},
       split_rngs={"params": True},
-      in_axes=(nn.broadcast,),
+      in_axes=(nn.broadcast, nn.broadcast),
       length=cfg.num_layers,
       metadata_params={nn.PARTITION_NAME: LAYERS},
     )
-    x, _ = stack(cfg, decode, name="layers")(x, segment_ids)
+    x, _ = stack(cfg, decode, name="layers")(x, segment_ids, prefill_lengths)
 
     h = _layer_norm(cfg, "ln_f")(x).astype(dtype)
     logits = jnp.einsum("btd,vd->btv", h, wte.astype(dtype), preferred_element_type=jnp.float32)

@@ -42,19 +42,22 @@ def full_logits(params, row):
 
 @pytest.mark.parametrize("layer_loop", decode_stack.LAYER_LOOPS)
 def test_cached_decoding_matches_full_forward_at_every_position(params, layer_loop):
-  """Left-padded prefill of different-length prompts, then one token at a time."""
+  """Right-padded prefill of different-length prompts, then one token at a time from each
+  row's own length."""
   rng = np.random.RandomState(0)
   rows = [list(rng.randint(0, CFG.vocab_size, n)) for n in (4, 9, 1)]
   extra = rng.randint(0, CFG.vocab_size, (3, 6))
   width = max(map(len, rows))
-  tokens, positions, segments, lens, _ = decoding._left_pad(rows, 3, width)
+  tokens, positions, segments, lens, _ = decoding._right_pad(rows, 3, width)
   dcfg = decoding._decode_config(CFG, width, extra.shape[1])  # the short-cache path
   assert dcfg.max_len < CFG.max_len
 
   @jax.jit
   def run(params, tokens, positions, segments, extra):
     stack = decode_stack.DecodeStack(dcfg, params, layer_loop)
-    logits, cache = stack(stack.init_cache(3), tokens, positions, segments, last_only=False)
+    logits, cache = stack(
+      stack.init_cache(3), tokens, positions, segments, last_only=False, lengths=lens
+    )
     steps = []
     for t in range(extra.shape[1]):
       step, cache = stack(
@@ -65,7 +68,7 @@ def test_cached_decoding_matches_full_forward_at_every_position(params, layer_lo
 
   prefill, steps = map(np.asarray, run(params, tokens, positions, segments, extra))
   for i, r in enumerate(rows):
-    got = np.concatenate([prefill[i, width - len(r) :], steps[i]])
+    got = np.concatenate([prefill[i, : len(r)], steps[i]])
     np.testing.assert_allclose(got, full_logits(params, r + list(extra[i])), atol=1e-5, rtol=0)
 
 

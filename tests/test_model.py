@@ -177,3 +177,34 @@ def test_compile_time_does_not_grow_with_depth():
     return len(jaxpr.jaxpr.eqns)
 
   assert eqns(24) == eqns(2)
+
+
+def test_right_padded_prefill_with_per_row_lengths_then_default_positions(params):
+  """t5x's layout: one right-padded prefill, each row's index moves to its own length, and
+  steps without explicit positions continue from there; logits equal the full forward."""
+  lengths, new = [2, 5], 3
+  rows = [_tokens((1, n + new), seed=20 + n)[0] for n in lengths]
+  width = max(lengths)
+  prompt = np.zeros((2, width), np.int32)
+  for r, n in enumerate(lengths):
+    prompt[r, :n] = rows[r][:n]
+  model = PolyLM(CFG)
+  logits, state = model.apply(
+    {"params": params, "cache": init_cache(CFG, 2)},
+    prompt,
+    decode=True,
+    prefill_lengths=jnp.array(lengths),
+    mutable=["cache"],
+  )
+  np.testing.assert_array_equal(state["cache"]["layers"]["attn"]["index"][0], lengths)
+  per_row = [[logits[r, n - 1]] for r, n in enumerate(lengths)]
+  for t in range(new - 1):
+    tok = np.array([[rows[r][lengths[r] + t]] for r in range(2)], np.int32)
+    step_logits, state = model.apply(
+      {"params": params, "cache": state["cache"]}, tok, decode=True, mutable=["cache"]
+    )
+    for r in range(2):
+      per_row[r].append(step_logits[r, 0])
+  for r, n in enumerate(lengths):
+    full = _apply(params, rows[r][None])[0]
+    np.testing.assert_allclose(np.stack(per_row[r]), full[n - 1 : n - 1 + new], atol=1e-5)
