@@ -6,6 +6,12 @@ the language its tokens count toward + a weight) whose token shares are fixed, a
 `TokenScheduler` picks the next document by deficit over tokens so the realised share tracks the
 target to within a few documents' worth of tokens, whatever the document lengths are.
 
+A deficit over the whole stage still lets single batches swing (the first batches of a stage
+held 0% to 90% non-English at a 30% target). So the stream splits each batch between two lanes,
+non-English and English: `lane_quota` gives the non-English lane its exact token count per
+batch (its stage total after batch k is round((k + 1) * N * share)), and a `TokenScheduler` per
+lane picks the documents inside it.
+
 Language rates follow the usual temperature rule p_i ∝ n_i^(1/T) over token counts n_i, applied
 to the non-English languages only; English then takes exactly 1 - non_english_share.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
@@ -331,6 +338,21 @@ class TokenScheduler:
       )
     self.consumed = np.array(consumed, dtype=np.int64)
     self.decisions = int(state["decisions"])
+
+
+def lane_quota(batch_in_stage: int, batch_tokens: int, share: float, emitted: int) -> int:
+  """Target tokens a lane with `share` of the stage takes in batch `batch_in_stage` (0-based).
+
+  Its stage total after the batch should be round((k + 1) * N * share): what it still lacks of
+  that, clipped to [0, N]. Stateless but for `emitted` (the lane's tokens so far in the stage),
+  so a resumed run computes the same quota and a lane that ran over or under catches up.
+  """
+  if batch_in_stage < 0 or batch_tokens <= 0 or not 0.0 <= share <= 1.0:
+    raise ValueError(
+      f"lane_quota: batch {batch_in_stage}, batch_tokens {batch_tokens}, share {share}"
+    )
+  want = math.floor((batch_in_stage + 1) * batch_tokens * share + 0.5)
+  return min(batch_tokens, max(0, want - int(emitted)))
 
 
 # Registry of stage mixtures by name (tasks/mixtures.py fills it; seqio's registry holds tasks).

@@ -18,9 +18,21 @@ positions 0..T-1. segment_aware=True: each eos *input* token starts the next doc
 per row, so attention can be masked across documents. At a stage boundary the unfinished
 document is dropped, so every target of the first batch of a stage comes from that stage.
 
-State (`state()`, JSON-serialisable, O(number of sources)): step, stage, the scheduler's token
-counts and decision counter, every source's (epoch, unit, record) position, the document being
-packed as (task, position, offset) and the one carried boundary token. No example buffers:
+Shares per batch: a stage's components form two lanes, non-English (every language but English,
+bitext included; unknown languages too) and English. Each batch of N = batch * seq_len targets
+holds one block of each lane; the non-English block has `mixing.lane_quota` tokens, so after
+batch k of a stage the lane holds round((k + 1) * N * share) tokens, give or take
+`boundary_slack * N`: the block ends at a document end within that slack when there is one
+(with the sample corpus, always), else it is cut mid-document at the quota, and the next batch
+makes up the difference. The lanes swap order every batch, so each lane's tokens run on across
+batch boundaries: the stream is still whole documents joined by eos, each lane's documents in
+order, with one lane change per batch (a segment start under segment_aware). Within a lane a
+`mixing.TokenScheduler` picks documents by token deficit.
+
+State (`state()`, JSON-serialisable, O(number of sources)): step, stage, per lane the
+scheduler's token counts and decision counter, the document being packed as (task, position,
+offset) and the lane's tokens so far in the stage; every source's (epoch, unit, record)
+position and the one carried boundary token. No example buffers:
 restoring re-reads at most one unit's prefix (a file shard, or the host's slice of a one-file
 source), never the data already consumed. Mixing randomness is counter-based (Philox keyed by
 seed, stage and host), so it needs no saved generator state.
@@ -47,7 +59,7 @@ from polylm_jax.readers import (
   task_stats,
 )
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +137,19 @@ def resolve(
   return [StagePlan(name, (name,), (1.0,), (_lang_or_unknown(name),))], (0,)
 
 
+class _Lane:
+  """Components of a stage that share one block per batch (see the module docstring)."""
+
+  def __init__(self, comps: list[int], sched: mixing.TokenScheduler):
+    self.comps, self.sched = comps, sched
+    self.doc: Optional[tuple[str, int, np.ndarray, Position]] = None  # task, lang, toks, pos
+    self.off = 0
+    self.tokens = 0  # targets emitted in this stage
+
+  def remaining(self) -> int:
+    return 0 if self.doc is None else len(self.doc[2]) - self.off
+
+
 class PackedStream:
   """Packed training batches for one host; see the module docstring for the contract."""
 
@@ -142,6 +167,7 @@ class PackedStream:
     split: str = "train",
     name: str = "",
     jitter_tokens: float = 64.0,
+    boundary_slack: float = 0.015,
     read_batch: int = 256,
     unit_bytes: int = 64 << 20,
   ):
@@ -150,6 +176,8 @@ class PackedStream:
         raise ValueError(f"{flag} must be a positive int, got {v!r}")
     if not 0 <= shard_index < num_shards:
       raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    if not 0.0 <= boundary_slack <= 0.5:
+      raise ValueError(f"boundary_slack must be in [0, 0.5], got {boundary_slack}")
     if not stages or len(stages) != len(boundaries) or boundaries[0] != 0:
       raise ValueError(
         f"stream {name!r}: {len(stages)} stages vs boundaries "
@@ -160,13 +188,13 @@ class PackedStream:
     self.shard_index, self.num_shards = int(shard_index), int(num_shards)
     self.segment_aware, self.split, self.name = bool(segment_aware), split, name
     self._jitter, self._read_batch, self._unit_bytes = jitter_tokens, read_batch, unit_bytes
+    self._slack = int(boundary_slack * self.batch_size * self.seq_len)
     self._readers: dict[str, SourceReader] = {}
     self._config_cache: Optional[dict] = None
     self.step = 0
     self._stage = -1
-    self._sched: Optional[mixing.TokenScheduler] = None
-    self._doc: Optional[tuple[str, int, np.ndarray, Position]] = None  # task, lang, toks, pos
-    self._doc_off = 0
+    self._lanes: list[_Lane] = []
+    self._lane0_share = 1.0
     self._carry: Optional[tuple[int, int, int]] = None  # token, lang, ends-a-document
     for st in self.stages:  # fail at build time, not mid-run
       for t in st.tasks:
@@ -187,6 +215,7 @@ class PackedStream:
       "num_shards": self.num_shards,
       "segment_aware": self.segment_aware,
       "split": self.split,
+      "boundary_slack_tokens": self._slack,
       "stages": [f"{s.name}:{mixing.stable_u64(s.fingerprint()):016x}" for s in self.stages],
     }
 
@@ -209,50 +238,95 @@ class PackedStream:
 
   def _enter_stage(self, stage: int) -> None:
     plan = self.stages[stage]
-    key = (self.seed, mixing.stable_u64("mix", stage, plan.name, self.shard_index, self.num_shards))
-    self._sched = mixing.TokenScheduler(plan.shares, key, self._jitter)
+    en = mixing.language_index(mixing.ENGLISH)
+    groups = (
+      [i for i, lang in enumerate(plan.langs) if lang != en],
+      [i for i, lang in enumerate(plan.langs) if lang == en],
+    )
+    self._lanes = []
+    for g, comps in enumerate(groups):
+      if comps:
+        name = mixing.stable_u64("mix", stage, plan.name, g, self.shard_index, self.num_shards)
+        sched = mixing.TokenScheduler(
+          [plan.shares[i] for i in comps], (self.seed, name), self._jitter
+        )
+        self._lanes.append(_Lane(comps, sched))
+    share = sum(plan.shares[i] for i in self._lanes[0].comps) / sum(plan.shares)
+    self._lane0_share = min(1.0, share) if len(self._lanes) > 1 else 1.0
     self._stage = stage
 
-  def _next_doc(self) -> None:
-    plan = self.stages[self._stage]
-    i = self._sched.choose()
-    item = self._reader(plan.tasks[i]).next_doc()
-    assert item is not None  # training readers repeat
-    tokens, pos = item
-    self._sched.add(i, len(tokens))
-    self._doc, self._doc_off = (plan.tasks[i], plan.langs[i], tokens, pos), 0
+  def _doc_left(self, lane: _Lane) -> int:
+    """Tokens left of the lane's document, choosing its next document when it is done."""
+    if lane.remaining() <= 0:
+      plan = self.stages[self._stage]
+      j = lane.sched.choose()
+      i = lane.comps[j]
+      item = self._reader(plan.tasks[i]).next_doc()
+      assert item is not None  # training readers repeat
+      tokens, pos = item
+      lane.sched.add(j, len(tokens))
+      lane.doc, lane.off = (plan.tasks[i], plan.langs[i], tokens, pos), 0
+    return lane.remaining()
 
-  def _take(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The next n stream tokens, their languages, and whether each ends a document."""
-    toks, langs, ends = [], [], []
+  def _take(self, lane: _Lane, n: int, out: tuple[list, list, list]) -> None:
+    """Append the lane's next n tokens, their languages and end-of-document flags to out."""
     while n > 0:
-      if self._doc is None or self._doc_off >= len(self._doc[2]):
-        self._next_doc()
-      _, lang, doc, _ = self._doc
-      k = min(n, len(doc) - self._doc_off)
-      toks.append(doc[self._doc_off : self._doc_off + k])
-      langs.append(np.full(k, lang, np.int32))
+      k = min(n, self._doc_left(lane))
+      _, lang, doc, _ = lane.doc
+      out[0].append(doc[lane.off : lane.off + k])
+      out[1].append(np.full(k, lang, np.int32))
       e = np.zeros(k, bool)
-      self._doc_off += k
-      e[-1] = self._doc_off == len(doc)
-      ends.append(e)
+      lane.off += k
+      e[-1] = lane.off == len(doc)
+      out[2].append(e)
       n -= k
-    return np.concatenate(toks), np.concatenate(langs), np.concatenate(ends)
+
+  def _take_block(self, lane: _Lane, target: int, out: tuple[list, list, list]) -> int:
+    """About `target` tokens, ending at the document end nearest it within the slack, if any."""
+    lo, hi = max(0, target - self._slack), min(self.batch_size * self.seq_len, target + self._slack)
+    taken = 0
+    while taken < target:
+      end = taken + self._doc_left(lane)
+      if end <= target or (end <= hi and (taken < lo or end - target < target - taken)):
+        n = end - taken  # the whole document
+      elif taken < lo:
+        n = target - taken  # no document end in the slack: cut at the quota
+      else:
+        break
+      self._take(lane, n, out)
+      taken += n
+    return taken
 
   def next(self) -> dict[str, np.ndarray]:
     stage = self.stage
     if stage != self._stage:
-      if self._stage >= 0:
-        self._doc = None  # every target of a new stage comes from its own sources
+      if self._stage >= 0 and self._carry is not None:
+        self._carry = (self._carry[0], self._carry[1], 1)  # the old stage's document is dropped
       self._enter_stage(stage)
     B, T = self.batch_size, self.seq_len
+    N = B * T
+    k = self.step - self.boundaries[stage]
+    order = self._lanes if k % 2 == 0 else self._lanes[::-1]
+    out: tuple[list, list, list] = ([], [], [])
     if self._carry is None:
-      toks, langs, ends = self._take(B * T + 1)
+      self._take(order[0], 1, out)  # the stream's first token is an input only
     else:
-      t, l, e = self._take(B * T)
-      toks = np.concatenate([[self._carry[0]], t]).astype(np.int32)
-      langs = np.concatenate([[self._carry[1]], l]).astype(np.int32)
-      ends = np.concatenate([[bool(self._carry[2])], e])
+      out[0].append(np.array([self._carry[0]], np.int32))
+      out[1].append(np.array([self._carry[1]], np.int32))
+      out[2].append(np.array([bool(self._carry[2])]))
+    first = N
+    if len(order) == 2:
+      quota = mixing.lane_quota(k, N, self._lane0_share, self._lanes[0].tokens)
+      first = self._take_block(order[0], quota if order[0] is self._lanes[0] else N - quota, out)
+      if 0 < first < N:
+        out[2][-1][-1] = True  # the lane changes: a new segment (already one at a document end)
+      self._take(order[1], N - first, out)
+      order[1].tokens += N - first
+    else:
+      self._take(order[0], N, out)
+    order[0].tokens += first
+    toks = np.concatenate(out[0]).astype(np.int32)
+    langs, ends = np.concatenate(out[1]), np.concatenate(out[2])
     self._carry = (int(toks[-1]), int(langs[-1]), int(ends[-1]))
     self.step += 1
     return pack_rows(toks, langs, ends, B, T, self.segment_aware)
@@ -264,18 +338,20 @@ class PackedStream:
 
   def state(self) -> dict:
     """Small JSON-serialisable resume state (see module docstring)."""
-    doc = None
-    if self._doc is not None and self._doc_off < len(self._doc[2]):
-      task, lang, _, pos = self._doc
-      doc = {"task": task, "lang": lang, "position": list(pos), "offset": self._doc_off}
+    lanes = []
+    for lane in self._lanes:
+      doc = None
+      if lane.remaining() > 0:
+        task, lang, _, pos = lane.doc
+        doc = {"task": task, "lang": lang, "position": list(pos), "offset": lane.off}
+      lanes.append({"scheduler": lane.sched.state(), "doc": doc, "tokens": lane.tokens})
     return {
       "version": STATE_VERSION,
       "config": self._config(),
       "step": self.step,
       "stage": self._stage,
-      "scheduler": self._sched.state() if self._sched is not None else None,
+      "lanes": lanes,
       "sources": {t: list(r.position) for t, r in self._readers.items()},
-      "doc": doc,
       "carry": list(self._carry) if self._carry is not None else None,
     }
 
@@ -292,26 +368,34 @@ class PackedStream:
         + "; ".join(f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in diff)
       )
     self.step = int(state["step"])
-    self._stage, self._sched = -1, None
+    self._stage, self._lanes = -1, []
     if state["stage"] >= 0:
       self._enter_stage(int(state["stage"]))
-      self._sched.restore(state["scheduler"])
-    self._doc, self._doc_off = None, 0
-    if state["doc"] is not None:
-      d = state["doc"]
-      reader = self._reader(d["task"])
-      reader.seek(d["position"])
-      item = reader.next_doc()
-      if item is None or item[1] != tuple(d["position"]):
+      if len(state["lanes"]) != len(self._lanes):
         raise ValueError(
-          f"task {d['task']!r}: document at {d['position']} is gone; "
-          "has the data changed since the state was saved?"
+          f"stream state has {len(state['lanes'])} lanes, stage {state['stage']} has "
+          f"{len(self._lanes)}"
         )
-      self._doc, self._doc_off = (d["task"], int(d["lang"]), item[0], item[1]), d["offset"]
+      for lane, saved_lane in zip(self._lanes, state["lanes"]):
+        lane.sched.restore(saved_lane["scheduler"])
+        lane.tokens = int(saved_lane["tokens"])
+        if saved_lane["doc"] is not None:
+          lane.doc, lane.off = self._reread(saved_lane["doc"]), int(saved_lane["doc"]["offset"])
     for task, pos in state["sources"].items():
       self._reader(task).seek(pos)
     c = state["carry"]
     self._carry = tuple(int(x) for x in c) if c is not None else None
+
+  def _reread(self, d: Mapping) -> tuple[str, int, np.ndarray, Position]:
+    reader = self._reader(d["task"])
+    reader.seek(d["position"])
+    item = reader.next_doc()
+    if item is None or item[1] != tuple(d["position"]):
+      raise ValueError(
+        f"task {d['task']!r}: document at {d['position']} is gone; "
+        "has the data changed since the state was saved?"
+      )
+    return d["task"], int(d["lang"]), item[0], item[1]
 
 
 def pack_rows(

@@ -75,19 +75,23 @@ def test_batch_contract_released_recipe(tasks):
   assert any((b["targets"] == 0).any() for b in batches)
   for a, b in zip(batches, batches[1:]):
     assert b["inputs"][0, 0] == a["targets"][-1, -1]
-  # the stream is whole documents joined by eos, each tagged with its language
+  # each lane (non-English, English) is whole documents joined by eos, each tagged with its
+  # language (langs tags the target token: flat token i >= 1 has langs_flat[i]); the first
+  # token of the stream is an input of the non-English lane
   flat = stream_tokens(batches)
-  all_docs = {tuple(d + [EOS]): lang for lang, ds in docs.items() for d in ds}
-  pieces = split_docs(flat)
-  for piece in pieces[1:-1]:
-    assert piece in all_docs
-  # langs tags the target token: flat token i (i >= 1) has langs_flat[i]
+  en = mixing.language_index("en")
   langs_flat = np.concatenate([[-1]] + [b["langs"].reshape(-1) for b in batches])
-  pos = len(pieces[0])
-  for piece in pieces[1:-1]:
-    lang = mixing.language_index(all_docs[piece])
-    np.testing.assert_array_equal(langs_flat[pos : pos + len(piece)], lang)
-    pos += len(piece)
+  all_docs = {tuple(d + [EOS]): lang for lang, ds in docs.items() for d in ds}
+  for lane in (langs_flat != en, langs_flat == en):  # langs_flat[0] = -1: lane 0
+    pieces = split_docs(flat[lane])
+    assert len(pieces) > 3
+    pos = 0
+    for piece in pieces[:-1]:
+      assert piece in all_docs
+      lang = mixing.language_index(all_docs[piece])
+      got = langs_flat[lane][pos : pos + len(piece)]
+      np.testing.assert_array_equal(got[1:] if pos == 0 else got, lang)
+      pos += len(piece)
 
 
 def test_segment_aware_resets_at_each_document(tasks):
@@ -99,7 +103,9 @@ def test_segment_aware_resets_at_each_document(tasks):
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["langs"], b["langs"])
     for r in range(3):
-      starts = np.flatnonzero(b["inputs"][r] == EOS)
+      # a segment starts after each eos and where the lane (English or not) changes
+      lane = b["langs"][r] == mixing.language_index("en")
+      starts = np.flatnonzero((b["inputs"][r] == EOS) | np.r_[False, lane[1:] != lane[:-1]])
       expect_seg = np.ones(16, np.int32)
       expect_pos = np.arange(16)
       for s in starts:
