@@ -42,13 +42,22 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from polylm_jax import eval_metrics
+from polylm_jax import eval_metrics, evaluation
 from polylm_jax import vocab as vocab_lib
+from polylm_jax.evaluation import Example
 from tasks import benchmark_data as data
 from tasks import templates
 from tasks.languages import LANGUAGE_CODES, check_language
 
-DEFAULT_SHOTS = (0, 1, 2, 3, 4, 5)  # registering is cheap (about 3 ms per 100 tasks)
+DEFAULT_SHOTS = (0, 1, 2, 3, 4, 5)
+# The lm-evaluation-harness task of each family whose prompts the lm_eval prompt set follows.
+HARNESS_TASKS = {
+  "xnli": "xnli_{lang}",
+  "pawsx": "paws_{lang}",
+  "xcopa": "xcopa_{lang}",
+  "xwinograd": "xwinograd_{lang}",
+  "tydiqa": "tydiqa_goldp_{lang}",
+}  # registering is cheap (about 3 ms per 100 tasks)
 PREFIX = "polylm_eval"
 
 
@@ -68,9 +77,7 @@ class Family:
 
   @property
   def primary_metric(self) -> str:
-    return {"accuracy": "accuracy", "squad": "f1", "rouge": "rougeL", "translation": "bleu"}[
-      self.metric
-    ]
+    return evaluation.PRIMARY_METRICS[self.metric]
 
 
 def _pairs(others: Sequence[str]) -> tuple[str, ...]:
@@ -192,16 +199,7 @@ class BenchmarkTask:
   shots: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """One rendered example. Rank: score prompt+choices[i]; generation: continue prompt."""
-
-  id: str
-  lang: str
-  prompt: str
-  choices: tuple[str, ...] = ()
-  label: int = -1
-  references: tuple[str, ...] = ()
+__all__ = ["Example"]  # the rendered example type lives in polylm_jax.evaluation
 
 
 # -- settings (set at the binary edge) ----------------------------------------------------
@@ -284,17 +282,18 @@ def _fields(task: BenchmarkTask, record: data.Record, template: templates.Templa
     fields.update(
       src_name=check_language(s).name, tgt_name=check_language(t).name, src_code=s, tgt_code=t
     )
-  return templates.with_lookups(template, fields, f"task {task.name}: {record.where}")
+  return templates.with_lookups(template, fields, f"task {task.name}: {record.where}", task.lang)
 
 
-def _render_one(task, record, template) -> tuple[str, tuple[str, ...], str]:
-  """(query prompt, choices, demonstration text) of one record."""
+def _render_one(task, record, template) -> tuple[str, tuple[str, ...], str, str]:
+  """(query prompt, choices, continuation, demonstration text) of one record."""
   fields = _fields(task, record, template)
   prompt = templates.fill(template.prompt, fields)
   if task.family.kind == "rank":
     choices = tuple(templates.fill(c, fields) for c in template.choices)
-    return prompt, choices, prompt + choices[record.label]
-  return prompt, (), prompt + templates.fill(template.target, fields)
+    continuation = templates.fill(template.continuation, fields)
+    return prompt, choices, continuation, prompt + choices[record.label] + continuation
+  return prompt, (), "", prompt + templates.fill(template.target, fields)
 
 
 def load_examples(
@@ -319,10 +318,10 @@ def load_examples(
         f"demonstration split {fam.demo_split!r} ({pool[0].where.rsplit(' ', 2)[0]})"
         f" has only {available}" + (" besides the example itself" if same else "")
       )
-    demos = [_render_one(task, r, template)[2] for r in pool]
+    demos = [_render_one(task, r, template)[3] for r in pool]
   out = []
   for i, record in enumerate(records):
-    prompt, choices, _ = _render_one(task, record, template)
+    prompt, choices, continuation, _ = _render_one(task, record, template)
     parts = [template.instruction] if template.instruction else []
     if task.shots:
       candidates = np.arange(len(pool))
@@ -338,10 +337,65 @@ def load_examples(
         prompt=template.separator.join(parts),
         choices=choices,
         label=record.label,
-        references=record.references or (choices[record.label],),
+        references=record.references or (choices[record.label] + continuation,),
+        continuation=continuation,
       )
     )
   return out
+
+
+def conventions(task: BenchmarkTask) -> dict[str, Any]:
+  """The prompt set, the scored text and the demonstrations of a task, for the report."""
+  fam, template = task.family, templates.get_template(task.family.template)
+  out: dict[str, Any] = {"prompt_set": templates.prompt_set_of(fam.template)}
+  if templates.prompt_set() == "lm_eval" and fam.name in HARNESS_TASKS:
+    harness_lang = (
+      data.XWINOGRAD_DIRS.get(task.lang, task.lang) if fam.name == "xwinograd" else task.lang
+    )
+    harness_task = HARNESS_TASKS[fam.name].format(lang=harness_lang)
+    out["prompts_of"] = f"lm-evaluation-harness {templates.HARNESS_VERSION} task {harness_task}"
+  if fam.kind == "rank":
+    out["scored_text"] = (
+      "the continuation after prompt + choice (partial scoring)"
+      if template.continuation
+      else "each choice after the prompt"
+    )
+  out["eval_split"] = fam.eval_split
+  if task.shots:
+    out["demonstrations"] = (
+      f"{task.shots} drawn from {fam.demo_split!r} (seed {_settings['shot_seed']}), "
+      f"joined with {template.separator!r}"
+    )
+  return out
+
+
+def task_spec(name: str) -> evaluation.TaskSpec:
+  """What polylm_jax.evaluation needs of a benchmark task (templates as they are now)."""
+  task = get_task(name)
+  fam = task.family
+  template = templates.get_template(fam.template)
+  return evaluation.TaskSpec(
+    name=name,
+    family=fam.name,
+    lang=task.lang,
+    shots=task.shots,
+    kind=fam.kind,
+    metric=fam.metric,
+    load=functools.partial(_load_spec_examples, name),
+    score=template.score,
+    stop=template.stop,
+    max_new_tokens=fam.max_new_tokens,
+    conventions=conventions(task),
+  )
+
+
+def _load_spec_examples(name: str, max_examples: int | None) -> list[Example]:
+  return load_examples(name, max_examples=max_examples)
+
+
+def task_specs(names: str | Sequence[str]) -> list[evaluation.TaskSpec]:
+  """TaskSpecs of task and mixture names (a comma-separated string or a list)."""
+  return [task_spec(n) for n in resolve_all(names)]
 
 
 # -- seqio registration -------------------------------------------------------------------
@@ -521,3 +575,4 @@ def resolve_all(names: str | Sequence[str]) -> list[str]:
 
 for _k in DEFAULT_SHOTS:
   register_shots(_k)
+evaluation.register_task_resolver(task_specs, FAMILIES)

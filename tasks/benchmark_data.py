@@ -260,14 +260,32 @@ def normalize_xnli(raw, where, task, lang) -> Record:
   return Record(where, fields, where, label=_label("xnli", raw, "label", task, where))
 
 
+# lm-evaluation-harness paws-x/utils.py: its process_docs runs for these languages only.
+PAWSX_DETOKENIZED = ("de", "en", "es", "fr")
+
+
+def harness_detokenize(text: str) -> str:
+  """lm-evaluation-harness's general_detokenize (paws-x/utils.py)."""
+  for a, b in ((" n't", "n't"), (" )", ")"), ("( ", "("), ('" ', '"'), (' "', '"')):
+    text = text.replace(a, b)
+  return re.sub(r" (['.,])", r"\1", text)
+
+
 def normalize_pawsx(raw, where, task, lang) -> Record:
   fields = {k: _text(raw, k, task, where) for k in ("sentence1", "sentence2")}
+  first, second = fields["sentence1"], fields["sentence2"]
+  if lang in PAWSX_DETOKENIZED:  # as the harness: joined at "Yes, " / "No, "
+    first, second = harness_detokenize(first).strip(), harness_detokenize(second).strip()
+    first = first[:-1] if first.endswith((".", ",", ";")) else first
+    second = _lower_first(second)
+  fields.update(sentence1_clause=first, sentence2_lower=second)
   return Record(where, fields, where, label=_label("pawsx", raw, "label", task, where))
 
 
 def normalize_xcopa(raw, where, task, lang) -> Record:
   fields = {k: _text(raw, k, task, where) for k in ("premise", "choice1", "choice2", "question")}
   fields["premise_clause"] = _clause(fields["premise"])
+  fields["premise_cut"] = fields["premise"][:-1]  # the harness drops the last character, always
   for k in ("choice1", "choice2"):
     fields[f"{k}_clause"] = _lower_first(fields[k])
   rid = f"{lang}-{raw.get('idx', where)}"
@@ -283,6 +301,8 @@ def normalize_xwinograd(raw, where, task, lang) -> Record:
     )
   for i in (1, 2):
     fields[f"sentence{i}"] = fields["sentence"].replace("_", fields[f"option{i}"])
+  before, after = fields["sentence"].split("_")  # the harness's partial scoring
+  fields.update(before_blank=before, after_blank=after.strip())
   return Record(where, fields, where, label=_label("xwinograd", raw, "answer", task, where))
 
 

@@ -3,6 +3,7 @@ format, TFDS through mock_data), few-shot rendering, seqio registration, bad-inp
 
 import json
 import os
+import re
 
 import jax
 import pytest
@@ -135,13 +136,13 @@ def test_k_shot_demonstrations_come_from_the_demo_split(xcopa_dir):
   assert len(examples) == 4
   for i, ex in enumerate(examples):
     assert ex.prompt.count("VAL premise") == 2 and ex.prompt.count("TEST") == 1
-    assert ex.prompt.endswith(f"TEST premise {i} because")
+    assert ex.prompt.endswith(f"TEST premise {i} perché")  # the harness's Italian connective
     assert ex.choices == (f" tEST First {i}.", f" tEST Second {i}.")
     assert ex.references == (ex.choices[ex.label],)
   # A demonstration shows its gold alternative (VAL labels are 1 - i % 2).
   demo = examples[0].prompt.split("\n\n")[0]
   j = int(demo.split("premise ")[1].split(" ")[0])
-  assert demo == f"VAL premise {j} because " + (
+  assert demo == f"VAL premise {j} perché " + (
     f"vAL Second {j}." if j % 2 == 0 else f"vAL First {j}."
   )
 
@@ -158,7 +159,7 @@ def test_k_shot_draws_are_reproducible_and_seeded(xcopa_dir, monkeypatch):
 def test_max_examples_takes_the_first(xcopa_dir):
   full = benchmark.load_examples("polylm_eval_xcopa_it_0shot")
   assert benchmark.load_examples("polylm_eval_xcopa_it_0shot", max_examples=2) == full[:2]
-  assert full[0].prompt == "TEST premise 0 because"
+  assert full[0].prompt == "TEST premise 0 perché"
 
 
 def test_xwinograd_excludes_the_example_from_its_demonstrations(tmp_path, monkeypatch):
@@ -175,10 +176,11 @@ def test_xwinograd_excludes_the_example_from_its_demonstrations(tmp_path, monkey
   monkeypatch.setitem(benchmark._settings, "paths", {"xwinograd": str(tmp_path)})
   examples = benchmark.load_examples("polylm_eval_xwinograd_en_2shot")
   for i, ex in enumerate(examples):
-    own = ex.choices[ex.label]
+    own = ex.choices[ex.label] + ex.continuation
+    assert own == f"Sentence {i} with {'B' if i % 2 else 'A'}{i} here."
     assert own not in ex.prompt
     others = [f"Sentence {j} with {'B' if j % 2 else 'A'}{j} here." for j in range(3) if j != i]
-    assert sorted(ex.prompt.strip().split("\n")) == sorted(others)
+    assert sorted(ex.prompt.strip().split("\n\n")) == sorted(others)
   with pytest.raises(
     ValueError,
     match=r"polylm_eval_xwinograd_en_3shot: k=3 .*test.jsonl.* has "
@@ -315,11 +317,13 @@ def test_wmt20_reads_sgm_and_text(demo_root, tmp_path, monkeypatch):
 def test_tfds_tasks_read_the_right_language(demo_root, tfds_mock):
   (ex,) = benchmark.load_examples("polylm_eval_xnli_de_0shot", max_examples=1)
   records = benchmark_demo.tfds_examples("xnli", "test", 1)
-  assert ex.prompt.startswith(records[0]["premise"]["de"] + "\nQuestion: ")
-  assert records[0]["hypothesis"]["translation"][2] in ex.prompt  # "de" is third
+  premise, hypothesis = records[0]["premise"]["de"], records[0]["hypothesis"]["translation"][2]
+  assert ex.prompt == ""  # "de" is third above; the harness scores whole sentences
+  assert ex.choices[0] == f" {premise}, richtig? Ja, {hypothesis}"
+  assert ex.choices[2] == f" {premise}, richtig? Nein, {hypothesis}"
   assert ex.label == records[0]["label"]
   (ex,) = benchmark.load_examples("polylm_eval_pawsx_ko_0shot", max_examples=1)
-  assert benchmark_demo.sample_lines("ko")[0] in ex.prompt
+  assert ex.choices[1].startswith(benchmark_demo.sample_lines("ko")[0] + ", 맞죠? 예, ")
   # TyDiQA demonstrations: train examples of the same language only.
   examples = benchmark.load_examples("polylm_eval_tydiqa_ko_3shot")
   korean = {
@@ -328,8 +332,9 @@ def test_tfds_tasks_read_the_right_language(demo_root, tfds_mock):
     if r["id"].startswith("korean-")
   }
   for ex in examples:
-    demos = ex.prompt.split("\n\n")[:-1]
-    assert len(demos) == 3 and all(d.split("\nQuestion:")[0] in korean for d in demos)
+    contexts = re.findall(r"맥락: (.*?)\n\n질문: ", ex.prompt)  # the harness's Korean words
+    assert len(contexts) == 4 and all(c in korean for c in contexts[:3])
+    assert ex.prompt.endswith("\n\n답변:")
     assert len(ex.references) == 2
 
 
@@ -386,7 +391,7 @@ def test_template_overrides_change_prompts(xcopa_dir):
       {"xcopa": {"prompt": "{premise} [{connective}]", "choices": [" <{choice1}>", " <{choice2}>"]}}
     )
     (ex, *_) = benchmark.load_examples("polylm_eval_xcopa_it_0shot")
-    assert ex.prompt == "TEST premise 0. [because]"
+    assert ex.prompt == "TEST premise 0. [perché]"
     assert ex.choices == (" <TEST First 0.>", " <TEST Second 0.>")
   finally:
     templates.reset_templates()
@@ -416,3 +421,66 @@ def test_bad_templates():
 def test_label_verbalisers_cover_the_templates():
   for family, n in templates.NUM_CHOICES.items():
     assert set(benchmark_data.LABELS[family].values()) == set(range(n))
+
+
+def test_prompt_sets(xcopa_dir):
+  assert templates.prompt_set() == templates.DEFAULT_PROMPT_SET == "lm_eval"
+  try:
+    templates.use_prompt_set("english")
+    (ex, *_) = benchmark.load_examples("polylm_eval_xcopa_it_0shot")
+    assert ex.prompt == "TEST premise 0 because"
+    assert templates.get_template("xnli").choices == (" True", " Neither", " False")
+    assert benchmark.conventions(benchmark.get_task("polylm_eval_xcopa_it_0shot")) == {
+      "prompt_set": "english",
+      "scored_text": "each choice after the prompt",
+      "eval_split": "test",
+    }
+    templates.set_template("xcopa", score="mean")
+    assert templates.prompt_set_of("xcopa") == "english+overrides"
+    assert templates.prompt_set_of("xnli") == "english"
+  finally:
+    templates.reset_templates()
+  assert templates.prompt_set() == "lm_eval" and templates.prompt_set_of("xcopa") == "lm_eval"
+  conv = benchmark.conventions(benchmark.get_task("polylm_eval_xwinograd_ja_2shot"))
+  assert conv["prompts_of"] == "lm-evaluation-harness 0.4.13 task xwinograd_jp"
+  assert conv["scored_text"] == "the continuation after prompt + choice (partial scoring)"
+  assert conv["demonstrations"] == "2 drawn from 'test' (seed 0), joined with '\\n\\n'"
+  with pytest.raises(
+    ValueError, match="unknown prompt set 'gpt3'; known: \\['english', 'lm_eval'\\]"
+  ):
+    templates.use_prompt_set("gpt3")
+
+
+def test_per_language_words_are_checked(xcopa_dir):
+  words = dict(templates.get_template("xcopa").words)
+  with pytest.raises(ValueError, match="words for 'zh' are \\['cause'\\], but other languages"):
+    templates.set_template("xcopa", words={**words, "zh": {"cause": "因为"}})
+  with pytest.raises(ValueError, match="words \\['premise'\\] shadow record fields"):
+    templates.set_template("xcopa", words={"it": {"premise": "x", "cause": "a", "effect": "b"}})
+  with pytest.raises(ValueError, match=r"lookup 'connective'\['cause'\] '\{why\}' uses unknown"):
+    templates.set_template("xcopa", lookups={"connective": ("question", {"cause": "{why}"})})
+  try:
+    templates.set_template("xcopa", words={"zh": {"cause": "因为", "effect": "所以"}})
+    with pytest.raises(
+      ValueError,
+      match=r"xcopa_it_0shot: .*test\.it\.jsonl line 1: the prompt template has no "
+      r"words for language 'it'; languages: \['zh'\]",
+    ):
+      benchmark.load_examples("polylm_eval_xcopa_it_0shot")
+  finally:
+    templates.reset_templates()
+
+
+def test_harness_fields_of_the_normalisers():
+  raw = {"sentence1": 'He said " yes " ( loudly ) .', "sentence2": "It wasn 't so.", "label": 1}
+  en = benchmark_data.normalize_pawsx(raw, "w", "t", "en").fields
+  assert en["sentence1_clause"] == 'He said"yes"(loudly)'  # the harness's general_detokenize
+  assert en["sentence2_lower"] == "it wasn't so."
+  ja = benchmark_data.normalize_pawsx(raw, "w", "t", "ja").fields  # the harness leaves ja as is
+  assert (ja["sentence1_clause"], ja["sentence2_lower"]) == (raw["sentence1"], raw["sentence2"])
+  copa = {"premise": "Il gatto dorme!", "choice1": "A.", "choice2": "B.", "question": "cause"}
+  fields = benchmark_data.normalize_xcopa({**copa, "label": 0}, "w", "t", "it").fields
+  assert fields["premise_cut"] == "Il gatto dorme" and fields["choice2_clause"] == "b."
+  wino = {"sentence": "The cup fell because _ was  full .", "option1": "it", "option2": "X"}
+  fields = benchmark_data.normalize_xwinograd({**wino, "answer": "1"}, "w", "t", "en").fields
+  assert (fields["before_blank"], fields["after_blank"]) == ("The cup fell because ", "was  full .")

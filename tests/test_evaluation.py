@@ -170,14 +170,17 @@ def test_rank_accuracy_with_a_scorer_that_knows_the_answers(model, demo_data, mo
   """A scorer preferring the gold continuation gives 100%; one preferring the other 0%."""
   config, params, vocab = model
   name = "polylm_eval_xwinograd_en_0shot"
+  examples = benchmark.load_examples(name)
+  assert all(ex.continuation for ex in examples)  # partial scoring: the contexts differ
   gold = {
-    tuple(evaluation.split_encode(vocab, ex.prompt, ex.choices[ex.label])[1])
-    for ex in benchmark.load_examples(name)
+    tuple([config.eos_id] + sum(evaluation.split_encode(vocab, *ex.pairs()[ex.label]), []))
+    for ex in examples
   }
 
   def fake_score(sign):
     def score(config, params, contexts, continuations, **kw):
-      total = np.array([sign * (1.0 if tuple(c) in gold else -1.0) for c in continuations])
+      pairs = [tuple(a + b) for a, b in zip(contexts, continuations)]
+      total = np.array([sign * (1.0 if p in gold else -1.0) for p in pairs])
       n = np.array([len(c) for c in continuations])
       return decoding.Scores(total, total / n, n, np.zeros(len(n), bool))
 
