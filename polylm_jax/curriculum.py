@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import logging
+import warnings
 from typing import Iterable, Optional, Sequence
+
+
+class EmptyStageWarning(UserWarning):
+  """A curriculum stage gets no training steps (TRAIN_STEPS too small for its fractions)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +77,33 @@ class Curriculum:
         out.append(int(round(s.start_fraction * train_steps)))
     if any(b > a for a, b in zip(out[1:], out[:-1])):
       raise ValueError(f"curriculum {self.name!r}: stage starts decrease: {out}")
+    if train_steps is not None:
+      self.check_steps(train_steps, tuple(out))
     return tuple(out)
+
+  def check_steps(self, train_steps: int, boundaries: Sequence[int]) -> None:
+    """Warn (EmptyStageWarning, and the log) about every stage that gets no step.
+
+    Rounding `start_fraction * TRAIN_STEPS` can leave a stage empty (TRAIN_STEPS=1 or 2 drop
+    the default final stage); the stream calls this when it is built, i.e. at start-up.
+    Turn it into an error with `warnings.simplefilter("error", EmptyStageWarning)`.
+    """
+    ends = list(boundaries[1:]) + [int(train_steps)]
+    empty = [s for s, a, b in zip(self.stages, boundaries, ends) if b <= a]
+    if empty:
+      starts = ", ".join(
+        f"{s.mixture} at step {s.start_step}"
+        if s.start_step is not None
+        else f"{s.mixture} at fraction {s.start_fraction:g}"
+        for s in self.stages
+      )
+      msg = (
+        f"curriculum {self.name!r}: stage(s) {[s.mixture for s in empty]} get no training "
+        f"steps with TRAIN_STEPS={train_steps} (stage starts: {starts} -> steps "
+        f"{list(boundaries)}); raise TRAIN_STEPS or change the stage fractions"
+      )
+      logging.warning(msg)
+      warnings.warn(msg, EmptyStageWarning, stacklevel=3)
 
 
 def stage_at(step: int, boundaries: Sequence[int]) -> int:

@@ -481,7 +481,11 @@ def eval_tasks(name: str, split: str = "validation") -> dict[str, tuple[str, ...
   The held-out data is each task's `split` ('validation': the documents the task keeps out of
   'train'). Bitext tasks are left out so each language's loss is measured on that language.
   """
-  stages, _ = resolve(name, train_steps=1, split="train")
+  if name in curriculum_lib.curriculum_names():  # every stage, whatever TRAIN_STEPS will be
+    mixtures = curriculum_lib.get_curriculum(name).mixtures
+    stages = [plan_stage(mixing.get_stage_mixture(m), "train") for m in mixtures]
+  else:
+    stages, _ = resolve(name, train_steps=1, split="train")
   out: dict[str, list[str]] = {}
   for plan in stages:
     for task, lang in zip(plan.tasks, plan.langs):
