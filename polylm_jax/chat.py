@@ -181,7 +181,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
+  from polylm_jax import logs
 
   _define_flags()
-  app.run(main)
+  logs.run(main)

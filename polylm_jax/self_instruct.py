@@ -533,7 +533,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
+  from polylm_jax import logs
 
   _define_flags()
-  app.run(main)
+  logs.run(main)
