@@ -41,6 +41,75 @@ class ConfigMismatchError(ValueError):
   """A checkpoint's model config differs from the one it is restored into."""
 
 
+class CorruptCheckpointError(ValueError):
+  """A finalised step cannot be read (a truncated or emptied file); the message is one line
+  naming the step and the file. `older_steps`: the complete steps before it."""
+
+  def __init__(self, message: str, step: int, path: str, older_steps: list[int]):
+    super().__init__(message)
+    self.step, self.path, self.older_steps = step, path, older_steps
+
+
+# Orbax's small JSON files of a step: an empty or unparsable one is named exactly.
+_JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "metadata", "_sharding", "process_0")
+
+
+def damaged_file(step_dir: str) -> str | None:
+  """The first empty or malformed metadata file under a step directory, or None."""
+  import json
+
+  for root, _, files in sorted(os.walk(step_dir)):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      if os.path.getsize(path) == 0 and name != "commit_success.txt":
+        return path
+      if name in _JSON_FILES:
+        try:
+          with open(path, "rb") as f:
+            json.loads(f.read())
+        except (ValueError, UnicodeDecodeError):
+          return path
+  return None
+
+
+def _is_damage(error: BaseException, step_dir: str) -> bool:
+  """Whether a restore error means damaged files (not, say, a target of the wrong shape)."""
+  text = str(error)
+  return (
+    damaged_file(step_dir) is not None
+    or isinstance(error, (OSError, UnicodeDecodeError))
+    or type(error).__name__ == "JSONDecodeError"
+    or any(s in text for s in ("TensorStore", "error while reading", "DATA_LOSS", "OUT_OF_RANGE"))
+  )
+
+
+def _unreadable(directory: str, step: int, error: BaseException) -> CorruptCheckpointError:
+  """A one-line error for a step Orbax/TensorStore failed to read (their messages run to
+  hundreds of lines): the damaged file if one is found, else the item and array named."""
+  import re
+
+  step_dir = os.path.join(directory, str(step))
+  text = str(error)
+  path = damaged_file(step_dir)
+  if path is None:
+    items = re.findall(re.escape(step_dir) + r"/(\w+)/", text)
+    arrays = [a for a in re.findall(r"'path': '([\w/.]+?)/?'", text) if not a.startswith("/")]
+    path = os.path.join(step_dir, items[0]) if items else step_dir
+    if arrays and items:
+      path += f" (array {arrays[0]})"
+  first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+  if "TensorStore" in first or "error while reading" in first:
+    first = "array data cannot be read (a truncated or corrupted file)"
+  older = [s for s in complete_steps(directory) if s < step]
+  return CorruptCheckpointError(
+    f"checkpoint step {step} is damaged: {path}: {first[:160]}; "
+    + (f"older complete steps: {older}" if older else "no older complete step"),
+    step,
+    path,
+    older,
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointPolicy:
   """When to save and what to keep. save_every=0 saves only when forced; keep=None keeps all."""
@@ -67,6 +136,7 @@ class Restored:
   rng: jax.Array | None = None
   stream_state: dict[str, Any] | None = None
   gin_config: str | None = None
+  skipped: tuple[str, ...] = ()  # restore_intact: why each newer step was passed over
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:
@@ -325,7 +395,52 @@ class CheckpointManager:
         f"{self.directory}: no complete checkpoint for step {step}; "
         f"complete steps: {complete_steps(self.directory)}"
       )
-    config = self._checked_config(step)
+    try:
+      config = self._checked_config(step)
+      return self._read_step(step, config, params_target, opt_state_target, mesh, on_host)
+    except (ConfigMismatchError, FileNotFoundError):
+      raise
+    except Exception as e:  # Orbax / TensorStore / json: hundreds of lines, or misleading
+      if not _is_damage(e, os.path.join(self.directory, str(step))):
+        raise
+      raise _unreadable(self.directory, step, e) from e
+
+  def restore_intact(self, **kwargs: Any) -> Restored:
+    """The newest step that reads back whole (`restore`'s keyword arguments).
+
+    Damaged newer steps are passed over; `Restored.skipped` says which and why (one line
+    each, for the caller to print). Raises CorruptCheckpointError if no step is readable,
+    FileNotFoundError if there is none.
+    """
+    steps = complete_steps(self.directory)
+    if not steps:
+      raise FileNotFoundError(f"{self.directory}: no complete checkpoint")
+    skipped: list[str] = []
+    for step in reversed(steps):
+      try:
+        restored = self.restore(step, **kwargs)
+      except CorruptCheckpointError as e:
+        skipped.append(str(e).split("; older complete steps")[0].split("; no older")[0])
+        if step == steps[0]:
+          raise CorruptCheckpointError(
+            f"{self.directory}: every checkpoint is damaged: " + "; ".join(skipped),
+            e.step,
+            e.path,
+            [],
+          ) from None
+        continue
+      return dataclasses.replace(restored, skipped=tuple(skipped))
+    raise AssertionError("unreachable")
+
+  def _read_step(
+    self,
+    step: int,
+    config: PolyLMConfig,
+    params_target: Any,
+    opt_state_target: Any,
+    mesh: Mesh | None,
+    on_host: bool,
+  ) -> Restored:
     items: dict[str, Any] = {"meta": ocp.args.JsonRestore()}
     if on_host:  # leaf by leaf: Orbax's whole-tree read holds ~1.5x the model at its peak
       read = self._leaf_reader(step, config)

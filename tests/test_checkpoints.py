@@ -302,3 +302,47 @@ def test_policy_validation():
     ck.CheckpointPolicy(keep=0)
   with pytest.raises(ValueError, match="save_every"):
     ck.CheckpointPolicy(save_every=-1)
+
+
+# -- damaged checkpoints (issue 11): one line naming the step and file; the newest intact one ----
+
+
+def _largest_data_file(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir / "params") for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", ["truncated_params", "empty_metadata"])
+def test_damaged_step_is_one_line_and_restore_intact_skips_it(tmp_path, params, damage):
+  with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
+    manager.save(5, params)
+    manager.save(9, jax.tree.map(lambda x: x * 3, params))
+  step_dir = tmp_path / "checkpoints" / "9"
+  if damage == "truncated_params":
+    victim = _largest_data_file(step_dir)
+    os.truncate(victim, 100)
+  else:
+    victim = str(step_dir / "params" / "_METADATA")
+    open(victim, "w").close()
+  with pytest.raises(ck.CorruptCheckpointError) as e:
+    ck.load(tmp_path)
+  message = str(e.value)
+  assert "\n" not in message and len(message) < 400, message
+  assert "step 9" in message and "older complete steps: [5]" in message
+  assert (victim if damage == "empty_metadata" else str(step_dir / "params")) in message
+  assert e.value.older_steps == [5]
+  with ck.CheckpointManager(tmp_path, None, read_only=True) as manager:
+    restored = manager.restore_intact()
+    assert restored.step == 5 and len(restored.skipped) == 1 and "step 9" in restored.skipped[0]
+    assert_trees_equal(restored.params, params)
+    with pytest.raises(ck.CorruptCheckpointError):  # restore() still means the latest step
+      manager.restore()
+
+
+def test_restore_intact_when_every_step_is_damaged(tmp_path, params):
+  with ck.CheckpointManager(tmp_path, CFG, SYNC) as manager:
+    manager.save(5, params)
+  open(tmp_path / "checkpoints" / "5" / "params" / "_METADATA", "w").close()
+  with ck.CheckpointManager(tmp_path, CFG, read_only=True) as manager:
+    with pytest.raises(ck.CorruptCheckpointError, match="every checkpoint is damaged: .*step 5"):
+      manager.restore_intact()
