@@ -109,3 +109,37 @@ def stream_tokens(batches: Sequence[dict]) -> np.ndarray:
   """Reassemble the flat token stream from consecutive batches (rows overlap by one)."""
   first = batches[0]["inputs"][0, :1]
   return np.concatenate([first] + [b["targets"].reshape(-1) for b in batches])
+
+
+def label_by_document(
+  batches: Sequence[dict],
+  doc_lang: Mapping[tuple, int],
+  en: int,
+  num_langs: int,
+  after_switch: bool = False,
+) -> np.ndarray:
+  """Tokens per (batch, language), labelled by looking every packed document up in
+  `doc_lang` (document tokens with eos -> language index), not by the batch's `langs`.
+
+  The stream interleaves two lanes (non-English, English); each is reassembled with `langs`
+  and cut after every eos, and a piece missing from `doc_lang` fails the check (so a wrong
+  lane label cannot pass). A lane's last, unfinished document is not counted. after_switch:
+  batches[0] is a stage's first batch after a switch, so its first input is the old stage's.
+  """
+  flat = stream_tokens(batches)
+  langs = np.concatenate([[-1]] + [b["langs"].reshape(-1) for b in batches])
+  batch_of = np.concatenate([[-1]] + [np.full(b["targets"].size, k) for k, b in enumerate(batches)])
+  if after_switch:
+    flat, langs, batch_of = flat[1:], langs[1:], batch_of[1:]
+  counts = np.zeros((len(batches), num_langs))
+  for lane in (langs != en, langs == en):  # langs[0] = -1: the first token is lane 0's
+    toks, where = flat[lane], batch_of[lane]
+    start = 0
+    for end in np.flatnonzero(toks == EOS):
+      doc = tuple(toks[start : end + 1].tolist())
+      assert doc in doc_lang, f"packed document not in the corpus: {doc[:8]}"
+      ks, cs = np.unique(where[start : end + 1], return_counts=True)
+      keep = ks >= 0
+      counts[ks[keep], doc_lang[doc]] += cs[keep]
+      start = end + 1
+  return counts
