@@ -560,6 +560,19 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> tupl
   )
 
 
+def saved_vocabulary(path: str | os.PathLike, step: int | None = None) -> str | None:
+  """The vocabulary fingerprint the trainer stored with a run checkpoint (see
+  vocab.fingerprint), or None (an HF directory, a converted or older checkpoint)."""
+  path = os.fspath(path)
+  if hf.is_hf_dir(path):
+    return None
+  root, step = resolve_checkpoint(path, step)
+  with CheckpointManager(root, None, read_only=True, subdir="") as manager:
+    state = manager._restore_json(step, "stream_state")  # pylint: disable=protected-access
+  trainer = (state or {}).get("trainer") or {}
+  return trainer.get("vocabulary")
+
+
 def _device_put_leafwise(tree: dict[str, Any], shardings: Any) -> Any:
   """Moves a numpy tree to devices one leaf at a time, dropping each host copy as it goes."""
   leaves, treedef = jax.tree.flatten(tree)
@@ -602,3 +615,33 @@ def load(
   with CheckpointManager(root, config, read_only=True, subdir="") as manager:
     restored = manager.restore(step, mesh=mesh, on_host=on_host)
   return restored.config, restored.params
+
+
+def load_for_inference(
+  path: str | os.PathLike,
+  vocab_path: str | None = None,
+  *,
+  step: int | None = None,
+  mesh: Any = None,
+  step_flag: str = "step",
+  vocab_flag: str = "VOCAB_PATH",
+) -> tuple[PolyLMConfig, Any, Any]:
+  """(config, params, vocabulary) for infer, eval, chat and self_instruct.
+
+  The tokenizer is `vocab_path` or the checkpoint's own, refused unless it is the one the
+  model was trained with (vocab.for_checkpoint) and fits its embedding (decoding.check_vocab).
+
+  A damaged checkpoint is one line naming the step, the file and the older steps to choose
+  with `step_flag`.
+  """
+  from polylm_jax import decoding
+  from polylm_jax import vocab as vocab_lib  # seqio/TensorFlow: only when a binary runs
+
+  try:
+    config, params = load(path, step=step, mesh=mesh)
+  except CorruptCheckpointError as e:
+    hint = f" (choose one with {step_flag}=N)" if e.older_steps else ""
+    raise ValueError(f"{e}{hint}") from None
+  vocab = vocab_lib.for_checkpoint(path, vocab_path, step=step, flag=vocab_flag)
+  decoding.check_vocab(config, vocab)
+  return config, params, vocab

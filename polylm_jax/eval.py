@@ -17,27 +17,17 @@ evaluation itself is `polylm_jax.evaluation.evaluate`, which the trainer calls t
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 
-from polylm_jax import checkpoints, eval_report, evaluation, gin_utils, partitioning
-from polylm_jax import vocab as vocab_lib
+from polylm_jax import checkpoints, gin_utils, logs, partitioning
 
-
-def _vocabulary(vocab_path: str | None, checkpoint_path: str):
-  if vocab_path:
-    if not os.path.isfile(vocab_path):
-      raise FileNotFoundError(f"VOCAB_PATH={vocab_path}: no such file")
-    return vocab_lib.get_vocabulary(vocab_path)
-  beside = os.path.join(checkpoint_path, "tokenizer.model")
-  if os.path.isfile(beside):
-    return vocab_lib.get_vocabulary(beside)
-  return vocab_lib.get_vocabulary()
+if TYPE_CHECKING:
+  from polylm_jax import evaluation
 
 
 def evaluate_checkpoint(
@@ -71,7 +61,9 @@ def evaluate_checkpoint(
   data lives (tasks/benchmark_data.py). With one device no mesh is built; with several the
   params are sharded over a (data, fsdp, tensor) mesh and batches split over data.
   """
-  from tasks import benchmark, templates  # seqio/TensorFlow: only once the binary runs
+  # seqio/TensorFlow: only once the binary runs (and its console is set up)
+  from polylm_jax import eval_report, evaluation
+  from tasks import benchmark, templates
 
   if not checkpoint_path:
     raise ValueError("CHECKPOINT_PATH is empty: pass --gin.CHECKPOINT_PATH=\\\"/path\\\"")
@@ -85,12 +77,14 @@ def evaluate_checkpoint(
     paths=dict(paths) if paths else None,
   )
   task_names = benchmark.resolve_all(mixture_or_task_name)  # unknown names fail before loading
+  logs.check_output_dir(output_dir, "EVAL_OUTPUT_DIR")
   mesh = None
   if len(jax.devices()) > 1:
     mesh = partitioning.make_mesh(mesh_data, mesh_fsdp, mesh_tensor)
-  config, params = checkpoints.load(checkpoint_path, step=step, mesh=mesh)
-  vocab = _vocabulary(vocab_path, checkpoint_path)
-  logging.info("evaluating %s on %d tasks", checkpoint_path, len(task_names))
+  config, params, vocab = checkpoints.load_for_inference(
+    checkpoint_path, vocab_path, step=step, mesh=mesh, step_flag="--gin.evaluate.step"
+  )
+  print_fn(f"evaluating {checkpoint_path} on {len(task_names)} tasks")
   results = evaluation.evaluate(
     config,
     params,

@@ -29,24 +29,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from polylm_jax import checkpoints, decoding, gin_utils, partitioning, prompts as prompts_lib
+from polylm_jax import checkpoints, decoding, gin_utils, logs, partitioning
+from polylm_jax import prompts as prompts_lib
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.files import atomic_write
 
 OUTPUT_FILE = "outputs.jsonl"
-
-
-def _vocabulary(vocab_path: str | None, checkpoint_path: str):
-  from polylm_jax import vocab as vocab_lib  # seqio/TensorFlow: only when the binary runs
-
-  if vocab_path:
-    if not os.path.isfile(vocab_path):
-      raise FileNotFoundError(f"VOCAB_PATH={vocab_path}: no such file")
-    return vocab_lib.get_vocabulary(vocab_path)
-  beside = os.path.join(checkpoint_path, "tokenizer.model")
-  if os.path.isfile(beside):
-    return vocab_lib.get_vocabulary(beside)
-  return vocab_lib.get_vocabulary()
 
 
 def read_jsonl_prompts(path: str, style: str = "plain") -> list[dict[str, Any]]:
@@ -55,15 +43,22 @@ def read_jsonl_prompts(path: str, style: str = "plain") -> list[dict[str, Any]]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"INFER_INPUT_FILE={path}: no such file")
   records = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      where = f"{path}:{n}"
+      try:
+        line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a UTF-8 BOM is fine
+      except UnicodeDecodeError as e:
+        raise ValueError(
+          f"{where}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})"
+        ) from None
       if not line.strip():
         continue
-      where = f"{path}:{n}"
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+      _check_text(obj, where)
       if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
       if isinstance(obj.get("prompt"), str):
@@ -81,6 +76,20 @@ def read_jsonl_prompts(path: str, style: str = "plain") -> list[dict[str, Any]]:
   if not records:
     raise ValueError(f"INFER_INPUT_FILE={path}: no prompts in the file")
   return records
+
+
+def _check_text(obj: Any, where: str) -> None:
+  """JSON may escape a lone surrogate (\\ud800), which no tokenizer can encode."""
+  if isinstance(obj, dict):
+    for key, value in obj.items():
+      if isinstance(value, str):
+        try:
+          value.encode("utf-8")
+        except UnicodeEncodeError as e:
+          raise ValueError(
+            f"{where}: field {key!r} holds a lone surrogate ({value[e.start]!a}) at "
+            f"character {e.start + 1}: not valid Unicode text"
+          ) from None
 
 
 def read_task_prompts(
@@ -188,30 +197,22 @@ def run_inference(
 
   Exactly one of input_file / mixture_or_task_name. preset: 'greedy', 'sampling' (the demo's
   top_p 0.8, temperature 0.7, repetition_penalty 1.02) or 'beam' (4 beams, early stopping);
-  decode_settings override single values (see decoding.DecodeSettings).
+  decode_settings override single values (see decoding.DecodeSettings). Every input is
+  checked, and the output folder proven writable, before the model is loaded.
   """
-  if not checkpoint_path:
-    raise ValueError("CHECKPOINT_PATH is empty: pass --gin.CHECKPOINT_PATH=\\\"/path\\\"")
-  if not output_dir:
-    raise ValueError("INFER_OUTPUT_DIR is empty: pass --gin.INFER_OUTPUT_DIR=\\\"/path\\\"")
-  if bool(input_file) == bool(mixture_or_task_name):
-    raise ValueError(
-      "give exactly one prompt source: INFER_INPUT_FILE (JSONL) or "
-      f"MIXTURE_OR_TASK_NAME (got {input_file!r} and {mixture_or_task_name!r})"
-    )
-  if batch_size < 1:
-    raise ValueError(f"infer.batch_size must be >= 1, got {batch_size}")
+  _check_arguments(checkpoint_path, output_dir, input_file, mixture_or_task_name, batch_size)
   settings = decoding.make_settings(preset, **{"seed": seed, **dict(decode_settings or {})})
   records = read_jsonl_prompts(input_file, prompt_style) if input_file else None
   if records is not None and max_examples is not None:
     records = records[:max_examples]
+  logs.check_output_dir(output_dir, "INFER_OUTPUT_DIR")
 
-  mesh = None
-  if len(jax.devices()) > 1:
-    mesh = partitioning.make_mesh(mesh_data, mesh_fsdp, mesh_tensor)
-  config, params = checkpoints.load(checkpoint_path, step=step, mesh=mesh)
-  vocab = _vocabulary(vocab_path, checkpoint_path)
-  decoding.check_vocab(config, vocab)
+  mesh = (
+    partitioning.make_mesh(mesh_data, mesh_fsdp, mesh_tensor) if jax.device_count() > 1 else None
+  )
+  config, params, vocab = checkpoints.load_for_inference(
+    checkpoint_path, vocab_path, step=step, mesh=mesh, step_flag="--gin.infer.step"
+  )
   if records is None:
     records = read_task_prompts(
       mixture_or_task_name, split, vocab, prompt_feature, task_feature_lengths, max_examples
@@ -224,7 +225,7 @@ def run_inference(
     logging.warning(
       "left-truncated %d prompts to %d tokens", truncated, config.max_len - max_new_tokens
     )
-
+  print_fn(f"generating for {len(records)} prompts ({preset}, up to {max_new_tokens} tokens)")
   # Longest first, so each batch pads little; outputs go back to input order.
   order = sorted(range(len(records)), key=lambda i: -len(records[i]["ids"]))
   outputs = decoding.generate(
@@ -238,22 +239,38 @@ def run_inference(
   )
   rows: list[dict[str, Any]] = [{}] * len(records)
   for j, i in enumerate(order):
-    r = records[i]
-    row = {
-      "id": r["id"],
-      "prompt": r["prompt"],
+    rows[i] = {
+      "id": records[i]["id"],
+      "prompt": records[i]["prompt"],
       "output": vocab.decode(outputs[j]),
       "num_tokens": len(outputs[j]),
+      **({"target": records[i]["target"]} if "target" in records[i] else {}),
     }
-    if "target" in r:
-      row["target"] = r["target"]
-    rows[i] = row
-  os.makedirs(output_dir, exist_ok=True)
   path = os.path.join(output_dir, OUTPUT_FILE)
   atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
   gin_utils.write_operative_config(output_dir)
   print_fn(f"wrote {len(rows)} generations to {path}")
   return path
+
+
+def _check_arguments(
+  checkpoint_path: str,
+  output_dir: str,
+  input_file: str | None,
+  mixture_or_task_name: str | None,
+  batch_size: int,
+) -> None:
+  if not checkpoint_path:
+    raise ValueError("CHECKPOINT_PATH is empty: pass --gin.CHECKPOINT_PATH=\\\"/path\\\"")
+  if not output_dir:
+    raise ValueError("INFER_OUTPUT_DIR is empty: pass --gin.INFER_OUTPUT_DIR=\\\"/path\\\"")
+  if bool(input_file) == bool(mixture_or_task_name):
+    raise ValueError(
+      "give exactly one prompt source: INFER_INPUT_FILE (JSONL) or "
+      f"MIXTURE_OR_TASK_NAME (got {input_file!r} and {mixture_or_task_name!r})"
+    )
+  if batch_size < 1:
+    raise ValueError(f"infer.batch_size must be >= 1, got {batch_size}")
 
 
 def main(argv: Sequence[str]) -> None:

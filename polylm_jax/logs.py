@@ -12,6 +12,8 @@ pipeline loads a tokenizer). No environment variable silences the last two, so s
 passed through a pipe that drops exactly those lines.
 
 `--verbosity=0` (INFO; 1 and up: debug) shows everything again, unfiltered.
+
+`check_output_dir` is the binaries' shared up-front check of an output folder.
 """
 
 from __future__ import annotations
@@ -153,3 +155,20 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     main(argv)
 
   app.run(quiet_main)
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> None:
+  """Creates `path` and proves it writable with a probe file, before any slow work.
+
+  A binary calls it up front (before loading a model), so an unwritable output folder is one
+  line naming the flag, not an OSError traceback after minutes of work.
+  """
+  import tempfile
+
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise ValueError(f"{flag}={os.fspath(path)}: not writable ({e.strerror or e})") from None

@@ -469,9 +469,14 @@ def _define_flags() -> None:
   flags.DEFINE_string(
     "vocab",
     None,
-    "SentencePiece model of the model teacher (default: $POLYLM_JAX_VOCAB or the demo tokenizer).",
+    "SentencePiece model of the model teacher (default: tokenizer.model beside the "
+    "checkpoint, else $POLYLM_JAX_VOCAB or the demo tokenizer).",
   )
-  flags.DEFINE_integer("max_new_tokens", 512, "Tokens the model teacher writes per request.")
+  flags.DEFINE_integer(
+    "max_new_tokens",
+    512,
+    "Tokens the model teacher writes per request (at most half its positions: capped with a note).",
+  )
   flags.DEFINE_list("languages", list(MULTIALPACA_LANGUAGES), "Language codes.")
   flags.DEFINE_string("output_dir", None, "Where the pool, logs, stats and plot go.")
   flags.DEFINE_string("seed_dir", DEFAULT_SEED_DIR, "Folder of {lang}.jsonl seed tasks.")
@@ -481,6 +486,45 @@ def _define_flags() -> None:
   flags.DEFINE_integer("tasks_per_request", 10, "Tasks per request (demonstrations included).")
   flags.DEFINE_float("rouge_threshold", 0.7, "Reject at ROUGE-L >= this against the pool.")
   flags.DEFINE_integer("seed", 0, "Random seed for demonstrations.")
+
+
+def fit_max_new_tokens(requested: int, max_len: int) -> tuple[int, str | None]:
+  """The teacher's reply length: at most half the model's positions (the prompt, with its
+  demonstrations, keeps the other half); a one-line note when the request is cut."""
+  if requested < 1:
+    raise ValueError(f"--max_new_tokens must be >= 1, got {requested}")
+  cap = max(1, max_len // 2)
+  if requested <= cap:
+    return requested, None
+  return cap, (
+    f"(--max_new_tokens={requested} does not fit the teacher model's {max_len} positions "
+    f"with a prompt: it writes up to {cap} tokens per request)"
+  )
+
+
+def _model_teacher(
+  checkpoint: str | None, vocab_path: str | None, max_new_tokens: int, temperature: float
+):
+  """The project's own model as the teacher, its tokenizer checked, its reply length fitted."""
+  from polylm_jax import checkpoints, teachers
+
+  if not checkpoint:
+    raise ValueError("--teacher=model needs --checkpoint")
+  config, params, vocab = checkpoints.load_for_inference(
+    checkpoint, vocab_path, step_flag="--checkpoint=RUN/checkpoints/N", vocab_flag="--vocab"
+  )
+  max_new_tokens, note = fit_max_new_tokens(max_new_tokens, config.max_len)
+  if note:
+    print(note)
+  return teachers.ModelTeacher(
+    config,
+    params,
+    vocab,
+    max_new_tokens=max_new_tokens,
+    name=f"polylm:{os.path.basename(os.path.normpath(checkpoint))}",
+    preset="sampling",
+    temperature=temperature,
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -518,15 +562,7 @@ def main(argv: Sequence[str]) -> None:
         concurrency=f.concurrency,
       )
     else:
-      if not f.checkpoint:
-        raise ValueError("--teacher=model needs --checkpoint")
-      teacher = teachers.ModelTeacher.from_checkpoint(
-        f.checkpoint,
-        f.vocab,
-        max_new_tokens=f.max_new_tokens,
-        preset="sampling",
-        temperature=f.temperature,
-      )
+      teacher = _model_teacher(f.checkpoint, f.vocab, f.max_new_tokens, f.temperature)
     run_self_instruct(teacher, config)
   except (ValueError, OSError, RuntimeError) as e:
     sys.exit(f"error: {e}")

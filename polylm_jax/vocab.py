@@ -28,6 +28,7 @@ only where a vocabulary is needed; `polylm_jax/__init__` does not.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -173,3 +174,89 @@ def check_vocab_matches(
       f"{model_vocab_size}; use a model with vocab_size >= {size} (e.g. "
       f"config.replace(vocab_size={size})) or the tokenizer the model was trained with"
     )
+
+
+# -- a checkpoint's tokenizer ----------------------------------------------------------------------
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def fingerprint(vocab: seqio.Vocabulary) -> str:
+  """Names a vocabulary by content: a SentencePiece model's hash, else its type and size.
+
+  The trainer stores this in every checkpoint (`stream_state["trainer"]["vocabulary"]`);
+  infer, eval and chat compare it with the tokenizer they were given.
+  """
+  path = getattr(vocab, "sentencepiece_model_file", None)
+  if path:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    return f"sentencepiece:{digest}:{vocab.vocab_size}"
+  return f"{type(vocab).__name__}:{vocab.vocab_size}:eos={getattr(vocab, 'eos_id', None)}"
+
+
+def tokenizer_beside(checkpoint_path: str | os.PathLike) -> str | None:
+  """`tokenizer.model` of a run dir or HF dir, or of the run above a checkpoints / step dir."""
+  path = os.path.abspath(os.fspath(checkpoint_path))
+  candidates = [path]
+  parent = os.path.dirname(path)
+  if os.path.basename(path) == "checkpoints":
+    candidates.append(parent)
+  elif os.path.basename(path).isdigit() and os.path.basename(parent) == "checkpoints":
+    candidates.append(os.path.dirname(parent))
+  for folder in candidates:
+    f = os.path.join(folder, TOKENIZER_FILE)
+    if os.path.isfile(f):
+      return f
+  return None
+
+
+def for_checkpoint(
+  checkpoint_path: str | os.PathLike,
+  vocab_path: str | None = None,
+  *,
+  step: int | None = None,
+  flag: str = "VOCAB_PATH",
+) -> PolyLMVocabulary:
+  """The tokenizer to use with a checkpoint, refused if it is not the one the model learnt.
+
+  `vocab_path` (named `flag` in errors), else `tokenizer.model` beside the checkpoint, else
+  the default vocabulary. A run checkpoint stores its vocabulary's fingerprint: a tokenizer
+  with another fingerprint would turn every id into the wrong piece, so it is an error.
+  """
+  from polylm_jax import checkpoints  # Orbax: only when a checkpoint is read
+
+  if vocab_path:
+    if not os.path.isfile(vocab_path):
+      raise FileNotFoundError(f"{flag}={vocab_path}: no such file")
+    path: str | None = vocab_path
+  else:
+    path = tokenizer_beside(checkpoint_path)
+  vocab = get_vocabulary(path)
+  saved = checkpoints.saved_vocabulary(checkpoint_path, step)
+  if saved is not None and saved != fingerprint(vocab):
+    raise ValueError(
+      f"{flag}: the tokenizer {vocab.sentencepiece_model_file} ({fingerprint(vocab)}) is not "
+      f"the one {checkpoint_path} was trained with ({saved}); pass that model's "
+      f"{TOKENIZER_FILE} with {flag}"
+    )
+  return vocab
+
+
+def save_tokenizer(vocab: PolyLMVocabulary | str, directory: str | os.PathLike) -> str:
+  """Copies a vocabulary's SentencePiece model to `directory/tokenizer.model` (atomically).
+
+  The trainer calls it for its MODEL_DIR, so infer, eval, chat and convert find the run's
+  tokenizer without flags. Returns the path written.
+  """
+  from polylm_jax.files import atomic_write
+
+  src = vocab if isinstance(vocab, str) else vocab.sentencepiece_model_file
+  with tf.io.gfile.GFile(src, "rb") as f:
+    data = f.read()
+  dest = os.path.join(os.fspath(directory), TOKENIZER_FILE)
+  if os.path.isfile(dest):
+    with open(dest, "rb") as f:
+      if f.read() == data:
+        return dest
+  return str(atomic_write(dest, data))
