@@ -16,8 +16,9 @@ Accelerator MFU is against the bf16 peak whatever the compute dtype (the usual c
 Override with `peak_flops_per_device` (gin) or $POLYLM_PEAK_FLOPS.
 
 Writers: TensorBoard event files via clu.metric_writers under MODEL_DIR/train and
-MODEL_DIR/eval, and one JSON line per record in MODEL_DIR/metrics.jsonl (steps repeat after a
-restart or rollback: the last line of a step wins). Only process 0 writes files.
+MODEL_DIR/eval, and one JSON line per record in MODEL_DIR/metrics.jsonl. A resumed or
+rolled-back run first drops the records of the steps it will run again (`truncate_after`), so
+a step never appears twice. Only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+
+from polylm_jax.files import atomic_write
 
 # Substring of `device.device_kind` (lower case) -> peak dense bf16 FLOP/s. Checked in order.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -195,6 +198,35 @@ class MetricsWriter:
           f.seek(-1, os.SEEK_END)
           if f.read(1) != b"\n":
             self._jsonl.write("\n")
+
+  @property
+  def jsonl_path(self) -> str | None:
+    return os.path.join(self.model_dir, "metrics.jsonl") if self._jsonl is not None else None
+
+  def truncate_after(self, step: int) -> int:
+    """Drops the JSONL records of steps after `step` (and a killed run's half line), in one
+    atomic rewrite: a resumed run re-runs them. Returns how many lines went."""
+    path = self.jsonl_path
+    if path is None:
+      return 0
+    self._jsonl.close()
+    keep, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if not line.strip():
+          continue
+        try:
+          rec_step = int(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+          rec_step = None
+        if rec_step is None or rec_step > step:
+          dropped += 1
+        else:
+          keep.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+      atomic_write(path, "".join(keep))
+    self._jsonl = open(path, "a", encoding="utf-8")
+    return dropped
 
   def _writer(self, kind: str):
     if kind not in self._writers:

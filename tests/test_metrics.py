@@ -1,6 +1,7 @@
 """Metrics: peak FLOP/s per device kind, MFU, the progress line, eval summaries, writers."""
 
 import glob
+import json
 import math
 import os
 import types
@@ -143,3 +144,27 @@ def test_non_chief_writes_nothing(tmp_path):
   w.log("hello")
   w.close()
   assert not (tmp_path / "run").exists() and not printed
+
+
+def test_truncate_after_drops_later_steps_and_half_lines_atomically(tmp_path):
+  w = metrics.MetricsWriter(str(tmp_path))
+  for step in (1, 2, 3):
+    w.write("train", step, {"loss": float(step)}, tensorboard=False)
+  w.write("eval", 2, {"loss": 9.0}, tensorboard=False)
+  w.write("eval", 3, {"loss": 8.0}, tensorboard=False)
+  w.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"kind": "train", "step": 4, "lo')  # killed mid-line
+  w = metrics.MetricsWriter(str(tmp_path))
+  assert w.truncate_after(2) == 3  # steps 3 (train, eval) and the half line
+  w.write("train", 3, {"loss": 30.0}, tensorboard=False)  # the resumed run's step 3
+  w.close()
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  keys = [(json.loads(line)["kind"], json.loads(line)["step"]) for line in lines]
+  assert keys == [("train", 1), ("train", 2), ("eval", 2), ("train", 3)]
+  assert metrics.read_jsonl(str(tmp_path))[3]["loss"] == 30.0
+  assert not list(tmp_path.glob(".metrics.jsonl.*"))  # no temp file left
+  w = metrics.MetricsWriter(str(tmp_path))
+  assert w.truncate_after(-1) == 4  # a fresh start keeps nothing
+  w.close()
+  assert (tmp_path / "metrics.jsonl").read_text() == ""

@@ -12,6 +12,7 @@ the 1-device run to a relative 1e-5 (fp32), not bit for bit.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -28,7 +29,8 @@ import pytest
 
 import polylm_jax
 import train_fixtures
-from polylm_jax import checkpoints, config, gin_utils, metrics, train
+from polylm_jax import checkpoints, config, gin_utils, metrics, mixing, trainer
+from polylm_jax import train  # noqa: F401  (registers the gin configurables)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = config.get_config("polylm_tiny")
@@ -45,16 +47,16 @@ TASK_FEATURE_LENGTHS = {{'targets': 32}}
 TRAIN_STEPS = {STEPS}
 BATCH_SIZE = 8
 COMPUTE_DTYPE = 'float32'
-train.peak_learning_rate = 3e-3
-train.min_learning_rate = 3e-4
-train.warmup_steps = 4
-train.decay_steps = 36
-train.checkpoint_period = {PERIOD}
-train.keep_checkpoints = 20
-train.eval_period = 20
-train.eval_steps = 1
-train.eval_before_training = True
-train.log_period = 1
+OptimizerSpec.peak_learning_rate = 3e-3
+OptimizerSpec.min_learning_rate = 3e-4
+OptimizerSpec.warmup_steps = 4
+OptimizerSpec.decay_steps = 36
+CheckpointPolicy.save_every = {PERIOD}
+CheckpointPolicy.keep = 20
+EvalSpec.period = 20
+EvalSpec.steps = 1
+EvalSpec.before_training = True
+ReportSpec.log_period = 1
 """
 
 COMMON = dict(
@@ -288,8 +290,8 @@ def test_sigkill_sigterm_and_kill_during_a_checkpoint_resume_exactly(
 
 
 def _run(tmp_path, name, steps=4, devices=None, **kw):
-  args = {**COMMON, "checkpoint_period": 0, **QUIET, **kw}
-  return train.train(model_dir=str(tmp_path / name), train_steps=steps, devices=devices, **args)
+  args = train_fixtures.train_args(**{**COMMON, "checkpoint_period": 0, **QUIET, **kw})
+  return trainer.train(model_dir=str(tmp_path / name), train_steps=steps, devices=devices, **args)
 
 
 def _shard_shape(x):
@@ -358,7 +360,7 @@ def test_nonfinite_steps_are_skipped_then_rolled_back(jax_cache, tmp_path):
   assert res.rollbacks == 1 and res.step == 8
   assert checkpoints.complete_steps(tmp_path / "run" / "checkpoints") == [4, 6, 8]  # keep 3
   assert all(np.isfinite(res.losses[s]) for s in (7, 8))
-  with pytest.raises(train.NonFiniteError, match="nonfinite_policy='stop'"):
+  with pytest.raises(trainer.NonFiniteError, match="nonfinite_policy='stop'"):
     _run(
       tmp_path,
       "stop",
@@ -417,7 +419,7 @@ def test_init_checkpoint_starts_a_fresh_run_from_trained_params(
 )
 def test_bad_input_fails_before_compute(kw, message, tmp_path, monkeypatch):
   compiled = []
-  monkeypatch.setattr(train.step_lib, "init_train_state", lambda *a, **k: compiled.append(1))
+  monkeypatch.setattr(trainer.step_lib, "init_train_state", lambda *a, **k: compiled.append(1))
   if kw.pop("devices", None) == "one":
     kw["devices"] = jax.devices()[:1]
   with pytest.raises((ValueError, KeyError), match=message):
@@ -466,3 +468,91 @@ def test_gin_typos_and_missing_model_dir_fail_at_parse(gin_dir):
     assert gin.query_parameter("TRAIN_STEPS/macro.value") == 7
   finally:
     gin.clear_config()
+
+
+def test_a_language_added_after_the_18_is_counted_and_evaluated(jax_cache, tmp_path, monkeypatch):
+  """The per-language counters and eval follow mixing.languages() (the stream's index), not
+  the fixed 18 of mixing.LANGUAGES: an added language shows by itself, not only in totals."""
+  monkeypatch.setattr(mixing, "_LANGS", list(mixing._LANGS))
+  monkeypatch.setattr(mixing, "_LANG_INDEX", dict(mixing._LANG_INDEX))
+  name = train_fixtures.register_extra_language("sw")
+  assert mixing.language_index("sw") >= 18
+  res = _run(
+    tmp_path,
+    "run",
+    devices=jax.devices()[:1],
+    mixture_or_task_name=name,
+    eval_period=4,
+    eval_steps=1,
+    log_period=4,
+  )
+  assert res.eval["loss/sw"] > 0 and res.eval["loss/en"] > 0
+  rec = metrics.read_jsonl(str(tmp_path / "run"))[4]
+  assert rec["tokens_consumed/sw"] > 0 and rec["tokens_consumed/en"] > 0
+
+
+def _no_step_twice(model_dir):
+  lines = (pathlib.Path(model_dir) / "metrics.jsonl").read_text().splitlines()
+  keys = [(r["kind"], r["step"]) for r in map(json.loads, lines)]
+  assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+
+
+def test_sigint_saves_like_sigterm_and_metrics_never_repeat_a_step(
+  reference, gin_dir, jax_cache, tmp_path
+):
+  """Ctrl-C saves the current step and exits 130 with one line, no traceback; after a
+  SIGKILL and a resume, metrics.jsonl holds each step once and the run equals the reference."""
+  model_dir = tmp_path / "run"
+  ckpt_dir = model_dir / "checkpoints"
+  proc = _start(gin_dir, model_dir, jax_cache)
+  _wait_for(lambda: _steps_logged(model_dir) >= 6, proc, "step 6")
+  proc.send_signal(signal.SIGINT)
+  code, out = _finish(proc)
+  assert code == 130, out
+  saved = int(re.search(r"SIGINT: saved step (\d+); stopping", out).group(1))
+  assert saved >= 6 and saved in checkpoints.complete_steps(ckpt_dir)
+  assert "Traceback" not in out and "KeyboardInterrupt" not in out
+  _no_step_twice(model_dir)
+
+  proc = _start(gin_dir, model_dir, jax_cache)  # SIGKILL past the next checkpoint
+  _wait_for(
+    lambda: _steps_logged(model_dir) > max(checkpoints.complete_steps(ckpt_dir)) + 1,
+    proc,
+    "steps past the latest checkpoint",
+  )
+  proc.send_signal(signal.SIGKILL)
+  assert _finish(proc)[0] == -signal.SIGKILL
+  code, out = _finish(_start(gin_dir, model_dir, jax_cache))
+  assert code == 0, out
+  _no_step_twice(model_dir)
+  assert _history(model_dir) == _history(reference[0])
+
+
+def test_a_finished_run_only_reports_without_loading_tensorflow(
+  reference, gin_dir, jax_cache, tmp_path
+):
+  """`make demo` a second time: the finished run reports its checkpoints and last eval from
+  its files, before any data module (seqio, TensorFlow) is imported."""
+  model_dir = tmp_path / "run"
+  shutil.copytree(reference[0], model_dir)
+  before = (model_dir / "metrics.jsonl").read_text()
+  lazy = GIN.replace("import train_fixtures", "DataSpec.task_modules = ['train_fixtures']")
+  (gin_dir / "trainer_test_lazy.gin").write_text(lazy)
+  command = _command(gin_dir, model_dir)
+  command[command.index("--gin_file=trainer_test.gin")] = "--gin_file=trainer_test_lazy.gin"
+  proc = subprocess.run(
+    [command[0], "-X", "importtime", *command[1:]],
+    cwd=REPO,
+    env=_env(jax_cache),
+    capture_output=True,
+    text=True,
+    timeout=240,
+  )
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+  assert f"already trained to step {STEPS} (TRAIN_STEPS={STEPS}); nothing to do" in proc.stdout
+  assert f"checkpoints: {model_dir}/checkpoints" in proc.stdout
+  assert re.search(r"  zh: loss [0-9.]+  perplexity", proc.stdout)
+  imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+  assert "seqio" not in imported and "tensorflow" not in imported
+  assert "train_fixtures" not in imported
+  assert (model_dir / "metrics.jsonl").read_text() == before  # nothing written

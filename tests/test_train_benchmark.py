@@ -6,47 +6,39 @@ import os
 import jax
 import pytest
 
-from polylm_jax import train
+from polylm_jax import trainer
+from polylm_jax.checkpoints import CheckpointPolicy
 from polylm_jax.config import get_config
 from polylm_jax.vocab import get_vocabulary
-from tasks import benchmark_demo
+from polylm_jax.train_config import DataSpec, EvalSpec, MeshSpec, OptimizerSpec, ReportSpec
+from tasks import benchmark, benchmark_demo
 
 TASKS = "polylm_eval_xcopa_it_0shot,polylm_eval_flores_zh_en_0shot"
 
 
-def _train(tmp_path, **kw):
+def _train(tmp_path, **benchmark):
   vocab = get_vocabulary()
   config = get_config("polylm_tiny", vocab_size=vocab.vocab_size, max_len=128)
-  return train.train(
+  return trainer.train(
     model_dir=str(tmp_path / "run"),
     model_config=config,
-    mixture_or_task_name="polylm_pretrain_stage1",
     train_steps=2,
-    task_feature_lengths={"targets": 32},
-    batch_size=8,
-    mesh_data=1,
-    warmup_steps=1,
-    decay_steps=1,
-    checkpoint_period=0,
-    eval_period=2,
-    eval_steps=1,
-    log_period=1,
+    data=DataSpec("polylm_pretrain_stage1", {"targets": 32}, batch_size=8),
+    mesh=MeshSpec(data=1),
+    optimizer=OptimizerSpec(warmup_steps=1, decay_steps=1),
+    checkpointing=CheckpointPolicy(save_every=0),
+    eval=EvalSpec(period=2, steps=1, **benchmark),
+    report=ReportSpec(log_period=1),
     devices=jax.devices()[:1],
     print_fn=lambda *a, **k: None,
-    **kw,
   )
 
 
 @pytest.mark.slow
 def test_periodic_eval_runs_benchmark_tasks(tmp_path):
   data = benchmark_demo.write_demo_data(str(tmp_path / "data"), n=3)
-  res = _train(
-    tmp_path,
-    benchmark_tasks=TASKS,
-    benchmark_max_examples=3,
-    benchmark_batch_size=4,
-    benchmark_data_dir=data,
-  )
+  benchmark.configure(data_dir=data)
+  res = _train(tmp_path, benchmark_tasks=TASKS, benchmark_max_examples=3, benchmark_batch_size=4)
   assert 0.0 <= res.eval["benchmark/polylm_eval_xcopa_it_0shot/accuracy"] <= 100.0
   assert "benchmark/polylm_eval_flores_zh_en_0shot/bleu" in res.eval
   report = os.path.join(res.model_dir, "benchmark", "2")

@@ -79,3 +79,94 @@ def register(vocab_size: int = 512) -> None:
 
 
 register()
+
+EXTRA_MIXTURE = "trainer_test_extra_language"
+
+
+def register_extra_language(lang: str = "sw", stride: int = 11) -> str:
+  """A language beyond the 18 (`mixing.add_language`, as tasks.register_language's tasks do)
+  in a stage mixture with English; returns the mixture's name. Undo with the caller's
+  monkeypatch of mixing's language tables."""
+  mixing.add_language(lang)
+  vocab = seqio.PassThroughVocabulary(size=512, eos_id=EOS)
+  features = {"targets": seqio.Feature(vocab, add_eos=True, dtype=tf.int32)}
+  docs = {
+    split: [[403 + (start + stride * i) % 90 for i in range(20)] for start in range(n)]
+    for split, n in (("train", 150), ("validation", 12))
+  }
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed
+    return _dataset(docs[split])
+
+  seqio.TaskRegistry.remove(task_name(lang))
+  seqio.TaskRegistry.add(
+    task_name(lang),
+    source=seqio.FunctionDataSource(dataset_fn, splits=list(docs)),
+    preprocessors=[seqio.preprocessors.append_eos],
+    output_features=features,
+  )
+  comps = (mixing.Component(task_name("en")), mixing.Component(task_name(lang)))
+  mixing.register_stage_mixture(
+    mixing.StageMixture(EXTRA_MIXTURE, comps, non_english_share=0.5), overwrite=True
+  )
+  return EXTRA_MIXTURE
+
+
+# -- train() arguments from the flat names the tests use -------------------------------------------
+
+# flat name -> (train() argument, field of its settings object)
+_SPEC_FIELDS = {
+  **{k: ("data", k) for k in ("mixture_or_task_name", "task_feature_lengths", "batch_size")},
+  **{k: ("data", k) for k in ("segment_aware", "use_cached_tasks")},
+  "mesh_data": ("mesh", "data"),
+  "mesh_fsdp": ("mesh", "fsdp"),
+  "mesh_tensor": ("mesh", "tensor"),
+  "num_microbatches": ("mesh", "num_microbatches"),
+  **{
+    k: ("optimizer", k)
+    for k in ("peak_learning_rate", "min_learning_rate", "warmup_steps", "decay_steps")
+  },
+  **{k: ("optimizer", k) for k in ("weight_decay", "clip_norm")},
+  **{k: ("loss", k) for k in ("z_loss", "label_smoothing", "dropout_rate")},
+  "checkpoint_period": ("checkpointing", "save_every"),
+  "keep_checkpoints": ("checkpointing", "keep"),
+  "eval_period": ("eval", "period"),
+  "eval_steps": ("eval", "steps"),
+  "eval_before_training": ("eval", "before_training"),
+  **{k: ("eval", k) for k in ("benchmark_tasks", "benchmark_max_examples")},
+  "benchmark_batch_size": ("eval", "benchmark_batch_size"),
+  "nonfinite_policy": ("nonfinite", "action"),
+  **{k: ("nonfinite", k) for k in ("max_consecutive_skips", "max_rollbacks")},
+  "debug_nonfinite_batches": ("nonfinite", "debug_batches"),
+  **{k: ("report", k) for k in ("log_period", "sample_prompts", "sample_max_new_tokens")},
+}
+
+
+def train_args(**flat):
+  """trainer.train() keyword arguments from flat names (`mesh_data=8`, `eval_period=0`, ...):
+  each goes to its settings object, built here so that a bad value raises in the caller."""
+  from polylm_jax import checkpoints, train_config
+
+  classes = {
+    "data": train_config.DataSpec,
+    "mesh": train_config.MeshSpec,
+    "optimizer": train_config.OptimizerSpec,
+    "loss": train_config.LossSpec,
+    "checkpointing": checkpoints.CheckpointPolicy,
+    "eval": train_config.EvalSpec,
+    "nonfinite": train_config.NonFinitePolicy,
+    "report": train_config.ReportSpec,
+  }
+  grouped: dict[str, dict] = {name: {} for name in classes}
+  args = {}
+  for k, v in flat.items():
+    if k in _SPEC_FIELDS:
+      group, field = _SPEC_FIELDS[k]
+      grouped[group][field] = v
+    else:
+      args[k] = v
+  for group, fields in grouped.items():
+    if fields or group == "data":
+      args[group] = classes[group](**fields)
+  return args
