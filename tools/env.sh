@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
 # Creates .venv (or reuses it while setup.cfg is unchanged) and installs the package with all extras.
+# Another venv, Python or set of extras (CI's Python 3.12 smoke job, without torch):
+#   VENV=.venv312 PYTHON=python3.12 EXTRAS=test bash tools/env.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+EXTRAS=${EXTRAS:-test,hf,t5x}
 PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null 2>&1 || PY=python3
-stamp=.venv/.installed-$(sha1sum setup.cfg | cut -c1-12)
+# pyenv's shims exist for every installed Python but fail until a version is selected.
+if ! "$PY" --version >/dev/null 2>&1 && command -v pyenv >/dev/null 2>&1; then
+  PYENV_VERSION=$(pyenv versions --bare | grep -E "^${PY#python}\.[0-9]+$" | tail -1) || true
+  export PYENV_VERSION
+fi
+if ! "$PY" --version >/dev/null 2>&1; then
+  [ -z "${PYTHON:-}" ] || { echo "env.sh: $PY not found" >&2; exit 1; }
+  PY=python3
+fi
+stamp=$VENV/.installed-$( (cat setup.cfg; echo "$EXTRAS") | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[test,hf,t5x]'
-  rm -f .venv/.installed-*
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # setuptools' note on every editable install of a flat layout ("be careful with folders
+  # named like your package") needs no action here: silenced, so a clean install is silent.
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
+  rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
 # The real t5x (not on PyPI): from $T5X_SOURCES or GitHub at pinned commits; idempotent.
-bash tools/install_t5x.sh .venv/bin/python
+case ",$EXTRAS," in *,t5x,*) bash tools/install_t5x.sh "$VENV/bin/python" ;; esac
