@@ -483,6 +483,12 @@ def generate_stream(
     )
   if chunk_tokens < 1:
     raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+  if isinstance(prompt, str) or any(isinstance(t, str) or np.ndim(t) for t in prompt):
+    raise TypeError(
+      "generate_stream streams one prompt: a sequence of token ids, got "
+      f"{type(prompt).__name__} of {type(next(iter(prompt), None)).__name__}; "
+      "for several prompts call generate(), or generate_stream once per prompt"
+    )
   decode_stack.check_layer_loop(layer_loop)
   eos = config.eos_id if s.eos_id is None else int(s.eos_id)
   (prompt,) = validate_prompts(config, [prompt], max_new_tokens)
