@@ -38,7 +38,7 @@ _LM_FEATURES = {
 
 def _pad(x: tf.Tensor, length: int) -> tf.Tensor:
   x = x[:length]
-  return tf.pad(x, [[0, length - tf.shape(x)[0]]])
+  return tf.ensure_shape(tf.pad(x, [[0, length - tf.shape(x)[0]]]), [length])
 
 
 def stream_rows(ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
