@@ -560,6 +560,22 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> tupl
   )
 
 
+def tokenizer_beside(checkpoint_path: str | os.PathLike) -> str | None:
+  """`tokenizer.model` of a run dir or HF dir, or of the run above a checkpoints / step dir."""
+  path = os.path.abspath(os.fspath(checkpoint_path))
+  candidates = [path]
+  parent = os.path.dirname(path)
+  if os.path.basename(path) == CHECKPOINTS_SUBDIR:
+    candidates.append(parent)
+  elif os.path.basename(path).isdigit() and os.path.basename(parent) == CHECKPOINTS_SUBDIR:
+    candidates.append(os.path.dirname(parent))
+  for folder in candidates:
+    f = os.path.join(folder, hf.TOKENIZER_FILE)
+    if os.path.isfile(f):
+      return f
+  return None
+
+
 def saved_vocabulary(path: str | os.PathLike, step: int | None = None) -> str | None:
   """The vocabulary fingerprint the trainer stored with a run checkpoint (see
   vocab.fingerprint), or None (an HF directory, a converted or older checkpoint)."""
@@ -603,6 +619,14 @@ def load(
   path = os.fspath(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no such directory")
+  from polylm_jax import t5x_ckpt  # pylint: disable=import-outside-toplevel
+
+  if t5x_ckpt.is_t5x_checkpoint(path):  # a `python -m t5x.train` run dir or checkpoint_N
+    cfg, params = t5x_ckpt.load(path, config, step)
+    if on_host:
+      return cfg, params
+    target = param_structs(cfg, mesh)
+    return cfg, _device_put_leafwise(params, jax.tree.map(lambda t: t.sharding, target))
   if hf.is_hf_dir(path):
     if step is not None:
       raise ValueError(f"{path} is a Hugging Face model directory: it has no steps")

@@ -17,14 +17,16 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from polylm_jax.config import PolyLMConfig
+from polylm_jax.files import atomic_write
 
 CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"  # the SentencePiece model, as the released weights ship it
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_FILE = "pytorch_model.bin"
@@ -518,6 +520,7 @@ def export_hf(
   out_dir: str | os.PathLike,
   dtype: str = "float32",
   max_shard_bytes: int | None = None,
+  tokenizer_file: str | os.PathLike | None = None,
 ) -> list[str]:
   """Writes config.json and safetensors that transformers.GPT2LMHeadModel loads.
 
@@ -525,7 +528,8 @@ def export_hf(
   called once per leaf in turn (see CheckpointManager.host_param_reader), so only one leaf
   need be in memory. Tensors are written one at a time; above `max_shard_bytes` the weights
   are split into model-0000i-of-0000N.safetensors plus an index, as `save_pretrained` does.
-  Returns the files written.
+  `tokenizer_file` (a SentencePiece model) is copied in as tokenizer.model, so the export
+  carries its tokenizer. Returns the files written.
   """
   out_dir = os.fspath(out_dir)
   st_dtype = {v: k for k, v in _ST_DTYPES.items()}.get(dtype)
@@ -540,37 +544,12 @@ def export_hf(
   os.makedirs(out_dir, exist_ok=True)
   order = _export_order(config)
   sizes = [int(np.prod(shape)) * np_dt.itemsize for _, _, shape, _ in order]
-
-  shards: list[list[int]] = [[]]
-  total = 0
-  for i, size in enumerate(sizes):
-    if max_shard_bytes and shards[-1] and total + size > max_shard_bytes:
-      shards.append([])
-      total = 0
-    shards[-1].append(i)
-    total += size
+  shards = _plan_shards(sizes, max_shard_bytes)
   if len(shards) == 1:
     names = [SAFETENSORS_FILE]
   else:
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-
-  expected = param_shapes(config)
-  held: dict[tuple[str, ...], Any] = {}
-
-  def tensor(path: tuple[str, ...], layer: int | None, shape: tuple[int, ...]) -> np.ndarray:
-    if path not in held:
-      held.clear()  # drop the previous leaf before fetching the next
-      leaf = get(path)
-      if tuple(leaf.shape) != expected[path]:
-        raise ValueError(
-          f"params: {'/'.join(path)} has shape {tuple(leaf.shape)} but the "
-          f"config implies {expected[path]}"
-        )
-      held[path] = leaf
-    leaf = held[path]
-    value = np.asarray(leaf if layer is None else leaf[layer])
-    return np.ascontiguousarray(value.reshape(shape), dtype=np_dt)
-
+  tensor = _tensor_source(get, param_shapes(config), np_dt)
   written = []
   weight_map = {}
   for file_name, members in zip(names, shards):
@@ -585,33 +564,78 @@ def export_hf(
       }
       offset += sizes[i]
       weight_map[name] = file_name
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-(8 + len(blob)) % 8)  # data starts 8-byte aligned
-    path = os.path.join(out_dir, file_name)
-    try:
-      with open(path + ".tmp", "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for i in members:
-          _, leaf_path, shape, layer = order[i]
-          f.write(memoryview(tensor(leaf_path, layer, shape).reshape(-1).view(np.uint8)))
-    except BaseException:
-      os.remove(path + ".tmp")
-      raise
-    os.replace(path + ".tmp", path)
-    written.append(path)
-  held.clear()
+    chunks = (tensor(order[i][1], order[i][3], order[i][2]) for i in members)
+    written.append(_write_safetensors(os.path.join(out_dir, file_name), header, chunks))
+  tensor.cache_clear()
   if len(shards) > 1:
     index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
-    path = os.path.join(out_dir, SAFETENSORS_INDEX)
-    with open(path, "w") as f:
-      json.dump(index, f, indent=2)
-    written.append(path)
-  path = os.path.join(out_dir, CONFIG_FILE)
-  with open(path, "w") as f:
-    json.dump(config_to_hf(config, dtype), f, indent=2)
-  written.append(path)
+    written.append(str(atomic_write(os.path.join(out_dir, SAFETENSORS_INDEX), _json(index))))
+  config_json = _json(config_to_hf(config, dtype))
+  written.append(str(atomic_write(os.path.join(out_dir, CONFIG_FILE), config_json)))
+  if tokenizer_file is not None:
+    with open(tokenizer_file, "rb") as f:
+      written.append(str(atomic_write(os.path.join(out_dir, TOKENIZER_FILE), f.read())))
   return written
+
+
+def _json(obj: Any) -> str:
+  return json.dumps(obj, indent=2)
+
+
+def _plan_shards(sizes: Sequence[int], max_shard_bytes: int | None) -> list[list[int]]:
+  """Tensor indices per file, in order, each file at most max_shard_bytes (or one file)."""
+  shards: list[list[int]] = [[]]
+  total = 0
+  for i, size in enumerate(sizes):
+    if max_shard_bytes and shards[-1] and total + size > max_shard_bytes:
+      shards.append([])
+      total = 0
+    shards[-1].append(i)
+    total += size
+  return shards
+
+
+def _tensor_source(
+  get: Callable[[tuple[str, ...]], Any], expected: Mapping[tuple[str, ...], Any], np_dt: Any
+) -> Any:
+  """(leaf path, layer, HF shape) -> one HF tensor; holds only the current leaf in memory
+  (`cache_clear()` drops it)."""
+  held: dict[tuple[str, ...], Any] = {}
+
+  def tensor(path: tuple[str, ...], layer: int | None, shape: tuple[int, ...]) -> np.ndarray:
+    if path not in held:
+      held.clear()  # drop the previous leaf before fetching the next
+      leaf = get(path)
+      if tuple(leaf.shape) != expected[path]:
+        raise ValueError(
+          f"params: {'/'.join(path)} has shape {tuple(leaf.shape)} but the "
+          f"config implies {expected[path]}"
+        )
+      held[path] = leaf
+    value = np.asarray(held[path] if layer is None else held[path][layer])
+    return np.ascontiguousarray(value.reshape(shape), dtype=np_dt)
+
+  tensor.cache_clear = held.clear  # type: ignore[attr-defined]
+  return tensor
+
+
+def _write_safetensors(path: str, header: dict[str, Any], tensors: Iterable[np.ndarray]) -> str:
+  """Streams one safetensors file to a temp file, then renames it: a reader never sees half
+  a file. (files.atomic_write takes the whole file at once; a shard is streamed tensor by
+  tensor so that only one is in memory.)"""
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-(8 + len(blob)) % 8)  # data starts 8-byte aligned
+  try:
+    with open(path + ".tmp", "wb") as f:
+      f.write(len(blob).to_bytes(8, "little"))
+      f.write(blob)
+      for t in tensors:
+        f.write(memoryview(t.reshape(-1).view(np.uint8)))
+  except BaseException:
+    os.remove(path + ".tmp")
+    raise
+  os.replace(path + ".tmp", path)
+  return path
 
 
 def _check_tree(config: PolyLMConfig, params: Mapping[str, Any]) -> None:

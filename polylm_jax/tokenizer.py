@@ -14,7 +14,9 @@ a fixed seed; tests check it).
 The language of a file is its name up to the first dot (`en.txt`, `zh.part-0.txt`) or, with
 --language_from=dir, the name of the folder holding it (`en/part-000.txt`).
 
-This module imports only sentencepiece (no TensorFlow/seqio), so it is cheap to import.
+This module imports only sentencepiece (no TensorFlow/seqio), so it is cheap to import. Unlike
+the other binaries (absl flags, gin for train/infer/eval) its command line is argparse: it has
+subcommands (`train`, `demo`), and `main(argv)` returns an exit code for scripts and tests.
 """
 
 from __future__ import annotations
@@ -332,16 +334,27 @@ def _build_parser() -> argparse.ArgumentParser:
     help="SentencePiece threads; fixed (not the CPU count) for reproducibility",
   )
   train.add_argument("--model_type", choices=("bpe", "unigram"), default="bpe")
+  train.add_argument("--verbosity", type=int, default=None, help="0: library INFO logs too")
   demo = sub.add_parser("demo", help="train (or find cached) the demo tokenizer; print its path")
   demo.add_argument("--cache_dir", default=None)
+  demo.add_argument("--verbosity", type=int, default=None, help="0: library INFO logs too")
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command line (argv None: sys.argv, with the quiet console of polylm_jax.logs)."""
   args = _build_parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  if argv is None:
+    from polylm_jax import logs
+
+    logs.setup(args.verbosity)
+    logging.getLogger().setLevel(logging.INFO)  # our progress line; libraries stay quiet
   try:
     if args.command == "train":
+      from polylm_jax import logs
+
+      logs.check_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
       path = train_tokenizer(
         args.corpus_glob,
         args.output,

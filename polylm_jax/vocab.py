@@ -178,7 +178,7 @@ def check_vocab_matches(
 
 # -- a checkpoint's tokenizer ----------------------------------------------------------------------
 
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILE = "tokenizer.model"  # = hf.TOKENIZER_FILE
 
 
 def fingerprint(vocab: seqio.Vocabulary) -> str:
@@ -193,22 +193,6 @@ def fingerprint(vocab: seqio.Vocabulary) -> str:
       digest = hashlib.sha256(f.read()).hexdigest()[:16]
     return f"sentencepiece:{digest}:{vocab.vocab_size}"
   return f"{type(vocab).__name__}:{vocab.vocab_size}:eos={getattr(vocab, 'eos_id', None)}"
-
-
-def tokenizer_beside(checkpoint_path: str | os.PathLike) -> str | None:
-  """`tokenizer.model` of a run dir or HF dir, or of the run above a checkpoints / step dir."""
-  path = os.path.abspath(os.fspath(checkpoint_path))
-  candidates = [path]
-  parent = os.path.dirname(path)
-  if os.path.basename(path) == "checkpoints":
-    candidates.append(parent)
-  elif os.path.basename(path).isdigit() and os.path.basename(parent) == "checkpoints":
-    candidates.append(os.path.dirname(parent))
-  for folder in candidates:
-    f = os.path.join(folder, TOKENIZER_FILE)
-    if os.path.isfile(f):
-      return f
-  return None
 
 
 def for_checkpoint(
@@ -231,7 +215,7 @@ def for_checkpoint(
       raise FileNotFoundError(f"{flag}={vocab_path}: no such file")
     path: str | None = vocab_path
   else:
-    path = tokenizer_beside(checkpoint_path)
+    path = checkpoints.tokenizer_beside(checkpoint_path)
   vocab = get_vocabulary(path)
   saved = checkpoints.saved_vocabulary(checkpoint_path, step)
   if saved is not None and saved != fingerprint(vocab):
