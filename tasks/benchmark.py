@@ -321,27 +321,38 @@ def load_examples(
     demos = [_render_one(task, r, template)[3] for r in pool]
   out = []
   for i, record in enumerate(records):
-    prompt, choices, continuation, _ = _render_one(task, record, template)
-    parts = [template.instruction] if template.instruction else []
+    shown = []
     if task.shots:
       candidates = np.arange(len(pool))
       if fam.demo_split == split:
         candidates = candidates[candidates != i]
       rng = np.random.default_rng([_settings["shot_seed"], i])
-      parts += [demos[j] for j in rng.choice(candidates, task.shots, replace=False)]
-    parts.append(prompt)
-    out.append(
-      Example(
-        id=record.id,
-        lang=task.lang,
-        prompt=template.separator.join(parts),
-        choices=choices,
-        label=record.label,
-        references=record.references or (choices[record.label] + continuation,),
-        continuation=continuation,
-      )
-    )
+      shown = [demos[j] for j in rng.choice(candidates, task.shots, replace=False)]
+    out.append(_example(task, record, template, shown))
   return out
+
+
+def _example(task, record, template, demos: Sequence[str]) -> Example:
+  prompt, choices, continuation, _ = _render_one(task, record, template)
+  parts = [template.instruction] if template.instruction else []
+  parts += [*demos, prompt]
+  return Example(
+    id=record.id,
+    lang=task.lang,
+    prompt=template.separator.join(parts),
+    choices=choices,
+    label=record.label,
+    references=record.references or (choices[record.label] + continuation,),
+    continuation=continuation,
+  )
+
+
+def render_example(name: str, raw: dict[str, Any], where: str = "record") -> Example:
+  """One raw record (in its dataset's own structure) as task `name` shows it, without
+  demonstrations: for looking at prompts, and for comparing them with other harnesses."""
+  task = get_task(name)
+  record = data.NORMALIZERS[task.family.normalizer](raw, where, name, task.lang)
+  return _example(task, record, templates.get_template(task.family.template), [])
 
 
 def conventions(task: BenchmarkTask) -> dict[str, Any]:

@@ -25,7 +25,7 @@ lm_eval = pytest.importorskip("lm_eval")
 import polylm_jax  # noqa: E402
 from polylm_jax import evaluation  # noqa: E402
 from polylm_jax import vocab as vocab_lib  # noqa: E402
-from tasks import benchmark, benchmark_demo, templates  # noqa: E402
+from tasks import benchmark, benchmark_data, benchmark_demo, templates  # noqa: E402
 
 HARNESS_TASKS = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
 XCOPA = {
@@ -78,10 +78,23 @@ XNLI = {
   "validation": [("Er singt laut.", "Er ist still.", "他大声唱歌。", "他很安静。", 2)],
 }
 XNLI_LANGS = ("de", "zh")
+PAWSX = {
+  "de": [
+    ("Der Hund schläft im Garten .", "Im Garten schläft der Hund.", 1),
+    ("Er wohnt in Berlin.", "Er arbeitet in Bonn.", 0),
+    ("Sie hat das Buch gelesen ;", "Das Buch wurde von ihr gelesen.", 1),
+  ],
+  "zh": [
+    ("他住在北京。", "他在北京生活。", 1),
+    ("她喜欢猫。", "她讨厌狗。", 0),
+    ("今天很冷。", "今天天气寒冷。", 1),
+  ],
+}
 SHOTS0 = [
   *(f"xcopa_{lang}" for lang in XCOPA),
   *(f"xnli_{lang}" for lang in XNLI_LANGS),
   *(f"xwinograd_{lang}" for lang in XWINOGRAD),
+  *(f"pawsx_{lang}" for lang in PAWSX),
 ]
 
 
@@ -91,8 +104,11 @@ def _jsonl(path, records):
     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def _xnli_records(name, split, n):
-  """XNLI in TFDS's feature structure (what the project reads), for mock_tfds."""
+def _tfds_records(name, split, n):
+  """XNLI and PAWS-X in TFDS's feature structures (what the project reads), for mock_tfds."""
+  if name.startswith("paws_x_wiki/"):
+    rows = PAWSX[name.split("/")[1]]
+    return [{"sentence1": a, "sentence2": b, "label": y} for a, b, y in rows]
   assert name == "xnli", name
   return [
     {
@@ -107,7 +123,7 @@ def _xnli_records(name, split, n):
 def _xnli_docs(lang, split):
   """The same records as the harness's docs."""
   docs = []
-  for r in _xnli_records("xnli", split, 0):
+  for r in _tfds_records("xnli", split, 0):
     hyp = r["hypothesis"]["translation"][r["hypothesis"]["language"].index(lang)]
     docs.append({"premise": r["premise"][lang], "hypothesis": hyp, "label": r["label"]})
   return docs
@@ -125,6 +141,9 @@ def _write_data(root):
   for lang, items in XWINOGRAD.items():
     rows = [{"sentence": s, "option1": a, "option2": b, "answer": y} for s, a, b, y in items]
     _jsonl(f"{root}/xwinograd/{lang}/test.jsonl", rows)
+  for lang, rows in PAWSX.items():
+    docs = [{"sentence1": a, "sentence2": b, "label": y} for a, b, y in rows]
+    _jsonl(f"{root}/harness/pawsx_{lang}.jsonl", docs)
   for lang in XNLI_LANGS:
     for split in ("test", "validation"):
       _jsonl(f"{root}/harness/xnli_{lang}.{split}.jsonl", _xnli_docs(lang, split))
@@ -149,6 +168,9 @@ def _harness_yaml(root, name):
         "train": f"{root}/harness/xnli_{lang}.validation.jsonl",
       },
     )
+  elif family == "pawsx":
+    path = f"{root}/harness/pawsx_{lang}.jsonl"
+    base, files = "paws-x/paws_{}.yaml", {s: path for s in ("test", "validation", "train")}
   else:
     base, files = "xwinograd/xwinograd_{}.yaml", {"test": f"{root}/xwinograd/{lang}/test.jsonl"}
   lines = [
@@ -243,7 +265,7 @@ def runs(tmp_path_factory):
     config, params = polylm_jax.load(hf_dir)
     vocab = vocab_lib.get_vocabulary(os.path.join(hf_dir, "tokenizer.model"))
     ours_names = [benchmark.task_name(*n.split("_"), k) for n, k in harness]
-    mp.setattr(benchmark_demo, "tfds_examples", _xnli_records)
+    mp.setattr(benchmark_demo, "tfds_examples", _tfds_records)
     with benchmark_demo.mock_tfds():
       ours = evaluation.evaluate(config, params, vocab, ours_names, batch_size=16)
   return harness, {key: ours[name] for key, name in zip(harness, ours_names)}
@@ -274,3 +296,95 @@ def test_loglikelihoods_and_accuracy_equal_the_harness(runs, key):
     assert pred["correct"] == bool(sample["acc"])
   assert task.metrics["accuracy"] == pytest.approx(100 * accuracy)
   assert task.conventions["prompt_set"] == "lm_eval"
+
+
+# -- prompt strings of every language ---------------------------------------------------------
+
+PAWSX_SENTENCES = ('He said " yes " ( loudly ) .', "It wasn 't so ;")
+
+
+def _harness_config(path):
+  from lm_eval.tasks import _yaml_loader
+
+  return _yaml_loader.load_yaml(os.path.join(HARNESS_TASKS, path))
+
+
+def _field(cfg, key, doc):
+  """A config field as the harness resolves it: a function, a Jinja template or a value."""
+  import ast
+
+  from lm_eval.utils import apply_template
+
+  value = cfg[key]
+  if callable(value):
+    return value(doc)
+  if isinstance(value, str) and "{{" in value:
+    text = apply_template(value, doc)
+    return ast.literal_eval(text) if key == "doc_to_choice" else text
+  return value
+
+
+def _harness_pairs(cfg, doc):
+  """(context, scored text) per choice, as the harness's construct_requests builds them."""
+  import datasets
+
+  if callable(cfg.get("process_docs")):
+    doc = cfg["process_docs"](datasets.Dataset.from_list([doc]))[0]
+  delimiter = cfg.get("target_delimiter", " ")
+  text, choices = _field(cfg, "doc_to_text", doc), _field(cfg, "doc_to_choice", doc)
+  if isinstance(text, int):  # multiple inputs: the choices are the contexts
+    return [(c, delimiter + _field(cfg, "doc_to_target", doc)) for c in choices]
+  return [(text, delimiter + c) for c in choices]
+
+
+def _cases():
+  """(our task, harness config, our raw record, the harness's doc) for every language."""
+  for lang in benchmark.FAMILIES["xnli"].languages:
+    p, h = f"Premise {lang}.", f"Hypothesis {lang}."
+    raw = {"premise": {lang: p}, "hypothesis": {"language": [lang], "translation": [h]}}
+    yield (
+      "xnli",
+      lang,
+      f"xnli/xnli_{lang}.yaml",
+      {**raw, "label": 1},
+      {"premise": p, "hypothesis": h},
+    )
+  for lang in benchmark.FAMILIES["pawsx"].languages:
+    doc = dict(zip(("sentence1", "sentence2"), PAWSX_SENTENCES), label=0)
+    yield "pawsx", lang, f"paws-x/paws_{lang}.yaml", doc, dict(doc)
+  for lang in benchmark.FAMILIES["xcopa"].languages:
+    for q in ("cause", "effect"):
+      doc = {"premise": "Prem ise!", "choice1": "One.", "choice2": "Two", "question": q, "label": 1}
+      yield "xcopa", lang, f"xcopa/default_{lang}.yaml", doc, dict(doc)
+  for lang in benchmark.FAMILIES["xwinograd"].languages:
+    doc = {"sentence": "The cup fell as _ was  full .", "option1": "it", "option2": "X"}
+    harness_lang = benchmark_data.XWINOGRAD_DIRS.get(lang, lang)
+    yield (
+      "xwinograd",
+      lang,
+      f"xwinograd/xwinograd_{harness_lang}.yaml",
+      {**doc, "answer": "2"},
+      {
+        **doc,
+        "answer": "2",
+      },
+    )
+
+
+@pytest.mark.parametrize("family, lang, config, raw, doc", list(_cases()))
+def test_prompt_strings_equal_the_harness_configs(family, lang, config, raw, doc):
+  templates.reset_templates()
+  ours = benchmark.render_example(benchmark.task_name(family, lang, 0), raw)
+  assert ours.pairs() == _harness_pairs(_harness_config(config), doc)
+
+
+@pytest.mark.parametrize("lang", benchmark.FAMILIES["tydiqa"].languages)
+def test_tydiqa_prompt_equals_the_harness_config(lang):
+  templates.reset_templates()
+  raw = {"id": "x", "context": "Some context.", "question": "Why?", "answers": {"text": ["A"]}}
+  ours = benchmark.render_example(benchmark.task_name("tydiqa", lang, 0), raw)
+  cfg = _harness_config(f"tydiqa/tydiqa_goldp_{lang}.yaml")
+  doc = {"context": "Some context.", "question": "Why?", "answers": ["A"]}
+  assert ours.prompt == _field(cfg, "doc_to_text", doc)
+  demo = ours.prompt + templates.fill(templates.get_template("tydiqa").target, {"answer": "A"})
+  assert demo == ours.prompt + cfg["target_delimiter"] + _field(cfg, "doc_to_target", doc)
