@@ -150,7 +150,10 @@ def test_bf16_compute_and_fp32_residual(params):
     cfg = CFG.replace(dtype="bfloat16", residual_fp32=residual_fp32)
     out = _apply(params, tokens, cfg=cfg)
     assert out.dtype == jnp.float32
-    assert float(jnp.abs(out - ref).max()) < 0.1 * float(jnp.abs(ref).max()) + 0.05
+    # measured max error 5.8e-4 (fp32 residual) / 8.4e-4 (bf16 residual); about 4x of it.
+    # Negative control below: logits x 0.75 are off by 0.071.
+    assert float(jnp.abs(out - ref).max()) < 3.5e-3
+  assert float(jnp.abs(0.75 * ref - ref).max()) > 3.5e-3
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
