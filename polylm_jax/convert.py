@@ -145,8 +145,8 @@ def export_checkpoint_to_hf(
       "export", source, hf_dir, count_params(config), dtype, seconds, peak_rss_bytes()
     )
   tokenizer = tokenizer or checkpoints.tokenizer_beside(source)
-  root, step = checkpoints.resolve_checkpoint(source, step)
   logs.check_output_dir(hf_dir, "--to_hf")
+  root, step = checkpoints.resolve_checkpoint(source, step)
   if tokenizer is None:
     print(
       f"warning: no {hf.TOKENIZER_FILE} beside {source}: the export has no tokenizer "

@@ -141,5 +141,8 @@ def test_cli_reads_stdin(model, vocab, tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   reply = decoding.generate_text(config, params, vocab, ["Once upon a time"], 4)[0]
-  assert proc.stdout.startswith("PolyLM chat (plain format, greedy decoding)")
+  assert proc.stdout.startswith(
+    f"loading {tmp_path} ...\nPolyLM chat (plain format, greedy decoding)"
+  )
+  assert proc.stderr == ""  # no library logs (polylm_jax.logs)
   assert f"> {reply}\n> " in proc.stdout
