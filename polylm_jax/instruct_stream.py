@@ -24,14 +24,16 @@ drawn but not yet placed: JSON, O(number of tasks).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Optional
 
 import numpy as np
 import seqio
+import tensorflow as tf
 
-from polylm_jax import mixing
+from polylm_jax import mixing, readers
 from polylm_jax import stream as stream_lib
 from polylm_jax.stream import per_host_batch_size  # noqa: F401  (the trainer's data API)
 
@@ -71,6 +73,10 @@ def task_lang_index(name: str) -> int:
   return mixing.language_index(lang) if lang in mixing.LANGUAGES else -1
 
 
+class EmptySplitError(ValueError):
+  """A task's split (for this host) holds no example."""
+
+
 class ExampleReader:
   """One task's (prompt, response) pairs for one host, in memory; `get(epoch, i)` is the i-th
   example of that epoch's permutation (identity with shuffle=False)."""
@@ -105,16 +111,20 @@ class ExampleReader:
       try_in_mem_cache=False,
     )
     chunks, offsets, prompt_lens = [], [0], []
-    for ex in ds.as_numpy_iterator():
-      prompt = np.asarray(ex["inputs"], np.int32)
-      response = np.asarray(ex["targets"], np.int32)
-      if not len(response):
-        continue
-      chunks += [prompt, response]
-      offsets.append(offsets[-1] + len(prompt) + len(response))
-      prompt_lens.append(len(prompt))
+    try:
+      for ex in ds.as_numpy_iterator():
+        prompt = np.asarray(ex["inputs"], np.int32)
+        response = np.asarray(ex["targets"], np.int32)
+        if not len(response):
+          continue
+        chunks += [prompt, response]
+        offsets.append(offsets[-1] + len(prompt) + len(response))
+        prompt_lens.append(len(prompt))
+    except tf.errors.OpError as e:
+      if "yielded no examples" not in str(e):
+        raise readers.data_error(e, f"task {self.name!r} split {self.split!r}") from None
     if not prompt_lens:
-      raise ValueError(
+      raise EmptySplitError(
         f"task {self.name!r} split {self.split!r} yielded no examples for host "
         f"shard {self.shard_index} of {self.num_shards}"
       )
@@ -418,12 +428,27 @@ def data_module(mixture_or_task_name: str):
   return sys.modules[__name__] if is_instruction_data(mixture_or_task_name) else stream_lib
 
 
+def has_examples(name: str, split: str) -> bool:
+  """Whether a task's split holds an example: counted by the source when it can (instruction
+  sources count records in Python), else by reading the split."""
+  task = _get_task(name, split)
+  count = getattr(task.source, "num_records", None)
+  if callable(count):
+    return count(split) > 0
+  try:
+    return len(ExampleReader(name, split, shuffle=False)) > 0
+  except EmptySplitError:
+    return False
+
+
 def eval_tasks(name: str, split: str = "validation") -> dict[str, tuple[str, ...]]:
   """Held-out instruction tasks per language code (like stream.eval_tasks)."""
   tasks, _ = resolve(name)
   out: dict[str, list[str]] = {}
   for t in tasks:
-    _get_task(t, split)
+    if not has_examples(t, split):
+      logging.warning("no eval on %s: its %r split is empty (too few records)", t, split)
+      continue
     lang = task_lang_index(t)
     out.setdefault(mixing.LANGUAGES[lang] if lang >= 0 else t, []).append(t)
   return {k: tuple(v) for k, v in out.items()}

@@ -43,6 +43,29 @@ def get_task(name: str, split: str) -> seqio.Task:
   return task
 
 
+class DataError(ValueError):
+  """Bad input found while reading a task; the message names the task and split, and the file
+  and line when the source knows them."""
+
+
+# A data problem inside a tf.data pipeline surfaces as a TensorFlow error of 20-70 lines: a
+# Python reader's exception (tasks/sources.py MalformedLine) or a failed tf.debugging.Assert.
+_DATA_MESSAGES = (
+  re.compile(r"MalformedLine: ([^\n]+)"),
+  re.compile(r"assertion failed: \[(.*)\]"),
+)
+
+
+def data_error(error: Exception, where: str) -> Exception:
+  """A one-line DataError (`where`: the message) for a TensorFlow error carrying a data
+  problem; `error` itself otherwise."""
+  for pattern in _DATA_MESSAGES:
+    match = pattern.search(str(error))
+    if match:
+      return DataError(f"{where}: {match.group(1)}")
+  return error
+
+
 @tf.autograph.experimental.do_not_convert
 def _targets(ex):
   return ex[FEATURE]
@@ -329,7 +352,7 @@ class SourceReader:
       if isinstance(e, tf.errors.InvalidArgumentError) and (
         "yielded no examples" not in str(e) or self._docs_since_open or self._opened_at
       ):
-        raise
+        raise data_error(e, f"task {self.name!r} split {self.split!r}") from None
       rec = self._recording
       if rec is not None:
         vals = np.concatenate([v for v, _ in rec]) if rec else np.empty(0, np.int32)

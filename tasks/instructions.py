@@ -15,7 +15,8 @@ Built-in: `polylm_multialpaca_{lang}` for the 11 MultiAlpaca languages and the m
 concatenation of the released data). Files: `{data_dir}/{lang}.jsonl`, where data_dir is
 `set_data_dir(...)`, else $POLYLM_JAX_MULTIALPACA_DIR; resolved when a task is first read,
 so importing registers without touching files. Every `HOLDOUT_EVERY`-th record of a file is
-the "validation" split, the rest "train" (MultiAlpaca has no validation split).
+the "validation" split, the rest "train" (MultiAlpaca has no validation split); a file with
+fewer records (but at least 2) holds out its last, so tiny data still has an eval.
 
 Other data (e.g. self-instruct output):
     register_instruction_task("sw", "/data/si/sw*.jsonl", source_name="selfinstruct")
@@ -138,7 +139,7 @@ def parse_record(line: str, where: str) -> dict[str, str]:
       raise sources.MalformedLine(
         f"{where}: field {key!r} must be a string{' or null' if nullable else ''}, is {got}"
       )
-    out[key] = value
+    out[key] = sources.check_text(value, where, key)
   return out
 
 
@@ -155,7 +156,7 @@ class InstructionSource(seqio.DataSource):
   on first use). on_error "fail" raises on a malformed line naming file and line; "skip"
   drops it and counts it in `skipped` ({file: count}). Records with a blank instruction or
   output are dropped either way and counted in `blank`. Every `holdout_every`-th record of a
-  file (counting well-formed records) is "validation", the rest "train".
+  file (counting well-formed records; see `held_out`) is "validation", the rest "train".
   """
 
   FIELDS = ("instruction", "input", "output")
@@ -204,20 +205,16 @@ class InstructionSource(seqio.DataSource):
     patterns = self._patterns() if callable(self._patterns) else self._patterns
     return sources.resolve_files(patterns, self._where(split))
 
-  def records(self, path: str, split: str = "train") -> Iterable[dict[str, str]]:
-    """The split's records of one file, in file order (Python; also used for counting)."""
-    index = 0
+  def _file_records(self, path: str) -> list[dict[str, str]]:
+    """The well-formed, non-blank records of one file, in file order."""
+    kept = []
     with tf.io.gfile.GFile(path, "rb") as f:
       for lineno, raw in enumerate(f, start=1):
         if not raw.strip():
           continue
         where = f"{path} line {lineno}"
         try:
-          try:
-            line = raw.decode("utf-8")
-          except UnicodeDecodeError as e:
-            raise sources.MalformedLine(f"{where}: not valid UTF-8 ({e})") from None
-          record = parse_record(line, where)
+          record = parse_record(sources.decode_line(raw, where, first=lineno == 1), where)
         except sources.MalformedLine as e:
           if self._on_error == "fail":
             raise
@@ -234,11 +231,24 @@ class InstructionSource(seqio.DataSource):
               lineno,
             )
           continue
-        index += 1
-        if self._holdout_every is None or split not in ("train", "validation"):
-          yield record
-        elif (index % self._holdout_every == 0) == (split == "validation"):
-          yield record
+        kept.append(record)
+    return kept
+
+  def held_out(self, index: int, count: int) -> bool:
+    """Whether record `index` (1-based) of a file of `count` records is "validation": every
+    holdout_every-th record; a file with 2 to holdout_every - 1 records holds out its last,
+    so small data still has an eval split."""
+    k = self._holdout_every
+    return k is not None and (index % k == 0 or (2 <= count < k and index == count))
+
+  def records(self, path: str, split: str = "train") -> Iterable[dict[str, str]]:
+    """The split's records of one file, in file order (Python; also used for counting)."""
+    kept = self._file_records(path)
+    for index, record in enumerate(kept, start=1):
+      if self._holdout_every is None or split not in ("train", "validation"):
+        yield record
+      elif self.held_out(index, len(kept)) == (split == "validation"):
+        yield record
 
   def num_records(self, split: str = "train") -> int:
     return sum(1 for f in self.list_shards(split) for _ in self.records(f, split))

@@ -15,6 +15,7 @@ every file (counted after blank lines are dropped) goes to "validation", the res
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +26,7 @@ import tensorflow as tf
 
 FORMATS = ("text", "jsonl", "tsv", "tfrecord")
 ON_ERROR = ("fail", "skip")
+INVALID_UTF8 = ": not valid UTF-8"
 _MAX_LOGGED_SKIPS = 10
 
 
@@ -53,6 +55,30 @@ class MalformedLine(ValueError):
   pass
 
 
+def decode_line(raw: bytes, where: str, first: bool = False) -> str:
+  """One line of a file as text. Invalid UTF-8 is a MalformedLine naming `where` (file and
+  line); a UTF-8 byte order mark opening the file (`first`) is dropped."""
+  try:
+    return raw.decode("utf-8-sig" if first else "utf-8")
+  except UnicodeDecodeError as e:
+    raise MalformedLine(
+      f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}: {e.reason})"
+    ) from None
+
+
+def check_text(value: str, where: str, field: str | int) -> str:
+  """`value`, if it can be written as UTF-8: a lone surrogate (a JSON escape such as
+  "\\ud800" without its pair) is a MalformedLine naming `where` and the field."""
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise MalformedLine(
+      f"{where}: field {field!r} holds a lone surrogate {value[e.start]!r} at character "
+      f"{e.start + 1}: not encodable as UTF-8"
+    ) from None
+  return value
+
+
 def _split_filter(ds: tf.data.Dataset, split: str, holdout_every: int | None) -> tf.data.Dataset:
   """Keep the examples of `split` from an enumerated dataset of (index, example)."""
 
@@ -69,6 +95,20 @@ def _split_filter(ds: tf.data.Dataset, split: str, holdout_every: int | None) ->
     return held if validation else tf.logical_not(held)
 
   return ds.filter(keep).map(drop_index)
+
+
+_BOM = "\ufeff".encode()
+
+
+def _text_line(path: tf.Tensor, lineno: tf.Tensor, line: tf.Tensor) -> tf.Tensor:
+  """A text file's line, checked in the graph: a BOM opening the file is dropped; a line that
+  is not UTF-8 fails with "<file> line <n>: not valid UTF-8" (readers.py shows it alone)."""
+  bom = tf.logical_and(tf.equal(lineno, 1), tf.equal(tf.strings.substr(line, 0, 3), _BOM))
+  line = tf.strings.substr(line, tf.where(bom, 3, 0), -1)
+  clean = tf.strings.unicode_transcode(line, "UTF-8", "UTF-8", errors="replace")
+  message = tf.strings.join([path, " line ", tf.strings.as_string(lineno), INVALID_UTF8])
+  with tf.control_dependencies([tf.debugging.Assert(tf.equal(clean, line), [message])]):
+    return tf.identity(line)
 
 
 class LocalFileSource(seqio.DataSource):
@@ -140,9 +180,9 @@ class LocalFileSource(seqio.DataSource):
   # -- readers: each maps one file name to a dataset of (index, record) --------------------
 
   def _read_text(self, path):
-    ds = tf.data.TextLineDataset(path)
-    ds = ds.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
     key = self._fields[0]
+    ds = tf.data.TextLineDataset(path).enumerate(start=1).map(functools.partial(_text_line, path))
+    ds = ds.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
     return ds.enumerate().map(lambda i, line: (i, {key: line}))
 
   def _python_records(self, path: bytes):
@@ -168,10 +208,7 @@ class LocalFileSource(seqio.DataSource):
 
   def _parse_line(self, raw: bytes, path: str, lineno: int) -> dict[str, bytes]:
     where = f"{path} line {lineno}"
-    try:
-      line = raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as e:
-      raise MalformedLine(f"{where}: not valid UTF-8 ({e})") from None
+    line = decode_line(raw, where, first=lineno == 1).rstrip("\r\n")
     if self._fmt == "jsonl":
       try:
         obj = json.loads(line)
@@ -185,7 +222,7 @@ class LocalFileSource(seqio.DataSource):
         if not isinstance(value, str):
           got = "missing" if value is None else f"a {type(value).__name__}"
           raise MalformedLine(f"{where}: field {key!r} must be a string, is {got}")
-        out[feature] = value.encode("utf-8")
+        out[feature] = check_text(value, where, key).encode("utf-8")
       return out
     columns = line.split("\t")
     need = max(int(c) for c in self._fields) + 1

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from polylm_jax import instruct_stream, mixing
+from polylm_jax import instruct_stream, mixing, readers
 from polylm_jax import vocab as vocab_lib
 from tasks import instructions
 
@@ -160,3 +160,30 @@ def test_bad_names_and_args(tasks):
     instruct_stream.build_instruction_stream("polylm_es_sample", T, B)
   with pytest.raises(ValueError, match="seq_len must be a positive int"):
     instruct_stream.build_instruction_stream(tasks[0], 0, B)
+
+
+def test_tiny_data_evaluates_and_a_task_without_validation_is_skipped(tmp_path, caplog):
+  ten = instructions.register_instruction_task(
+    "ko", _write(tmp_path / "ko.jsonl", 10, "질문"), source_name="tiny"
+  )
+  one = instructions.register_instruction_task(
+    "th", _write(tmp_path / "th.jsonl", 1, "คำถาม"), source_name="tiny"
+  )
+  mix = instructions.register_instruction_mixture("tiny_mix", [ten, one])
+  with caplog.at_level("WARNING"):
+    assert instruct_stream.eval_tasks(mix) == {"ko": (ten,)}
+  assert f"no eval on {one}: its 'validation' split is empty" in caplog.text
+  (batch,) = instruct_stream.eval_batches([ten], T, 2)
+  assert batch["segment_ids"].max() == 1  # the one held-out record
+  assert instruct_stream.build_instruction_stream(mix, T, B).next()["loss_weights"].sum() > 0
+
+
+def test_bad_utf8_in_instruction_data_is_one_line(tmp_path):
+  path = tmp_path / "vi.jsonl"
+  path.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff", "output": "b"}\n')
+  name = instructions.register_instruction_task("vi", str(path), source_name="badutf8")
+  with pytest.raises(readers.DataError) as e:
+    len(instruct_stream.ExampleReader(name))
+  assert str(e.value) == f"task {name!r} split 'train': {path} line 2: not valid UTF-8 " + (
+    "(byte 0xff at column 18: invalid start byte)"
+  )

@@ -203,3 +203,40 @@ def test_tf_formatting_matches_python_on_edge_cases():
       e["inputs"].decode() for e in instructions.format_instructions(ds, style).as_numpy_iterator()
     ]
     assert got == [prompts.format_prompt(i, x, style) for i, x in cases]
+
+
+def test_small_files_hold_out_their_last_record(tmp_path):
+  def split_sizes(n):
+    records = [{"instruction": f"q{i}", "input": None, "output": f"a{i}"} for i in range(n)]
+    path = write_jsonl(tmp_path / f"id{n}.jsonl", records)
+    name = instructions.register_instruction_task("id", path, source_name=f"small{n}")
+    source = seqio.get_mixture_or_task(name).source
+    val = [r["output"] for r in source.records(path, "validation")]
+    return source.num_records("train"), val
+
+  assert split_sizes(10) == (9, ["a9"])  # fewer than HOLDOUT_EVERY: the last is held out
+  assert split_sizes(2) == (1, ["a1"])
+  assert split_sizes(1) == (1, [])  # nothing to spare
+  assert split_sizes(150) == (149, ["a99"])  # the usual every-100th rule
+
+
+def test_text_edge_cases_bom_utf8_surrogates(tmp_path):
+  good = tmp_path / "bom.jsonl"
+  good.write_bytes(("\ufeff" + json.dumps(RECORDS[0], ensure_ascii=False) + "\n").encode())
+  name = instructions.register_instruction_task(
+    "es", str(good), source_name="bom", holdout_every=None
+  )
+  assert [e["targets_pretokenized"].decode() for e in task_examples(name)] == ["Lima."]
+  bad = tmp_path / "bad.jsonl"
+  bad.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff", "output": "b"}\n')
+  surrogate = tmp_path / "surrogate.jsonl"
+  surrogate.write_text('{"instruction": "a \\ud83d", "output": "b"}\n', encoding="utf-8")
+  for path, want in [
+    (bad, f"{bad} line 2: not valid UTF-8"),
+    (surrogate, f"{surrogate} line 1: field 'instruction' holds a lone surrogate '\\\\ud83d'"),
+  ]:
+    name = instructions.register_instruction_task(
+      "es", str(path), source_name="badtext", holdout_every=None
+    )
+    with pytest.raises(instructions.sources.MalformedLine, match=want):
+      list(seqio.get_mixture_or_task(name).source.records(str(path)))

@@ -132,3 +132,21 @@ def test_tfds_task_streams_offline_with_mock_data(monkeypatch):
     s = stream.PackedStream([plan], seq_len=16, batch_size=2, split="validation")
     flat = np.concatenate([s.next()["targets"].reshape(-1) for _ in range(3)])
     assert (flat == EOS).sum() >= 2
+
+
+def test_bad_text_is_one_line_naming_task_file_and_line(tmp_path):
+  from tasks import registry
+
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(b"gut\nschlecht \xff\n")
+  surrogate = tmp_path / "surrogate.jsonl"
+  surrogate.write_text('{"text": "a \\ud800 b"}\n', encoding="utf-8")
+  for path, fmt, want in [
+    (bad, "text", f"{bad} line 2: not valid UTF-8"),
+    (surrogate, "jsonl", f"{surrogate} line 1: field 'text' holds a lone surrogate"),
+  ]:
+    name = registry.register_text_task("de", f"readertest_{fmt}", str(path), fmt=fmt)
+    with pytest.raises(readers.DataError) as e:
+      _read_all(readers.SourceReader(name, repeat=False))
+    assert str(e.value).startswith(f"task {name!r} split 'train': {want}")
+    assert "\n" not in str(e.value)

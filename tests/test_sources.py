@@ -181,3 +181,38 @@ def test_assert_nonempty_passes_data_and_names_the_task():
     tf.errors.InvalidArgumentError, match="Task polylm_xx_news yielded no examples"
   ):
     list(sources.assert_nonempty(empty, "polylm_xx_news").as_numpy_iterator())
+
+
+def test_bom_is_dropped_and_bad_text_names_file_and_line(tmp_path):
+  bom = "\ufeff"
+  text = tmp_path / "bom.txt"
+  text.write_bytes(f"{bom}erste Zeile\nzweite\n".encode())
+  jsonl = tmp_path / "bom.jsonl"
+  jsonl.write_bytes(f'{bom}{{"text": "eins"}}\n{{"text": "zwei"}}\n'.encode())
+  tsv = tmp_path / "bom.tsv"
+  tsv.write_bytes(f"{bom}a\tb\n".encode())
+  read = lambda path, fmt, fields=None: _texts(  # noqa: E731
+    sources.LocalFileSource({"train": str(path)}, fmt=fmt, fields=fields).get_dataset(
+      "train", shuffle=False
+    )
+  )
+  assert read(text, "text") == ["erste Zeile", "zweite"]
+  assert read(jsonl, "jsonl", {"text": "text"}) == ["eins", "zwei"]
+  assert read(tsv, "tsv", {0: "text"}) == ["a"]
+
+  bad_text = tmp_path / "bad.txt"
+  bad_text.write_bytes(b"gut\n\nschlecht \xff\n")
+  bad_jsonl = tmp_path / "bad.jsonl"
+  bad_jsonl.write_bytes(b'{"text": "ok"}\n{"text": "\xc3("}\n')
+  surrogate = tmp_path / "surrogate.jsonl"
+  surrogate.write_text('{"text": "ok"}\n{"text": "a \\ud800 b"}\n', encoding="utf-8")
+  for path, fmt, fields, want in [
+    (bad_text, "text", None, f"{bad_text} line 3: not valid UTF-8"),
+    (bad_jsonl, "jsonl", {"text": "text"}, f"{bad_jsonl} line 2: not valid UTF-8"),
+    (surrogate, "jsonl", {"text": "text"}, f"{surrogate} line 2: field 'text' holds a lone"),
+  ]:
+    with pytest.raises(tf.errors.OpError) as e:
+      read(path, fmt, fields)
+    assert want in str(e.value)
+  with pytest.raises(sources.MalformedLine, match=r"f line 1: field 'x' holds a lone surrogate"):
+    sources.check_text("\udc80", "f line 1", "x")
