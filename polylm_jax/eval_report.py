@@ -3,8 +3,10 @@
     EVAL_OUTPUT_DIR/
       predictions/<task>.jsonl   one line per example: prompt, choices/prediction, scores, ...
       results.csv                one row per task and metric
-      results.md                 per benchmark family: a row per language, a column per metric
-      results.json               the same as results.csv, plus timings and notes
+      results.md                 per benchmark family: a row per language, a column per metric,
+                                 and the conventions (prompt set, shots, scoring, metric)
+      results.json               the same as results.csv, plus timings, notes and each task's
+                                 conventions, so that two reports can be compared
       results.png                the primary metric (accuracy, F1, ROUGE-L, BLEU) per language,
                                  one panel per family and shot count
 
@@ -61,9 +63,26 @@ def _groups(results: EvalResults) -> dict[tuple[str, int], list[TaskResult]]:
   return groups
 
 
+def _conventions_line(tasks: list[TaskResult]) -> str:
+  """The conventions the tasks share; a value that differs by language is pointed at."""
+  keys = list(dict.fromkeys(k for t in tasks for k in t.conventions))
+  parts = []
+  for key in keys:
+    values = {str(t.conventions.get(key)) for t in tasks}
+    value = values.pop() if len(values) == 1 else "per language in results.json"
+    parts.append(f"{key.replace('_', ' ')}: {value}")
+  return "Conventions: " + "; ".join(parts) if parts else ""
+
+
 def results_markdown(results: EvalResults) -> str:
   """A table per (family, shots): a row per language, the primary metric first."""
   lines = ["# Evaluation results", ""]
+  prompt_sets = sorted({str(t.conventions.get("prompt_set", "unknown")) for t in results.tasks})
+  lines += [
+    f"Prompt set: {', '.join(prompt_sets)}. Shots in each table's heading; each table's "
+    "conventions below it (results.json has them per task).",
+    "",
+  ]
   for (family, shots), tasks in _groups(results).items():
     metrics = [tasks[0].primary_metric] + [
       m for m in tasks[0].metrics if m != tasks[0].primary_metric
@@ -93,6 +112,8 @@ def results_markdown(results: EvalResults) -> str:
       notes.pop("bleu_tokenizer", None)
     if notes:
       lines += ["", "Settings: " + ", ".join(f"{k} {v}" for k, v in sorted(notes.items()))]
+    if any(t.conventions for t in tasks):
+      lines += ["", _conventions_line(tasks)]
     lines.append("")
   return "\n".join(lines)
 
@@ -112,6 +133,8 @@ def results_json(results: EvalResults) -> str:
           "truncated": t.num_truncated,
           "seconds": round(t.seconds, 3),
           "notes": t.notes,
+          "prompt_set": t.conventions.get("prompt_set"),
+          "conventions": t.conventions,
         }
         for t in results.tasks
       ],

@@ -401,7 +401,7 @@ def conventions(
     out["scoring"] = f"{'summed' if spec.score == 'sum' else 'per-token mean'} log-likelihood"
   else:
     out["decoding"] = dict(decode_settings) if decode_settings else "greedy"
-    out["stop"] = spec.stop
+    out["output"] = f"cut at the first {spec.stop!r}" if spec.stop else "whole"
   out["metric"] = METRIC_CONVENTIONS[spec.metric]
   return out
 

@@ -1,10 +1,12 @@
 """Metrics against values computed by hand, and the evaluation loop against direct decoding."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
-from polylm_jax import decoding, eval_metrics, evaluation
+from polylm_jax import decoding, eval_metrics, eval_report, evaluation
 from polylm_jax import vocab as vocab_lib
 from polylm_jax.config import get_config
 from polylm_jax.model import init_params
@@ -281,3 +283,33 @@ def test_bad_arguments(model, demo_data):
     evaluation.evaluate(
       config, params, vocab, "polylm_eval_mtg_title_de_0shot", max_new_tokens={"mtg": 3}
     )
+
+
+def test_report_states_prompt_set_shots_and_conventions(model, demo_data, tmp_path):
+  config, params, vocab = model
+  names = [
+    "polylm_eval_xcopa_it_1shot",
+    "polylm_eval_xcopa_zh_1shot",
+    "polylm_eval_flores_en_de_0shot",
+  ]
+  res = evaluation.evaluate(config, params, vocab, names, max_examples=2, max_new_tokens=3)
+  eval_report.write_report(res, tmp_path, plot=False)
+  md = (tmp_path / "results.md").read_text()
+  assert "Prompt set: lm_eval. Shots in each table's heading" in md
+  assert "## xcopa, 1-shot" in md and "## flores, 0-shot" in md
+  assert (
+    "Conventions: prompt set: lm_eval; prompts of: per language in results.json; scored text: "
+    "each choice after the prompt; eval split: test; demonstrations: 1 drawn from 'validation' "
+    "(seed 0), joined with '\\n\\n'; start token: </s>; scoring: summed log-likelihood; "
+    "metric: accuracy (%) of the best-scoring choice"
+  ) in md
+  assert (
+    "Conventions: prompt set: lm_eval; eval split: devtest; start token: </s>; decoding: greedy; "
+    "output: cut at the first '\\n'; metric: corpus sacreBLEU BLEU"
+  ) in md
+  (xcopa_it, _, flores) = json.loads((tmp_path / "results.json").read_text())
+  assert xcopa_it["prompt_set"] == "lm_eval" and xcopa_it["shots"] == 1
+  assert xcopa_it["conventions"]["prompts_of"] == "lm-evaluation-harness 0.4.13 task xcopa_it"
+  assert flores["conventions"]["decoding"] == "greedy"
+  assert flores["conventions"]["metric"].startswith("corpus sacreBLEU BLEU")
+  assert "prompts_of" not in flores["conventions"]  # the harness has no FLORES task
