@@ -484,3 +484,58 @@ def test_harness_fields_of_the_normalisers():
   wino = {"sentence": "The cup fell because _ was  full .", "option1": "it", "option2": "X"}
   fields = benchmark_data.normalize_xwinograd({**wino, "answer": "1"}, "w", "t", "en").fields
   assert (fields["before_blank"], fields["after_blank"]) == ("The cup fell because ", "was  full .")
+
+
+@pytest.mark.slow
+def test_eval_binary_on_the_xcopa_release_layout(tmp_path):
+  """`python -m polylm_jax.eval` reads the XCOPA release's data/ folder unchanged, with the
+  harness's connectives by default (zh: 因为 / 所以)."""
+  import subprocess
+  import sys
+
+  import shutil
+
+  from polylm_jax import hf
+
+  data = tmp_path / "xcopa-master" / "data"
+  langs = benchmark.FAMILIES["xcopa"].languages
+  for lang in langs:
+    rows = [_copa(lang, i, i % 2, ("cause", "effect")[i % 2]) for i in range(2)]
+    if lang == "zh":
+      rows[0].update(premise="该物品用气泡包装纸包着。", choice1="它很易碎。", choice2="它很小。")
+    _write_jsonl(str(data / lang / f"test.{lang}.jsonl"), rows)
+    _write_jsonl(str(data / lang / f"val.{lang}.jsonl"), rows)
+  vocab = vocab_lib.get_vocabulary()
+  config = get_config("polylm_tiny", vocab_size=vocab.vocab_size, max_len=64)
+  hf.export_hf(config, jax.device_get(init_params(config, jax.random.key(0))), tmp_path / "hf")
+  shutil.copy(vocab_lib.default_vocabulary_path(), tmp_path / "hf" / "tokenizer.model")
+  out = tmp_path / "out"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "polylm_jax.eval",
+      "--gin_file=gin/runs/eval.gin",
+      f'--gin.CHECKPOINT_PATH="{tmp_path / "hf"}"',
+      f'--gin.EVAL_OUTPUT_DIR="{out}"',
+      '--gin.MIXTURE_OR_TASK_NAME="polylm_eval_xcopa_0shot"',
+      f"--gin.evaluate.paths={{'xcopa': '{data}'}}",
+    ],
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+    timeout=600,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  (first, second) = [
+    json.loads(line) for line in open(out / "predictions" / "polylm_eval_xcopa_zh_0shot.jsonl")
+  ]
+  assert first["prompt"] == "该物品用气泡包装纸包着 因为"
+  assert first["choices"] == [" 它很易碎。", " 它很小。"]
+  assert second["prompt"] == "zh premise 1 所以"
+  summary = json.loads((out / "results.json").read_text())
+  assert [s["lang"] for s in summary] == list(langs)
+  assert all(s["examples"] == 2 and s["prompt_set"] == "lm_eval" for s in summary)
+  assert "Prompt set: lm_eval." in (out / "results.md").read_text()
