@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -189,6 +189,16 @@ def resume(
   return Start(init(init_rng), train_rng, None, f"random init (seed {random_seed})")
 
 
+class Action(NamedTuple):
+  """The guard's answer: go on from `state` at `step`; rolled_back with the checkpoint's RNG
+  (None: keep the current one)."""
+
+  state: step_lib.TrainState
+  step: int
+  rolled_back: bool
+  rng: jax.Array | None
+
+
 class NonFiniteGuard:
   """Acts on a streak of skipped steps: roll back to the last checkpoint, stop, or go on."""
 
@@ -199,15 +209,13 @@ class NonFiniteGuard:
     """`step` when the skip streak calls for action, else 0."""
     return step if counters.consecutive_skips >= self.policy.max_consecutive_skips else 0
 
-  def act(
-    self, counters: Counters, state: step_lib.TrainState, last_bad: int
-  ) -> tuple[step_lib.TrainState, int, jax.Array | None]:
-    """(state, step to continue from, restored RNG or None) after a streak ending at last_bad."""
+  def act(self, counters: Counters, state: step_lib.TrainState, step: int, last_bad: int) -> Action:
+    """What to go on with after a streak ending at `last_bad`, seen at `step`."""
     n = counters.consecutive_skips
     what = f"{n} consecutive non-finite steps (steps {last_bad - n + 1}-{last_bad})"
     if self.policy.action == "continue":
       self.log(f"WARNING: {what}; nonfinite_policy='continue': going on")
-      return state, last_bad, None
+      return Action(state, step, False, None)
     if self.policy.action == "stop":
       raise NonFiniteError(f"{what}; nonfinite_policy='stop'")
     manager = self.checkpointer.manager
@@ -227,7 +235,7 @@ class NonFiniteGuard:
       f"{target} from {manager.directory}/{target}; the data stream goes on (batches since "
       "are skipped)"
     )
-    return r.state, target, r.rng
+    return Action(r.state, target, True, r.rng)
 
 
 def nan_weights(batch: dict[str, np.ndarray], index: int, debug_batches: Sequence[int]) -> None:

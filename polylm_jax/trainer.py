@@ -188,8 +188,9 @@ class _Run:
       return "preemption"
     return None
 
-  def rolled_back(self, from_step: int, to_step: int) -> None:
+  def rolled_back(self, from_step: int, to_step: int, rng: jax.Array | None) -> None:
     """The steps after `to_step` will run again: their records go, the rollback's stays."""
+    self.rng = rng if rng is not None else self.rng
     self.reporter.restart(to_step)
     self.out.truncate_after(to_step)
     rollbacks = self.counters.rollbacks
@@ -216,12 +217,10 @@ def _loop(run: _Run, state: step_lib.TrainState, step: int, max_skips: int):
     reported = run.reporter.push(step, dev_metrics, info, run.counters, flush=final or due)
     last_bad = _streak_end(reported, max_skips)
     if last_bad:
-      state, step, rng = run.guard.act(run.counters, state, last_bad)
-      run.rng = rng if rng is not None else run.rng
-      if step != last_bad:
-        run.rolled_back(last_bad, step)
-      else:
-        run.reporter.restart(step)
+      action = run.guard.act(run.counters, state, step, last_bad)
+      if action.rolled_back:
+        run.rolled_back(step, action.step, action.rng)
+      state, step = action.state, action.step
       continue
     stop = run.stop_requested(step)
     force = bool(stop) or (final and run.save_at_end)

@@ -559,3 +559,34 @@ def test_a_finished_run_only_reports_without_loading_tensorflow(
   assert "seqio" not in imported and "tensorflow" not in imported
   assert "train_fixtures" not in imported
   assert (model_dir / "metrics.jsonl").read_text() == before  # nothing written
+
+
+def test_nonfinite_streaks_leave_each_step_once_in_the_metrics(jax_cache, tmp_path):
+  """'continue' goes on from the step it is at (no step runs twice); a rollback drops the
+  records of the steps it runs again and keeps one 'rollback' record."""
+  res = _run(
+    tmp_path,
+    "go",
+    steps=5,
+    devices=jax.devices()[:1],
+    debug_nonfinite_batches=[1, 2],
+    max_consecutive_skips=2,
+    nonfinite_policy="continue",
+  )
+  assert sorted(res.losses) == [1, 2, 3, 4, 5]
+  _no_step_twice(tmp_path / "go")
+  res = _run(
+    tmp_path,
+    "back",
+    steps=8,
+    devices=jax.devices()[:1],
+    checkpoint_period=2,
+    debug_nonfinite_batches=[3, 4, 5],
+    max_consecutive_skips=3,
+    nonfinite_policy="rollback",
+  )
+  assert res.rollbacks == 1 and res.step == 8
+  _no_step_twice(tmp_path / "back")
+  rollback = metrics.read_jsonl(str(tmp_path / "back"), "rollback")
+  assert {s: r["rolled_back_from"] for s, r in rollback.items()} == {6: 7}
+  assert sorted(metrics.read_jsonl(str(tmp_path / "back"))) == list(range(1, 9))

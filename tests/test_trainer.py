@@ -115,15 +115,15 @@ def test_nonfinite_guard_continue_stop_and_nothing_to_roll_back_to():
   c = Counters("v", LANGS)
   c.consecutive_skips = 3
   guard, logs = _guard("continue")
-  assert guard.act(c, "state", 9) == ("state", 9, None)
+  assert guard.act(c, "state", 10, 9) == ("state", 10, False, None)  # go on at step 10
   assert "3 consecutive non-finite steps (steps 7-9)" in logs[0]
   with pytest.raises(NonFiniteError, match="nonfinite_policy='stop'"):
-    _guard("stop")[0].act(c, "state", 9)
+    _guard("stop")[0].act(c, "state", 10, 9)
   with pytest.raises(NonFiniteError, match="no checkpoint to roll back to in /run/checkpoints"):
-    _guard("rollback")[0].act(c, "state", 9)
+    _guard("rollback")[0].act(c, "state", 10, 9)
   c.rollbacks = 2
   with pytest.raises(NonFiniteError, match="already rolled back 2 times"):
-    _guard("rollback", latest=4, max_rollbacks=2)[0].act(c, "state", 9)
+    _guard("rollback", latest=4, max_rollbacks=2)[0].act(c, "state", 10, 9)
 
 
 def test_nan_weights_only_for_the_listed_batches():
