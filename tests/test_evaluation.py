@@ -1,6 +1,8 @@
 """Metrics against values computed by hand, and the evaluation loop against direct decoding."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -313,3 +315,60 @@ def test_report_states_prompt_set_shots_and_conventions(model, demo_data, tmp_pa
   assert flores["conventions"]["decoding"] == "greedy"
   assert flores["conventions"]["metric"].startswith("corpus sacreBLEU BLEU")
   assert "prompts_of" not in flores["conventions"]  # the harness has no FLORES task
+
+
+def test_evaluate_takes_task_specs_without_the_task_library(model, monkeypatch):
+  """The loop needs no registry: TaskSpecs with their own loader, here a hand-made example
+  whose gold choice repeats the prompt's pattern and one with partial scoring."""
+  config, params, vocab = model
+  plain = evaluation.Example("a", "en", "x y x y x y x", (" y", " q"), label=0)
+  partial = evaluation.Example("b", "en", "", ("one two", "one three"), 1, continuation=" four")
+  spec = evaluation.TaskSpec(
+    "mine",
+    "fam",
+    "en",
+    0,
+    "rank",
+    "accuracy",
+    lambda n: [plain, partial][:n],
+    conventions={"prompt_set": "mine"},
+  )
+  monkeypatch.setitem(evaluation._resolver, "resolve", None)
+  (task,) = evaluation.evaluate(config, params, vocab, [spec], max_examples=2).tasks
+  assert task.task == "mine" and task.num_examples == 2
+  assert task.conventions["prompt_set"] == "mine" and task.conventions["start_token"] == "</s>"
+  assert task.predictions[1]["continuation"] == " four"
+  contexts, conts = [], []
+  for ex in (plain, partial):
+    for context, scored in ex.pairs():
+      ctx, cont = evaluation.split_encode(vocab, context, scored)
+      contexts.append([config.eos_id] + ctx)
+      conts.append(cont)
+  direct = decoding.score(config, params, contexts, conts).total.reshape(2, 2)
+  np.testing.assert_allclose([p["scores"] for p in task.predictions], direct, atol=1e-4)
+  with pytest.raises(ValueError, match=r"need a task library: import tasks.benchmark"):
+    evaluation.evaluate(config, params, vocab, "polylm_eval_xcopa_it_0shot")
+  with pytest.raises(ValueError, match="kind must be 'rank' or 'generate'"):
+    evaluation.TaskSpec("t", "f", "en", 0, "rank_it", "accuracy", lambda n: [])
+
+
+def test_split_encode_follows_the_harness_whitespace():
+  """Trailing whitespace of the context is scored with the continuation; leading whitespace
+  of the whole text is left to the word-start marker (as HF's Llama tokenizer does)."""
+  vocab = vocab_lib.get_vocabulary()
+  ctx, cont = evaluation.split_encode(vocab, "Answer:\n\n", "Yes")
+  assert ctx == list(vocab.encode("Answer:")) and ctx + cont == list(vocab.encode("Answer:\n\nYes"))
+  assert evaluation.split_encode(vocab, "", " Yes, it is") == ([], list(vocab.encode("Yes, it is")))
+  ctx, cont = evaluation.split_encode(vocab, " Der Hund\n\n", " Die Katze")
+  assert ctx == list(vocab.encode("Der Hund"))
+  assert ctx + cont == list(vocab.encode("Der Hund\n\n Die Katze"))
+
+
+def test_library_modules_import_no_tasks_module():
+  code = (
+    "import sys; import polylm_jax.evaluation, polylm_jax.eval_report, polylm_jax.eval_metrics;"
+    "bad = [m for m in sys.modules if m == 'tasks' or m.startswith('tasks.')];"
+    "assert not bad, bad"
+  )
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
