@@ -125,6 +125,41 @@ def config_from_hf(
   def fail(field: str, why: str) -> HFFormatError:
     return HFFormatError(f"{where}: field {field!r} = {c.get(field)!r}: {why}")
 
+  _check_design(c, fail)
+  _check_sizes(c, fail)
+  d, h, n_inner = c["n_embd"], c["n_head"], c.get("n_inner")
+  eos = c.get("eos_token_id")
+  if eos is not None and eos != PolyLMConfig.eos_id:
+    logging.warning(
+      "%s: eos_token_id %r ignored: PolyLM's eos is </s> = %d (older released "
+      "configs say 255999, which is wrong)",
+      where,
+      eos,
+      PolyLMConfig.eos_id,
+    )
+  arch = dict(
+    vocab_size=c["vocab_size"],
+    num_layers=c["n_layer"],
+    d_model=d,
+    num_heads=h,
+    head_dim=d // h,
+    d_ff=4 * d if n_inner is None else n_inner,
+    max_len=c["n_positions"],
+    layer_norm_eps=float(c.get("layer_norm_epsilon", 1e-5)),
+  )
+  if expected is None:
+    return PolyLMConfig().replace(**arch)
+  for field in ARCH_FIELDS:
+    if arch[field] != getattr(expected, field):
+      raise HFFormatError(
+        f"{where}: {_HF_NAME_OF[field]} gives {field} = {arch[field]!r} but the expected "
+        f"config has {field} = {getattr(expected, field)!r}"
+      )
+  return expected
+
+
+def _check_design(c: Mapping[str, Any], fail: Callable[[str, str], HFFormatError]) -> None:
+  """Refuses every GPT-2-family option PolyLM does not use, naming the field."""
   if c.get("model_type") != "gpt2":
     raise fail("model_type", "PolyLM checkpoints are model_type 'gpt2'")
   for arch in c.get("architectures") or ():
@@ -164,6 +199,9 @@ def config_from_hf(
   if c.get("num_key_value_heads") not in (None, c.get("n_head")):
     raise fail("num_key_value_heads", "PolyLM uses multi-head attention (no grouped KV)")
 
+
+def _check_sizes(c: Mapping[str, Any], fail: Callable[[str, str], HFFormatError]) -> None:
+  """Sizes are positive integers, n_head divides n_embd, epsilon is a positive number."""
   for field in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
     value = c.get(field)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -177,35 +215,6 @@ def config_from_hf(
   eps = c.get("layer_norm_epsilon", 1e-5)
   if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
     raise fail("layer_norm_epsilon", "must be a positive number")
-  eos = c.get("eos_token_id")
-  if eos is not None and eos != PolyLMConfig.eos_id:
-    logging.warning(
-      "%s: eos_token_id %r ignored: PolyLM's eos is </s> = %d (older released "
-      "configs say 255999, which is wrong)",
-      where,
-      eos,
-      PolyLMConfig.eos_id,
-    )
-
-  arch = dict(
-    vocab_size=c["vocab_size"],
-    num_layers=c["n_layer"],
-    d_model=d,
-    num_heads=h,
-    head_dim=d // h,
-    d_ff=4 * d if n_inner is None else n_inner,
-    max_len=c["n_positions"],
-    layer_norm_eps=float(eps),
-  )
-  if expected is None:
-    return PolyLMConfig().replace(**arch)
-  for field in ARCH_FIELDS:
-    if arch[field] != getattr(expected, field):
-      raise HFFormatError(
-        f"{where}: {_HF_NAME_OF[field]} gives {field} = {arch[field]!r} but the expected "
-        f"config has {field} = {getattr(expected, field)!r}"
-      )
-  return expected
 
 
 def config_to_hf(config: PolyLMConfig, dtype: str = "float32") -> dict[str, Any]:
