@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Optional
 
 import numpy as np
@@ -61,16 +61,42 @@ def _get_task(name: str, split: str) -> seqio.Task:
   return task
 
 
-def task_lang_index(name: str) -> int:
-  """Language index (mixing.LANGUAGES) of an instruction task, -1 if unknown."""
-  from tasks import instructions  # registry of instruction tasks; imported when needed
+# What a task library tells this module (tasks/instructions.py does on import; library code
+# never imports tasks/): the language of each instruction task, and selectors that resolve
+# names no seqio registry holds (lists of tasks or languages): name -> (tasks, rates) | None.
+_TASK_LANGS: dict[str, str] = {}
+Selector = Callable[[str], Optional[tuple[list[str], list[float]]]]
+_SELECTORS: list[Selector] = []
 
-  lang = (
-    instructions.instruction_task_info(name)["lang"]
-    if instructions.is_instruction_task(name)
-    else mixing.language_of_task(name)
-  )
-  return mixing.language_index(lang) if lang in mixing.LANGUAGES else -1
+
+def declare_task(name: str, lang: str) -> None:
+  """Mark `name` as an instruction task (prompt 'inputs', response 'targets') in `lang`."""
+  _TASK_LANGS[name] = lang
+
+
+def add_selector(selector: Selector) -> None:
+  if selector not in _SELECTORS:
+    _SELECTORS.append(selector)
+
+
+def is_instruction_task(name: str) -> bool:
+  return name in _TASK_LANGS
+
+
+def _select(name: str) -> Optional[tuple[list[str], list[float]]]:
+  if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
+    return None
+  for selector in _SELECTORS:
+    selected = selector(name)
+    if selected is not None:
+      return selected
+  return None
+
+
+def task_lang_index(name: str) -> int:
+  """Language index (mixing.languages()) of an instruction task, -1 if unknown."""
+  lang = _TASK_LANGS.get(name) or mixing.language_of_task(name)
+  return mixing.languages().index(lang) if lang in mixing.languages() else -1
 
 
 class EmptySplitError(ValueError):
@@ -353,39 +379,44 @@ class InstructionStream:
 
 
 def resolve(name: str) -> tuple[list[str], list[float]]:
-  """(tasks, rates) of an instruction task or a seqio Mixture of them."""
-  try:
-    provider = seqio.get_mixture_or_task(name)
-  except ValueError as e:
-    raise ValueError(
-      f"MIXTURE_OR_TASK_NAME={name!r} is no registered seqio task or mixture "
-      "(import tasks.instructions first?)"
-    ) from e
-  if isinstance(provider, seqio.Mixture):
+  """(tasks, rates) of an instruction task, a seqio Mixture of them, or a selection a task
+  library resolves (e.g. "polylm_multialpaca_es,polylm_multialpaca_ja", see
+  tasks/instructions.py `select`)."""
+  selected = _select(name)
+  if selected is not None:
+    tasks, rates = list(selected[0]), [float(r) for r in selected[1]]
+  else:
+    try:
+      provider = seqio.get_mixture_or_task(name)
+    except ValueError as e:
+      raise ValueError(
+        f"MIXTURE_OR_TASK_NAME={name!r} is no registered seqio task or mixture, nor a "
+        "comma-separated list of instruction tasks or languages (import tasks.instructions "
+        "first?)"
+      ) from e
+    if not isinstance(provider, seqio.Mixture):
+      return [name], [1.0]
     tasks = [t.name for t in provider.tasks]
     rates = [float(provider.get_rate(t)) for t in provider.tasks]
-    if any(not np.isfinite(r) or r < 0 for r in rates) or sum(rates) <= 0:
-      raise ValueError(
-        f"mixture {name!r}: rates must be >= 0 and not all zero, got {dict(zip(tasks, rates))}"
-      )
-    keep = [i for i, r in enumerate(rates) if r > 0]
-    return [tasks[i] for i in keep], [rates[i] for i in keep]
-  return [name], [1.0]
+  if not tasks or any(not np.isfinite(r) or r < 0 for r in rates) or sum(rates) <= 0:
+    raise ValueError(
+      f"mixture {name!r}: rates must be >= 0 and not all zero, got {dict(zip(tasks, rates))}"
+    )
+  keep = [i for i, r in enumerate(rates) if r > 0]
+  return [tasks[i] for i in keep], [rates[i] for i in keep]
 
 
 def is_instruction_data(name: str) -> bool:
-  """Whether `name` is an instruction task, or a mixture made only of them: the trainer's
-  test for building an InstructionStream instead of a PackedStream."""
-  from tasks import instructions
-
-  if instructions.is_instruction_task(name):
+  """Whether `name` is an instruction task, a mixture made only of them or a selection of
+  them: the trainer's test for building an InstructionStream instead of a PackedStream."""
+  if is_instruction_task(name):
     return True
   try:
     provider = seqio.get_mixture_or_task(name)
   except ValueError:
-    return False
+    return _select(name) is not None
   return isinstance(provider, seqio.Mixture) and all(
-    instructions.is_instruction_task(t.name) for t in provider.tasks
+    is_instruction_task(t.name) for t in provider.tasks
   )
 
 
@@ -450,7 +481,7 @@ def eval_tasks(name: str, split: str = "validation") -> dict[str, tuple[str, ...
       logging.warning("no eval on %s: its %r split is empty (too few records)", t, split)
       continue
     lang = task_lang_index(t)
-    out.setdefault(mixing.LANGUAGES[lang] if lang >= 0 else t, []).append(t)
+    out.setdefault(mixing.languages()[lang] if lang >= 0 else t, []).append(t)
   return {k: tuple(v) for k, v in out.items()}
 
 

@@ -18,12 +18,17 @@ so importing registers without touching files. Every `HOLDOUT_EVERY`-th record o
 the "validation" split, the rest "train" (MultiAlpaca has no validation split); a file with
 fewer records (but at least 2) holds out its last, so tiny data still has an eval.
 
+A subset of languages (MIXTURE_OR_TASK_NAME, see `select`): "es,ja", a list of task or
+mixture names, "polylm_multialpaca_chat:es,ja", or "polylm_multialpaca_present" (the
+languages whose files exist).
+
 Other data (e.g. self-instruct output):
     register_instruction_task("sw", "/data/si/sw*.jsonl", source_name="selfinstruct")
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import logging
@@ -34,7 +39,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from polylm_jax import prompts
+from polylm_jax import instruct_stream, prompts
 from polylm_jax import vocab as vocab_lib
 from tasks import sources
 from tasks.languages import check_language
@@ -58,12 +63,14 @@ DEFAULT_FILE_PATTERN = "{lang}.jsonl"
 HOLDOUT_EVERY = 100
 MIXTURE_NAME = "polylm_multialpaca"
 CHAT_MIXTURE_NAME = "polylm_multialpaca_chat"
+PRESENT_SUFFIX = "_present"  # "polylm_multialpaca_present": the languages whose files exist
 ON_ERROR = sources.ON_ERROR
 _MAX_LOGGED_SKIPS = 10
 
 _data_dir: str | None = None
 _file_pattern: str = DEFAULT_FILE_PATTERN
 _INFO: dict[str, dict] = {}
+_MIXTURES: dict[str, tuple[str, ...]] = {}
 
 
 def set_data_dir(path: str | None, file_pattern: str = DEFAULT_FILE_PATTERN) -> None:
@@ -358,6 +365,7 @@ def register_instruction_task(
     ],
   )
   _INFO[name] = {"lang": lang, "source": source_name, "style": style}
+  instruct_stream.declare_task(name, lang)
   return name
 
 
@@ -370,7 +378,17 @@ def _train_records(name: str, fingerprint: tuple) -> int:
 def num_train_records(task: seqio.Task | str) -> int:
   """Training records of an instruction task (counted once per set of files)."""
   task = seqio.get_mixture_or_task(task) if isinstance(task, str) else task
-  files = task.source.list_shards("train")
+  try:
+    files = task.source.list_shards("train")
+  except FileNotFoundError as e:
+    if _INFO.get(task.name, {}).get("source") != "multialpaca" or not (_data_dir or _env_dir()):
+      raise
+    present = [lang for lang in MULTIALPACA_LANGUAGES if _has_files(task_name(lang))]
+    raise FileNotFoundError(
+      f"{e}; MultiAlpaca files are present for {', '.join(present) or 'no language'}: train "
+      f"those with MIXTURE_OR_TASK_NAME='{MIXTURE_NAME}{PRESENT_SUFFIX}' or list languages, "
+      "e.g. 'es,ja'"
+    ) from None
   stamp = tuple((f, tf.io.gfile.stat(f).length) for f in files)
   return _train_records(task.name, stamp)
 
@@ -391,7 +409,95 @@ def register_instruction_mixture(
     seqio.MixtureRegistry.remove(name)
   entries = [(t, rates[t] if rates is not None else num_train_records) for t in task_names]
   seqio.MixtureRegistry.add(name, entries)
+  _MIXTURES[name] = tuple(task_names)
   return name
+
+
+# -- selections: MIXTURE_OR_TASK_NAME values no registry holds ------------------------------
+
+
+def _env_dir() -> str | None:
+  return os.environ.get(DATA_DIR_ENV)
+
+
+def _has_files(name: str) -> bool:
+  try:
+    return bool(seqio.get_mixture_or_task(name).source.list_shards("train"))
+  except FileNotFoundError:
+    return False
+
+
+def _selection_item(item: str) -> tuple[str, ...] | None:
+  """The tasks one list item names: an instruction task, an instruction mixture or a
+  MultiAlpaca language code; None if it is none of them."""
+  if is_instruction_task(item):
+    return (item,)
+  if item in _MIXTURES:
+    return _MIXTURES[item]
+  if item in MULTIALPACA_LANGUAGES:
+    return (task_name(item),)
+  return None
+
+
+def _unknown(name: str, item: str) -> ValueError:
+  known = [*_INFO, *_MIXTURES, *MULTIALPACA_LANGUAGES]
+  close = difflib.get_close_matches(item, known, n=3, cutoff=0.5)
+  return ValueError(
+    f"MIXTURE_OR_TASK_NAME={name!r}: {item!r} is no instruction task, instruction mixture or "
+    f"MultiAlpaca language ({', '.join(MULTIALPACA_LANGUAGES)})"
+    + (f"; did you mean {', '.join(close)}?" if close else "")
+  )
+
+
+def _selected_tasks(name: str) -> list[str] | None:
+  """The tasks of a selection (see `select`), None when `name` is not one."""
+  base = name[: -len(PRESENT_SUFFIX)] if name.endswith(PRESENT_SUFFIX) else None
+  if base in _MIXTURES:
+    data_dir()  # a clear error when no directory is configured
+    tasks = [t for t in _MIXTURES[base] if _has_files(t)]
+    if not tasks:
+      raise FileNotFoundError(
+        f"MIXTURE_OR_TASK_NAME={name!r}: no file of {base}'s tasks is present (MultiAlpaca: "
+        f"{os.path.join(data_dir(), _file_pattern)})"
+      )
+    return tasks
+  if ":" in name:
+    base, _, langs = name.partition(":")
+    if base not in _MIXTURES:
+      return None
+    by_lang = {_INFO[t]["lang"]: t for t in _MIXTURES[base]}
+    wanted = [lang.strip() for lang in langs.split(",") if lang.strip()]
+    missing = [lang for lang in wanted if lang not in by_lang]
+    if missing or not wanted:
+      raise ValueError(
+        f"MIXTURE_OR_TASK_NAME={name!r}: mixture {base} has no task in {missing or 'no language'}"
+        f"; its languages: {', '.join(by_lang)}"
+      )
+    return [by_lang[lang] for lang in wanted]
+  items = [item.strip() for item in name.split(",")]
+  found = [_selection_item(item) for item in items]
+  if all(f is None for f in found) or ("," not in name and name not in MULTIALPACA_LANGUAGES):
+    return None
+  for item, f in zip(items, found):
+    if f is None:
+      raise _unknown(name, item)
+  return [t for f in found for t in f]
+
+
+def select(name: str) -> tuple[list[str], list[float]] | None:
+  """(tasks, rates) of a selection of instruction data, a MIXTURE_OR_TASK_NAME that no seqio
+  registry holds; None for any other name. Rates: each task's training records, as in the
+  built-in mixtures. Selections:
+    "polylm_multialpaca_es,polylm_multialpaca_ja"  instruction tasks and mixtures
+    "es,ja" (or "es")                              MultiAlpaca languages, MultiAlpaca format
+    "polylm_multialpaca_chat:es,ja"                a mixture's tasks in these languages
+    "polylm_multialpaca_present"                   a mixture's tasks whose files exist
+  """
+  tasks = _selected_tasks(name.strip())
+  if tasks is None:
+    return None
+  tasks = list(dict.fromkeys(tasks))  # each task once, in order
+  return tasks, [float(num_train_records(t)) for t in tasks]
 
 
 def register_multialpaca(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
@@ -413,3 +519,4 @@ def register_multialpaca(vocabulary: seqio.Vocabulary | None = None) -> list[str
 
 
 BUILTIN_INSTRUCTION_TASKS: tuple[str, ...] = tuple(register_multialpaca())
+instruct_stream.add_selector(select)

@@ -240,3 +240,44 @@ def test_text_edge_cases_bom_utf8_surrogates(tmp_path):
     )
     with pytest.raises(instructions.sources.MalformedLine, match=want):
       list(seqio.get_mixture_or_task(name).source.records(str(path)))
+
+
+def test_selections_of_tasks_and_languages(tmp_path, monkeypatch):
+  from polylm_jax import instruct_stream
+
+  for lang, n in (("es", 12), ("ja", 30)):
+    write_jsonl(
+      tmp_path / f"{lang}.jsonl",
+      [{"instruction": f"q{i}", "input": None, "output": "a"} for i in range(n)],
+    )
+  monkeypatch.setenv(instructions.DATA_DIR_ENV, str(tmp_path))
+  es, ja = "polylm_multialpaca_es", "polylm_multialpaca_ja"
+  rates = [11.0, 29.0]  # training records (each file holds out its last)
+  for name, want in [
+    (f"{es},{ja}", ([es, ja], rates)),
+    (f" {es} , {ja},{es}", ([es, ja], rates)),  # spaces and repeats
+    ("es,ja", ([es, ja], rates)),
+    ("ja", ([ja], rates[1:])),
+    ("polylm_multialpaca_chat:ja,es", ([f"{ja}_chat", f"{es}_chat"], rates[::-1])),
+    ("polylm_multialpaca_present", ([es, ja], rates)),
+    ("polylm_multialpaca_chat_present", ([f"{es}_chat", f"{ja}_chat"], rates)),
+  ]:
+    assert instructions.select(name) == want, name
+    assert instruct_stream.is_instruction_data(name) and instruct_stream.resolve(name) == want
+  assert instruct_stream.eval_tasks("es,ja") == {"es": (es,), "ja": (ja,)}
+  for other in ("polylm_es_sample", "polylm_es_sample,polylm_ja_sample", "nope", es):
+    assert instructions.select(other) is None
+  with pytest.raises(ValueError, match=r"'es,jp': 'jp' is no instruction task.*did you mean .*ja"):
+    instructions.select("es,jp")
+  with pytest.raises(ValueError, match=r"mixture polylm_multialpaca has no task in \['xx'\]"):
+    instructions.select("polylm_multialpaca:es,xx")
+  # the default mixture needs all 11 files and says how to train the ones present
+  with pytest.raises(
+    FileNotFoundError, match=r"ar\.jsonl'; MultiAlpaca files are present for es, ja"
+  ):
+    instruct_stream.resolve(instructions.MIXTURE_NAME)
+  with pytest.raises(FileNotFoundError, match=r"de\.jsonl'"):
+    instructions.select("es,de")
+  monkeypatch.setenv(instructions.DATA_DIR_ENV, str(tmp_path / "empty"))
+  with pytest.raises(FileNotFoundError, match="no file of polylm_multialpaca's tasks is present"):
+    instructions.select("polylm_multialpaca_present")
