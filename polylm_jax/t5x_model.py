@@ -19,6 +19,7 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+from absl import logging
 import jax
 import numpy as np
 from flax import core as flax_core
@@ -164,4 +165,7 @@ class MeshPartitioner(t5x_partitioning.PjitPartitioner):
       grid = np.asarray(devices, dtype=object).reshape(shape)
     else:
       grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    logging.info(
+      "MeshPartitioner: (data=%d, model=%d) over %s devices", *shape, devices[0].platform
+    )
     return Mesh(grid, ("data", "model"))
