@@ -254,6 +254,7 @@ class CheckpointManager:
       enable_async_checkpointing=policy.async_save,
       read_only=read_only,
       create=not read_only,
+      temporary_path_class=_held_commit(os.environ.get("POLYLM_JAX_TEST_HOLD_COMMIT")),
     )
     # Array items use PyTreeCheckpointHandler (what StandardSave wraps) so that one manager
     # can restore a whole tree onto shardings and single leaves to host memory alike.
@@ -669,3 +670,22 @@ def load_for_inference(
   vocab = vocab_lib.for_checkpoint(path, vocab_path, step=step, flag=vocab_flag)
   decoding.check_vocab(config, vocab)
   return config, params, vocab
+
+
+def _held_commit(hold_file: str | None) -> type | None:
+  """Tests only ($POLYLM_JAX_TEST_HOLD_COMMIT): while `hold_file` exists, a write stops before
+  its commit after creating `hold_file + ".held"`, so a test can kill the process while a
+  checkpoint is provably half written. Unset: Orbax's default atomic rename."""
+  if not hold_file:
+    return None
+
+  class HeldCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
+    async def finalize(self, *args, **kwargs):
+      import asyncio
+
+      while os.path.exists(hold_file):
+        open(hold_file + ".held", "a").close()
+        await asyncio.sleep(0.05)
+      return await super().finalize(*args, **kwargs)
+
+  return HeldCommit

@@ -123,7 +123,7 @@ def test_half_written_step_is_never_latest(tmp_path, params):
 
 
 KILL_DURING_SAVE = """
-import os, signal, sys
+import os, signal, sys, time
 import flax.linen as nn, jax, numpy as np
 from polylm_jax import checkpoints as ck
 from polylm_jax.config import get_config
@@ -139,31 +139,37 @@ if __name__ == "__main__":
   with ck.CheckpointManager(sys.argv[1], config, ck.CheckpointPolicy(save_every=1)) as manager:
     manager.save(1, random_params(config, 0.0))
     manager.wait_until_finished()
+    hold = os.environ["POLYLM_JAX_TEST_HOLD_COMMIT"]  # checkpoints.py holds step 2's commit
+    open(hold, "w").close()
     manager.save(2, random_params(config, 1.0))
-    os.kill(os.getpid(), signal.SIGKILL)  # dies while step 2 is being written
+    deadline = time.time() + 120
+    while not os.path.exists(hold + ".held") and time.time() < deadline:
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGKILL)  # dies while step 2 is written but not committed
 """
 
 
 @pytest.mark.slow
 def test_killed_during_async_save_keeps_the_previous_step(tmp_path):
+  hold = tmp_path / "hold"
   done = subprocess.run(
-    [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)],
+    [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path / "run")],
     capture_output=True,
     text=True,
     timeout=300,
+    env={**os.environ, "POLYLM_JAX_TEST_HOLD_COMMIT": str(hold)},
   )
   assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
-  root = tmp_path / "checkpoints"
+  assert (tmp_path / "hold.held").exists()  # the kill landed while step 2's write was held
+  root = tmp_path / "run" / "checkpoints"
   leftovers = [p.name for p in root.iterdir() if ".orbax-checkpoint-tmp" in p.name]
+  assert leftovers == ["2.orbax-checkpoint-tmp"] and any((root / leftovers[0]).iterdir())
   steps = ck.complete_steps(root)
-  assert steps == [1, 2] or (steps == [1] and leftovers == ["2.orbax-checkpoint-tmp"]), (
-    steps,
-    leftovers,
-  )
+  assert steps == [1], steps
   helpers: dict = {"__name__": "helpers"}
   exec(KILL_DURING_SAVE, helpers)  # pylint: disable=exec-used  (defines random_params)
-  config, params = ck.load(tmp_path, on_host=True)
-  assert_trees_equal(params, helpers["random_params"](config, float(steps[-1] - 1)))
+  config, params = ck.load(tmp_path / "run", on_host=True)
+  assert_trees_equal(params, helpers["random_params"](config, 0.0))
 
 
 def test_in_flight_async_save_is_not_latest_and_donation_after_save_is_safe(tmp_path, params):
