@@ -5,14 +5,16 @@ polylm_eval_tydiqa_ar_1shot, polylm_eval_mtg_story_fr_0shot, polylm_eval_wmt20_e
 Mixtures: polylm_eval_{family}_{k}shot (every language of a family) and
 polylm_eval_{understanding,qa,generation,translation,all}_{k}shot. Tasks and mixtures for
 DEFAULT_SHOTS are registered on import; any other k is registered on first use by
-`resolve(name)` (the eval binary and `polylm_jax.evaluation` call it).
+`resolve(name)` (the eval binary calls it). `task_specs(names)` gives `polylm_jax.evaluation`
+its TaskSpecs; this module registers it there on import, so `evaluation.evaluate` also takes
+names (polylm_jax never imports tasks/). Prompts: tasks/templates.py (prompt sets).
 
 | family      | kind                         | metric            | data (tasks/benchmark_data.py) |
 |-------------|------------------------------|-------------------|--------------------------------|
 | xnli        | rank over 3 verbalised labels | accuracy          | TFDS xnli, 15 languages       |
 | xcopa       | rank over 2 alternatives      | accuracy          | local JSONL, 11 languages     |
 | pawsx       | rank over 2 verbalised labels | accuracy          | TFDS paws_x_wiki, 7 languages |
-| xwinograd   | rank over 2 completed sentences | accuracy        | local JSONL/TSV, 6 languages  |
+| xwinograd   | rank, 2 options (partial scoring) | accuracy        | local JSONL/TSV, 6 languages  |
 | tydiqa      | generation                    | F1 / exact match  | TFDS tydi_qa/goldp, 9 languages |
 | mtg_story, mtg_question, mtg_title | generation | ROUGE-1/2/L  | local JSONL, en de fr es      |
 | wmt20       | generation, en<->xx           | BLEU, chrF        | local WMT20 sgm, de ja pl ru zh |
@@ -24,7 +26,8 @@ on every run, and the same demonstration indices in every language. When the dem
 split is the evaluation split (XWinograd has only test), the example itself is excluded.
 
 Each seqio task yields text features inputs (the full prompt), targets (the gold choice or
-first reference), choices, label, references, lang, id; inputs/targets are also tokenized
+first reference), choices, continuation (partial scoring: the text scored after prompt +
+choice; else empty), label, references, lang, id; inputs/targets are also tokenized
 with the default vocabulary for seqio consumers. `load_examples` gives the same examples as
 Python objects: the evaluation loop uses those and tokenizes with the model's vocabulary.
 """
@@ -197,9 +200,6 @@ class BenchmarkTask:
   family: Family
   lang: str
   shots: int
-
-
-__all__ = ["Example"]  # the rendered example type lives in polylm_jax.evaluation
 
 
 # -- settings (set at the binary edge) ----------------------------------------------------
@@ -449,6 +449,7 @@ class BenchmarkSource(seqio.DataSource):
           "inputs": ex.prompt,
           "targets": ex.references[0],
           "choices": list(ex.choices) or [""] * n,
+          "continuation": ex.continuation,
           "label": np.int32(ex.label),
           "references": list(ex.references),
           "lang": ex.lang,
@@ -459,6 +460,7 @@ class BenchmarkSource(seqio.DataSource):
       "inputs": tf.TensorSpec([], tf.string),
       "targets": tf.TensorSpec([], tf.string),
       "choices": tf.TensorSpec([n], tf.string),
+      "continuation": tf.TensorSpec([], tf.string),
       "label": tf.TensorSpec([], tf.int32),
       "references": tf.TensorSpec([None], tf.string),
       "lang": tf.TensorSpec([], tf.string),

@@ -361,6 +361,12 @@ def test_seqio_task_features(demo_root):
   assert first["targets"][-1] == vocab_lib.EOS_ID
   assert [c.decode() for c in first["choices"]] == list(examples[0].choices)
   assert first["label"] == examples[0].label and first["lang"] == b"it"
+  assert first["continuation"] == b""
+  wino = seqio.get_mixture_or_task("polylm_eval_xwinograd_en_0shot")
+  row = next(wino.get_dataset(None, split="test", shuffle=False).as_numpy_iterator())
+  ex = benchmark.load_examples("polylm_eval_xwinograd_en_0shot")[0]
+  assert row["continuation"].decode() == ex.continuation == " is too large."
+  assert row["targets_pretokenized"].decode() == ex.choices[ex.label] + ex.continuation
   mixture = seqio.get_mixture_or_task("polylm_eval_xcopa_1shot")
   assert len(mixture.tasks) == 11
 
