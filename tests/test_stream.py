@@ -94,6 +94,24 @@ def test_batch_contract_released_recipe(tasks):
       pos += len(piece)
 
 
+def test_lane_changes_land_on_document_ends_so_documents_stay_whole(tasks):
+  """With a slack wider than the longest document (90 tokens), every batch's lane change falls
+  on a document end: the flat stream is whole documents, and each batch still holds its quota
+  of non-English tokens within the slack (0.5 * 512 = 256 from the plan, +- 51)."""
+  names, docs = tasks
+  s = _stream(names, seq_len=64, batch_size=8, boundary_slack=0.1)
+  batches = [s.next() for _ in range(20)]
+  all_docs = {tuple(d + [EOS]) for ds in docs.values() for d in ds}
+  pieces = split_docs(stream_tokens(batches))
+  assert len(pieces) > 100 and all(p in all_docs for p in pieces[:-1])
+  en = mixing.language_index("en")
+  non_en = np.array([(b["langs"] != en).sum() for b in batches])
+  assert np.abs(non_en - 256).max() <= 2 * 51 + 1
+  assert abs(non_en.sum() - 20 * 256) <= 51
+  with pytest.raises(ValueError, match="boundary_slack must be in"):
+    _stream(names, boundary_slack=0.7)
+
+
 def test_segment_aware_resets_at_each_document(tasks):
   names, _ = tasks
   plain = _stream(names, seed=3)
