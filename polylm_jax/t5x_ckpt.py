@@ -116,3 +116,21 @@ def load(
   if config is not None:
     checkpoints.check_config(saved, config, f"{os.fspath(path)} (t5x checkpoint)")
   return saved, params
+
+
+def write(params: Any, checkpoint_dir: str | os.PathLike, step: int = 0) -> str:
+  """Writes `params` (the project tree: from polylm_jax.load of a project run or an HF dir)
+  as a t5x `checkpoint_{step}` folder holding parameters only. A t5x run starts from it with
+  utils.RestoreCheckpointConfig(path=<that folder>, mode='specific', strict=False,
+  fallback_to_scratch=True): fresh optimizer state (gin/t5x/from_weights.gin)."""
+  out = os.fspath(checkpoint_dir)
+  if not _STEP_DIR.match(os.path.basename(os.path.normpath(out))):
+    out = os.path.join(out, f"checkpoint_{step}")
+  if os.path.exists(out):
+    raise FileExistsError(f"{out}: already exists")
+  host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+  state = {"target": host, "state": {"step": np.asarray(step, np.int32)}}
+  ocp.PyTreeCheckpointer().save(os.path.join(out, STATE_DIR), state)
+  with open(os.path.join(out, METADATA_FILE), "w") as f:
+    json.dump({"item_handlers": {STATE_DIR: "t5x.checkpoints (parameters only, polylm_jax)"}}, f)
+  return out
