@@ -15,6 +15,7 @@ import collections
 import functools
 import hashlib
 import inspect
+import io
 import os
 import re
 from typing import Optional, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from polylm_jax import files as files_lib
 from polylm_jax import mixing
 
 FEATURE = "targets"
@@ -207,16 +209,12 @@ class _DiskUnitCache:
   def put(self, key: Optional[str], vals: np.ndarray, splits: np.ndarray) -> None:
     if key is None or len(vals) > self.max_tokens:
       return
-    path = self._path(key)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    buffer = io.BytesIO()
+    np.savez(buffer, values=vals, splits=splits)
     try:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(tmp, "wb") as f:
-        np.savez(f, values=vals, splits=splits)
-      os.replace(tmp, path)  # atomic: readers never see half a file
-    except OSError:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+      files_lib.atomic_write(self._path(key), buffer.getvalue())  # readers never see half a file
+    except OSError:  # a read-only or full cache: reading goes on without it
+      pass
 
 
 DISK_CACHE = _DiskUnitCache()

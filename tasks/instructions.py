@@ -40,8 +40,7 @@ import seqio
 import tensorflow as tf
 
 from polylm_jax import instruct_stream, prompts
-from polylm_jax import vocab as vocab_lib
-from tasks import sources
+from tasks import registry, sources
 from tasks.languages import check_language
 
 # SPEC section 5: MultiAlpaca has these 11 languages (no en/zh split).
@@ -324,14 +323,6 @@ def format_instructions(dataset: tf.data.Dataset, style: str = "multialpaca") ->
   return dataset.map(fmt, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
-  vocabulary = vocabulary or vocab_lib.get_vocabulary()
-  return {
-    "inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
-    "targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32),
-  }
-
-
 def register_instruction_task(
   lang: str,
   patterns: str | Sequence[str] | Callable[[], str | Sequence[str]],
@@ -348,15 +339,13 @@ def register_instruction_task(
   name = name or task_name(lang, source_name, style)
   check_language(lang, where=f"instruction task {name}")
   prompts.check_style(style, where=f"instruction task {name}")
-  if name in seqio.TaskRegistry.names():
-    if not replace:
-      raise ValueError(f"task {name!r} is already registered")
-    seqio.TaskRegistry.remove(name)
   source = InstructionSource(patterns, holdout_every=holdout_every, on_error=on_error, name=name)
-  seqio.TaskRegistry.add(
+  registry.add_provider(
+    seqio.TaskRegistry,
     name,
+    replace=replace,
     source=source,
-    output_features=output_features(vocabulary),
+    output_features=registry.output_features(vocabulary, inputs=True),
     preprocessors=[
       functools.partial(format_instructions, style=style),
       seqio.preprocessors.tokenize,
@@ -403,12 +392,8 @@ def register_instruction_mixture(
   for t in task_names:
     if not is_instruction_task(t):
       raise ValueError(f"mixture {name}: {t!r} is not an instruction task")
-  if name in seqio.MixtureRegistry.names():
-    if not replace:
-      raise ValueError(f"mixture {name!r} is already registered")
-    seqio.MixtureRegistry.remove(name)
   entries = [(t, rates[t] if rates is not None else num_train_records) for t in task_names]
-  seqio.MixtureRegistry.add(name, entries)
+  registry.add_provider(seqio.MixtureRegistry, name, entries, replace=replace)
   _MIXTURES[name] = tuple(task_names)
   return name
 

@@ -206,9 +206,28 @@ def render_bitext(
 # -- registration -------------------------------------------------------------------------
 
 
-def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
+def output_features(
+  vocabulary: seqio.Vocabulary | None = None, *, inputs: bool = False
+) -> dict[str, seqio.Feature]:
+  """The features of every task in tasks/: "targets" (int32 ids ending with eos), and with
+  `inputs` (instruction tasks) "inputs", the prompt, without eos: the response continues it."""
   vocabulary = vocabulary or vocab_lib.get_vocabulary()
-  return {"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)}
+  features = {"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)}
+  if inputs:
+    features = {"inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32), **features}
+  return features
+
+
+def add_provider(registry: type, name: str, *args, replace: bool = True, **kwargs):
+  """seqio `registry.add(name, ...)` (TaskRegistry or MixtureRegistry) with the one policy of
+  tasks/: a name already registered is replaced (registering again is how a session points a
+  task at other files or another vocabulary), or is an error with replace=False."""
+  if name in registry.names():
+    if not replace:
+      kind = "mixture" if registry is seqio.MixtureRegistry else "task"
+      raise ValueError(f"{kind} {name!r} is already registered (pass replace=True)")
+    registry.remove(name)
+  return registry.add(name, *args, **kwargs)
 
 
 def register_task(
@@ -221,12 +240,10 @@ def register_task(
 ) -> str:
   """Register a seqio Task: `preprocessors` must produce {"targets": str, "lang": str};
   tokenizing, eos and the empty-task check are appended here."""
-  if name in seqio.TaskRegistry.names():
-    if not replace:
-      raise ValueError(f"task {name!r} is already registered")
-    seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(
+  add_provider(
+    seqio.TaskRegistry,
     name,
+    replace=replace,
     source=source,
     output_features=output_features(vocabulary),
     preprocessors=[
