@@ -16,7 +16,11 @@ if ! "$PY" --version >/dev/null 2>&1; then
   [ -z "${PYTHON:-}" ] || { echo "env.sh: $PY not found" >&2; exit 1; }
   PY=python3
 fi
-stamp=$VENV/.installed-$( (cat setup.cfg; echo "$EXTRAS") | sha1sum | cut -c1-12)
+t5x=0
+case ",$EXTRAS," in *,t5x,*) t5x=1 ;; esac
+# The stamp covers everything installed: a rerun with nothing changed costs nothing.
+stamp=$VENV/.installed-$( (cat setup.cfg; echo "$EXTRAS"; [ $t5x = 0 ] || cat tools/install_t5x.sh) \
+  | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
@@ -24,8 +28,8 @@ if [ ! -f "$stamp" ]; then
   # named like your package") needs no action here: silenced, so a clean install is silent.
   PYTHONWARNINGS="ignore:Editable installation" \
     "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
+  # The real t5x (not on PyPI): from $T5X_SOURCES or GitHub at pinned commits; idempotent.
+  [ $t5x = 0 ] || bash tools/install_t5x.sh "$VENV/bin/python"
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
-# The real t5x (not on PyPI): from $T5X_SOURCES or GitHub at pinned commits; idempotent.
-case ",$EXTRAS," in *,t5x,*) bash tools/install_t5x.sh "$VENV/bin/python" ;; esac
