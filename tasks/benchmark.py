@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -270,6 +271,10 @@ def read_records(task: BenchmarkTask, split: str) -> list[data.Record]:
     raw = data.read_local(fam.name, family_dir(fam, task.name), task.lang, split, task.name)
   normalize = data.NORMALIZERS[fam.normalizer]
   records = [normalize(r, where, task.name, task.lang) for r, where in raw]
+  dropped = [r for r in records if r is None]  # records the harness drops too (PAWS-X)
+  if dropped:
+    records = [r for r in records if r is not None]
+    logging.info("task %s: split %r: %d empty records dropped", task.name, split, len(dropped))
   if not records:
     raise data.BenchmarkDataError(f"task {task.name}: split {split!r} has no examples")
   return records

@@ -271,8 +271,11 @@ def harness_detokenize(text: str) -> str:
   return re.sub(r" (['.,])", r"\1", text)
 
 
-def normalize_pawsx(raw, where, task, lang) -> Record:
+def normalize_pawsx(raw, where, task, lang) -> Record | None:
+  """None (dropped) for an empty sentence in de en es fr, as the harness's process_docs."""
   fields = {k: _text(raw, k, task, where) for k in ("sentence1", "sentence2")}
+  if lang in PAWSX_DETOKENIZED and not (fields["sentence1"] and fields["sentence2"]):
+    return None
   first, second = fields["sentence1"], fields["sentence2"]
   if lang in PAWSX_DETOKENIZED:  # as the harness: joined at "Yes, " / "No, "
     first, second = harness_detokenize(first).strip(), harness_detokenize(second).strip()

@@ -545,3 +545,16 @@ def test_eval_binary_on_the_xcopa_release_layout(tmp_path):
   assert [s["lang"] for s in summary] == list(langs)
   assert all(s["examples"] == 2 and s["prompt_set"] == "lm_eval" for s in summary)
   assert "Prompt set: lm_eval." in (out / "results.md").read_text()
+
+
+def test_empty_pawsx_records_are_dropped_as_the_harness_does(monkeypatch):
+  rows = [
+    {"sentence1": "A cat .", "sentence2": "A cat.", "label": 1},
+    {"sentence1": "", "sentence2": "Nothing.", "label": 0},
+  ]
+  monkeypatch.setattr(
+    benchmark.data, "tfds_records", lambda *a: [(r, f"row {i}") for i, r in enumerate(rows)]
+  )
+  (ex,) = benchmark.load_examples("polylm_eval_pawsx_en_0shot")  # de en es fr: dropped
+  assert ex.choices == ("A cat, right? No, a cat.", "A cat, right? Yes, a cat.")
+  assert len(benchmark.load_examples("polylm_eval_pawsx_ja_0shot")) == 2  # kept, as the harness
