@@ -2,8 +2,9 @@
 
 Two prompt sets (`use_prompt_set(name)`; gin: `evaluate.prompt_set`):
   lm_eval   (default) lm-evaluation-harness 0.4.13's prompts, the XGLM-style prompts behind the
-            published multilingual numbers of XGLM, BLOOM, mGPT and PolyLM's peers: per-language
-            words, the harness's choice of scored text and its whitespace and punctuation.
+            published multilingual numbers of PolyLM's peers (XGLM, BLOOM, mGPT): per-language
+            words, the harness's choice of scored text and its whitespace and punctuation
+            (tests/test_lm_eval_parity.py runs the harness itself against these).
               XNLI    "{premise}, right? Yes|Also|No, {hypothesis}" (translated words), the whole
                       sentence scored after the start token, with the harness's leading space
               PAWS-X  "{sentence1}, right? No|Yes, {sentence2}" (translated; de en es fr are
