@@ -171,4 +171,4 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> None:
     os.close(fd)
     os.unlink(probe)
   except OSError as e:
-    raise ValueError(f"{flag}={os.fspath(path)}: not writable ({e.strerror or e})") from None
+    raise ValueError(f"{flag}: {os.fspath(path)} is not writable ({e.strerror or e})") from None

@@ -354,7 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
       from polylm_jax import logs
 
-      logs.check_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
+      logs.check_output_dir(
+        os.path.dirname(os.path.abspath(args.output)), f"--output={args.output}"
+      )
       path = train_tokenizer(
         args.corpus_glob,
         args.output,

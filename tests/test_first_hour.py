@@ -103,13 +103,13 @@ def test_output_folders_are_checked_before_the_model_is_loaded(tmp_path):
   blocker.write_text("not a folder")
   prompts = tmp_path / "p.jsonl"
   prompts.write_text('{"prompt": "hi"}\n')
-  with pytest.raises(ValueError, match=r"^INFER_OUTPUT_DIR=.*file/out: not writable"):
+  with pytest.raises(ValueError, match=r"^INFER_OUTPUT_DIR: .*file/out is not writable"):
     infer.run_inference(  # the checkpoint does not exist: the folder is checked first
       checkpoint_path=str(tmp_path / "missing"),
       output_dir=str(blocker / "out"),
       input_file=str(prompts),
     )
-  with pytest.raises(ValueError, match=r"^--to_hf=.*: not writable"):
+  with pytest.raises(ValueError, match=r"^--to_hf: .*/hf is not writable"):
     from polylm_jax import convert
 
     convert.export_checkpoint_to_hf(str(tmp_path / "missing"), str(blocker / "hf"))
@@ -165,5 +165,21 @@ def test_check_output_dir(tmp_path):
   logs.check_output_dir(tmp_path / "a" / "b", "--out")
   assert (tmp_path / "a" / "b").is_dir() and not list((tmp_path / "a" / "b").iterdir())
   (tmp_path / "f").write_text("x")
-  with pytest.raises(ValueError, match=r"^--out=.*/f/x: not writable"):
+  with pytest.raises(ValueError, match=r"^--out: .*/f/x is not writable"):
     logs.check_output_dir(tmp_path / "f" / "x", "--out")
+
+
+def test_tokenizer_output_folder_is_checked_before_sampling(tmp_path, capsys):
+  from polylm_jax import tokenizer
+
+  (tmp_path / "f").write_text("x")
+  rc = tokenizer.main(
+    [
+      "train",
+      f"--corpus_glob={tmp_path}/none/*.txt",
+      "--vocab_size=300",
+      f"--output={tmp_path}/f/t.model",
+    ]
+  )
+  err = capsys.readouterr().err
+  assert rc == 2 and f"--output={tmp_path}/f/t.model: {tmp_path}/f is not writable" in err
