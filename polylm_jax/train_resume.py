@@ -84,6 +84,8 @@ class Restored:
   rng: jax.Array | None
   trainer: dict[str, Any]  # the saved counters (JSON)
   stream: dict[str, Any] | None  # the saved stream position
+  step: int
+  skipped: tuple[str, ...] = ()  # damaged newer steps passed over, one line each
 
 
 class Checkpointer:
@@ -125,14 +127,16 @@ class Checkpointer:
       force=force,
     )
 
-  def restore(self, step: int, counters: Mapping[str, Any] | None = None) -> Restored:
-    """`step`'s state; its skip counters are the saved ones, or `counters` (a rollback keeps
-    counting from where it is)."""
-    r = self.manager.restore(
-      step,
-      params_target=self.abstract_state.params,
-      opt_state_target=self.abstract_state.opt_state,
+  def restore(self, step: int | None, counters: Mapping[str, Any] | None = None) -> Restored:
+    """`step`'s state (None: the newest step that reads back whole, see `skipped`); its skip
+    counters are the saved ones, or `counters` (a rollback keeps counting from where it is)."""
+    targets = dict(
+      params_target=self.abstract_state.params, opt_state_target=self.abstract_state.opt_state
     )
+    if step is None:
+      r = self.manager.restore_intact(**targets)
+    else:
+      r = self.manager.restore(step, **targets)
     saved = (r.stream_state or {}).get("trainer", {})
     check_vocabulary(saved, self.vocabulary, self.directory, r.step)
     if r.opt_state is None:
@@ -149,7 +153,7 @@ class Checkpointer:
       skipped_steps=scalar(now.get("skipped_steps", 0)),
       consecutive_skips=scalar(now.get("consecutive_skips", 0)),
     )
-    return Restored(state, r.rng, saved, (r.stream_state or {}).get("stream"))
+    return Restored(state, r.rng, saved, (r.stream_state or {}).get("stream"), r.step, r.skipped)
 
 
 @dataclasses.dataclass
@@ -160,6 +164,7 @@ class Start:
   rng: jax.Array
   restored_step: int | None
   origin: str
+  skipped: tuple[str, ...] = ()  # damaged checkpoints passed over
 
 
 def resume(
@@ -175,14 +180,14 @@ def resume(
   """The latest complete checkpoint (with the stream and counters), else the params of
   `init_checkpoint` with a fresh optimizer, else a random init."""
   init_rng, train_rng = jax.random.split(jax.random.key(random_seed))
-  latest = checkpointer.manager.latest_step()
-  if latest is not None:
-    r = checkpointer.restore(latest)
+  if checkpointer.manager.latest_step() is not None:
+    r = checkpointer.restore(None)  # the newest intact step; damaged ones are named
     counters.load(r.trainer)
     if r.stream is not None:
       stream.restore(r.stream)
     rng = r.rng if r.rng is not None else train_rng
-    return Start(r.state, rng, latest, f"restored step {latest} from {checkpointer.directory}")
+    origin = f"restored step {r.step} from {checkpointer.directory}"
+    return Start(r.state, rng, r.step, origin, r.skipped)
   if init_checkpoint and init_from_params is not None:
     origin = f"params from {init_checkpoint} (fresh optimizer, step 0)"
     return Start(init_from_params(), train_rng, None, origin)

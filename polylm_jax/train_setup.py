@@ -1,13 +1,12 @@
 """What the trainer builds before its loop, as plain functions: the multi-host start, the
 checks that must fail before any compute, the jitted step functions with their shardings,
-and host batches -> global arrays. `train.py` (the binary) and the benchmarks use them.
+and host batches -> global arrays. `trainer.py` and the benchmarks use them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import zlib
 from typing import Any, Callable, Mapping
@@ -113,16 +112,6 @@ def check_batch_layout(
       f"{dp} data shards (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}) x "
       f"num_microbatches={num_microbatches} = {dp * num_microbatches}"
     )
-
-
-def vocabulary_fingerprint(vocab: Any) -> str:
-  """Names a vocabulary by content: a SentencePiece model's hash, else its type and size."""
-  path = getattr(vocab, "sentencepiece_model_file", None)
-  if path:
-    with open(path, "rb") as f:
-      digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    return f"sentencepiece:{digest}:{vocab.vocab_size}"
-  return f"{type(vocab).__name__}:{vocab.vocab_size}:eos={getattr(vocab, 'eos_id', None)}"
 
 
 # -- batches -------------------------------------------------------------------------------------

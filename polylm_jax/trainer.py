@@ -56,7 +56,6 @@ from polylm_jax.train_setup import (
   fingerprint,
   make_step_functions,
   to_global,
-  vocabulary_fingerprint,
 )
 
 
@@ -304,7 +303,8 @@ def train(
   manager = ckpt_lib.CheckpointManager(s.model_dir, model_config, checkpointing)
   try:
     latest = manager.latest_step()
-    if latest is not None and latest >= train_steps:
+    intact = latest is not None and not ckpt_lib.damaged_file(f"{manager.directory}/{latest}")
+    if intact and latest >= train_steps:
       return _report_finished(s, manager, latest, out)
     return _train(s, jax_mesh, manager, benchmark_names, out)
   finally:
@@ -320,6 +320,7 @@ class _Data:
   stream: Any
   host_batch: int
   vocab: Any
+  vocab_id: str  # its fingerprint, kept in every checkpoint
   eval_langs: dict[str, tuple[str, ...]]
   languages: tuple[str, ...]  # the stream's `langs` index, added languages included
 
@@ -335,8 +336,9 @@ def _data_module(data: DataSpec):
   return instruct_stream.data_module(data.mixture_or_task_name)
 
 
-def _task_vocabulary(stream: Any, config: PolyLMConfig) -> Any:
-  """The first task's 'targets' vocabulary (seqio: imported with the data, see above)."""
+def _task_vocabulary(stream: Any, config: PolyLMConfig) -> tuple[Any, str]:
+  """The first task's 'targets' vocabulary and its fingerprint (seqio: imported with the
+  data, see above)."""
   import seqio  # pylint: disable=import-outside-toplevel
 
   from polylm_jax import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
@@ -344,7 +346,15 @@ def _task_vocabulary(stream: Any, config: PolyLMConfig) -> Any:
   task = seqio.get_mixture_or_task(stream.stages[0].tasks[0])
   vocab = task.output_features["targets"].vocabulary
   vocab_lib.check_vocab_matches(vocab, config.vocab_size)
-  return vocab
+  return vocab, vocab_lib.fingerprint(vocab)
+
+
+def _save_tokenizer(vocab: Any, model_dir: str) -> None:
+  """MODEL_DIR/tokenizer.model, so infer, eval, chat and convert find the run's tokenizer."""
+  from polylm_jax import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
+
+  if getattr(vocab, "sentencepiece_model_file", None):
+    vocab_lib.save_tokenizer(vocab, model_dir)
 
 
 def _build_data(s: _Settings, num_hosts: int, host: int, train_steps: int) -> _Data:
@@ -355,7 +365,7 @@ def _build_data(s: _Settings, num_hosts: int, host: int, train_steps: int) -> _D
     shard_index=host, num_shards=num_hosts, train_steps=train_steps,
     segment_aware=s.data.segment_aware,
   )  # fmt: skip
-  vocab = _task_vocabulary(stream, s.config)
+  vocab, vocab_id = _task_vocabulary(stream, s.config)
   eval_langs = module.eval_tasks(s.data.mixture_or_task_name) if s.eval.period else {}
   if s.eval.period and not eval_langs:
     raise ValueError(
@@ -363,7 +373,7 @@ def _build_data(s: _Settings, num_hosts: int, host: int, train_steps: int) -> _D
       "tasks for eval; set EvalSpec.period = 0 to train without eval"
     )
   # After the tasks registered their languages: the index the stream's `langs` use.
-  return _Data(module, stream, host_batch, vocab, eval_langs, mixing.languages())
+  return _Data(module, stream, host_batch, vocab, vocab_id, eval_langs, mixing.languages())
 
 
 def _report_finished(s: _Settings, manager, latest: int, out) -> TrainResult:
@@ -371,10 +381,11 @@ def _report_finished(s: _Settings, manager, latest: int, out) -> TrainResult:
   are loaded in this process already), then reports from the files, in seconds."""
   ckpt_lib.check_config(manager.saved_config(latest), s.config, f"{manager.directory}/{latest}")
   if "seqio" in sys.modules and all(m in sys.modules for m in s.data.task_modules):
-    d = _build_data(s, 1, 0, 1)
+    d = _build_data(s, 1, 0, s.train_steps)
     r = manager.restore(latest, on_host=True)
-    vocab_id = vocabulary_fingerprint(d.vocab)
-    check_vocabulary((r.stream_state or {}).get("trainer", {}), vocab_id, manager.directory, latest)
+    check_vocabulary(
+      (r.stream_state or {}).get("trainer", {}), d.vocab_id, manager.directory, latest
+    )
   out.log(f"already trained to step {latest} (TRAIN_STEPS={s.train_steps}); nothing to do")
   evals = last_eval(s.model_dir)
   final_report(out, manager.directory, manager.all_steps(), evals, mixing.languages())
@@ -447,17 +458,20 @@ def _train(s: _Settings, jax_mesh, manager, benchmark_names, out) -> TrainResult
     z_loss=s.loss.z_loss, label_smoothing=s.loss.label_smoothing,
     num_languages=len(d.languages),
   )  # fmt: skip
-  vocab_id = vocabulary_fingerprint(d.vocab)
   checkpointer = Checkpointer(
     manager,
     step_lib.abstract_train_state(s.config, tx, fns.state_shardings),
     fns.replicated,
-    vocab_id,
+    d.vocab_id,
     _run_config_text(s.model_dir, host == 0),
   )
-  counters = Counters(vocab_id, d.languages)
+  if host == 0:
+    _save_tokenizer(d.vocab, s.model_dir)
+  counters = Counters(d.vocab_id, d.languages)
   with partitioning.use_mesh(jax_mesh):
     start = _start(s, checkpointer, counters, d.stream, fns, jax_mesh)
+    for line in start.skipped:
+      out.log(f"WARNING: skipped {line}; it stays on disk (delete it to free the step)")
     out.truncate_after(start.restored_step if start.restored_step is not None else -1)
     peak = metrics_lib.device_peak_flops(jax_mesh.devices.flat[0], s.report.peak_flops_per_device)
     _log_start(out, s, jax_mesh, d.stream, start.origin, peak)

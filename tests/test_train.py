@@ -590,3 +590,20 @@ def test_nonfinite_streaks_leave_each_step_once_in_the_metrics(jax_cache, tmp_pa
   rollback = metrics.read_jsonl(str(tmp_path / "back"), "rollback")
   assert {s: r["rolled_back_from"] for s, r in rollback.items()} == {6: 7}
   assert sorted(metrics.read_jsonl(str(tmp_path / "back"))) == list(range(1, 9))
+
+
+def test_resume_skips_a_damaged_checkpoint_naming_it(reference, tmp_path):
+  """A damaged latest checkpoint (an emptied metadata file) is named in one line and the run
+  resumes from the newest intact one."""
+  model_dir = tmp_path / "run"
+  shutil.copytree(reference[0] / "checkpoints", model_dir / "checkpoints")
+  victim = model_dir / "checkpoints" / str(STEPS) / "params" / "_METADATA"
+  victim.write_text("")
+  logs = []
+  res = _run(
+    tmp_path, "run", steps=STEPS, devices=jax.devices()[:1], print_fn=lambda m, **k: logs.append(m)
+  )
+  text = "\n".join(logs)
+  assert f"WARNING: skipped checkpoint step {STEPS} is damaged: {victim}" in text
+  assert f"restored step {STEPS - PERIOD} from" in text
+  assert res.step == STEPS and sorted(res.losses) == list(range(STEPS - PERIOD + 1, STEPS + 1))

@@ -88,6 +88,9 @@ def test_check_model_dir(tmp_path):
 
 
 def test_vocabulary_fingerprint_hashes_sentencepiece_models(tmp_path):
+  """The trainer stores vocab.fingerprint in every checkpoint (one function for all)."""
+  from polylm_jax import vocab  # seqio and TensorFlow: only this test needs them
+
   class FakeSp:
     vocab_size = 3
 
@@ -98,8 +101,8 @@ def test_vocabulary_fingerprint_hashes_sentencepiece_models(tmp_path):
   a.write_bytes(b"model one")
   b.write_bytes(b"model two")
   fa, fb = (
-    train_setup.vocabulary_fingerprint(FakeSp(str(a))),
-    train_setup.vocabulary_fingerprint(FakeSp(str(b))),
+    vocab.fingerprint(FakeSp(str(a))),
+    vocab.fingerprint(FakeSp(str(b))),
   )
   assert fa.startswith("sentencepiece:") and fa.endswith(":3") and fa != fb
 
