@@ -148,9 +148,11 @@ _BINDING_KEY = re.compile(r"\s*([\w./]+)\s*=(.*)", re.DOTALL)
 _MACRO_LINE = re.compile(r"^((?:[\w.]+/)?[A-Za-z_]\w*) = ", re.MULTILINE)
 
 
-def defined_macros() -> set[str]:
-  """Names of the macros bound so far (gin's config string lists them as `NAME = value`)."""
-  return set(_MACRO_LINE.findall(gin.config_str()))
+def known_macros() -> set[str]:
+  """Macros the parsed files define (`NAME = value`) or use (`%NAME`), from gin's config
+  string (a macro a file uses but leaves to the command line is known too)."""
+  text = gin.config_str()
+  return set(_MACRO_LINE.findall(text)) | set(re.findall(r"%([A-Za-z_][\w/]*)", text))
 
 
 def check_macro_overrides(bindings: Sequence[str], known: set[str]) -> None:
@@ -220,7 +222,7 @@ def parse_gin(
   try:
     for f in gin_files:
       gin.parse_config_file(f)
-    check_macro_overrides(bindings, defined_macros())
+    check_macro_overrides(bindings, known_macros())
     for binding in bindings:
       _parse_binding(binding)
     gin.finalize()

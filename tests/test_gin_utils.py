@@ -123,3 +123,12 @@ def test_gin_parse_errors_are_one_line(tmp_path):
   with pytest.raises(ValueError) as e:  # gin's own location block becomes one line
     gin_utils.parse_gin(["models/polylm_tiny.gin"], ["polylm.PolyLMConfig.num_layrs = 3"])
   assert "num_layrs" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_macro_a_file_uses_but_does_not_define_can_be_set(tmp_path):
+  (tmp_path / "uses.gin").write_text("polylm.PolyLMConfig.num_layers = %LAYERS\n")
+  gin_utils.parse_gin(["models/polylm_tiny.gin", "uses.gin"], ["LAYERS = 5"], [str(tmp_path)])
+  assert gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn().num_layers == 5
+  gin.clear_config()
+  with pytest.raises(ValueError, match="did you mean LAYERS"):
+    gin_utils.parse_gin(["models/polylm_tiny.gin", "uses.gin"], ["LAYER = 5"], [str(tmp_path)])
