@@ -116,9 +116,13 @@ def _logits(params, tokens, **cfg):
   return np.asarray(PolyLM(CFG.replace(**cfg)).apply({"params": params}, tokens), np.float64)
 
 
-def _loss(params, batch, **cfg):
-  fn = functools.partial(ts.compute_gradients, config=CFG.replace(**cfg))
-  loss, grads, _ = jax.jit(fn)(params, batch)
+@functools.lru_cache(maxsize=None)
+def _grad_fn(dtype: str):
+  return jax.jit(functools.partial(ts.compute_gradients, config=CFG.replace(dtype=dtype)))
+
+
+def _loss(params, batch, dtype="float32"):
+  loss, grads, _ = _grad_fn(dtype)(params, batch)
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))  # fp32 grads under bf16
   return float(loss)
 
