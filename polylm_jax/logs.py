@@ -97,7 +97,7 @@ class StderrFilter:
       return
     try:
       sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
       pass
     os.dup2(self._saved, 2)
     self._thread.join(timeout=5)
@@ -134,8 +134,11 @@ def setup(verbosity: int | None = None) -> None:
     absl_logging.get_absl_handler().addFilter(quiet)
   except ImportError:
     pass
-  if os.name == "posix":
-    _state["stderr"] = StderrFilter()
+  if os.name == "posix" and sys.stderr is not None:
+    try:
+      _state["stderr"] = StderrFilter()
+    except OSError:  # no usable fd 2 (closed): nothing to filter
+      pass
 
 
 def verbosity_from_absl() -> int | None:
