@@ -341,7 +341,11 @@ class AlignedTextSource(seqio.DataSource):
         f"{tgt} has {n_tgt} lines"
       )
     ds = tf.data.Dataset.zip(tf.data.TextLineDataset(src), tf.data.TextLineDataset(tgt))
-    ds = ds.map(lambda s, t: {"src": s, "tgt": t}).enumerate()
+
+    def checked(n, pair):  # n: 1-based line number
+      return {"src": _text_line(src, n, pair[0]), "tgt": _text_line(tgt, n, pair[1])}
+
+    ds = ds.enumerate(start=1).map(checked).enumerate()
     ds = _split_filter(ds, split, self._holdout_every)
     nonblank = lambda s: tf.strings.length(tf.strings.strip(s)) > 0  # noqa: E731
     ds = ds.filter(lambda ex: tf.logical_and(nonblank(ex["src"]), nonblank(ex["tgt"])))

@@ -170,6 +170,15 @@ def test_aligned_text_source_pairs_lines_and_checks_lengths(tmp_path):
     sources.AlignedTextSource(de, short, name="polylm_bitext_de_en_x").get_dataset()
   msg = str(e.value)
   assert de in msg and short in msg and "4 lines" in msg and "1 lines" in msg
+  bom = tmp_path / "bom.txt"
+  bom.write_bytes("\ufeffHallo\nDanke\n".encode())
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(b"Hello\nThanks \xed\xa0\x80\n")  # an encoded surrogate: not UTF-8
+  two = _write(tmp_path / "two.txt", "Hello\nThanks\n")
+  out = sources.AlignedTextSource(str(bom), two).get_dataset().as_numpy_iterator()
+  assert [e["src"].decode() for e in out] == ["Hallo", "Danke"]
+  with pytest.raises(tf.errors.OpError, match=f"{bad} line 2: not valid UTF-8"):
+    list(sources.AlignedTextSource(str(bom), str(bad)).get_dataset().as_numpy_iterator())
 
 
 def test_assert_nonempty_passes_data_and_names_the_task():
