@@ -1,16 +1,19 @@
 """Resume and rollback: the trainer's counters, its checkpointer, and where a run starts.
 
-A run restores the latest complete checkpoint in MODEL_DIR/checkpoints by itself: params,
-optimizer state, step, RNG, the data stream's position (which fixes the curriculum stage) and
-the counters, so the same command after a crash or SIGTERM continues with the very batches
-and losses of an uninterrupted run. A rollback (non-finite streak) restores params and
-optimizer state only: the stream goes on past the bad batches, as PaLM does for loss spikes.
+A run restores the newest intact checkpoint in MODEL_DIR/checkpoints by itself (a damaged
+newer one is named and set aside): params, optimizer state, step, RNG, the data stream's
+position (which fixes the curriculum stage) and the counters, so the same command after a
+crash or SIGTERM continues with the very batches and losses of an uninterrupted run. A
+rollback (non-finite streak) restores params and optimizer state only: the stream goes on
+past the bad batches, as PaLM does for loss spikes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -22,6 +25,8 @@ from polylm_jax import train_step as step_lib
 from polylm_jax.train_config import NonFinitePolicy
 
 COUNTERS_VERSION = 1
+# How checkpoints.CorruptCheckpointError names the step (restore_intact's `skipped` lines).
+_DAMAGED_STEP = re.compile(r"checkpoint step (\d+) is damaged")
 
 
 class NonFiniteError(RuntimeError):
@@ -106,6 +111,29 @@ class Checkpointer:
   @property
   def directory(self) -> str:
     return self.manager.directory
+
+  def set_aside(self, skipped: Sequence[str], log: Callable[[str], None]) -> None:
+    """Renames the damaged steps a resume passed over to `<step>.damaged` (kept for a look,
+    no longer a step), so the run can write those steps again; reopens the manager, whose
+    step list Orbax caches. Single host only: hosts would have to agree on the rename."""
+    steps = [int(m.group(1)) for m in map(_DAMAGED_STEP.search, skipped) if m]
+    if not steps:
+      return
+    if jax.process_count() > 1:
+      log(f"WARNING: damaged steps {steps} stay in {self.directory}; delete them")
+      return
+    old = self.manager
+    old.close()
+    for step in steps:
+      path = os.path.join(old.directory, str(step))
+      aside = f"{path}.damaged"
+      while os.path.exists(aside):
+        aside += "_"
+      os.rename(path, aside)
+      log(f"damaged step {step} set aside as {aside}")
+    self.manager = ckpt_lib.CheckpointManager(
+      os.path.dirname(old.directory), old.config, old.policy
+    )
 
   def save(
     self,

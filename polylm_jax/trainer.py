@@ -468,41 +468,54 @@ def _train(s: _Settings, jax_mesh, manager, benchmark_names, out) -> TrainResult
   if host == 0:
     _save_tokenizer(d.vocab, s.model_dir)
   counters = Counters(d.vocab_id, d.languages)
-  with partitioning.use_mesh(jax_mesh):
-    start = _start(s, checkpointer, counters, d.stream, fns, jax_mesh)
-    for line in start.skipped:
-      out.log(f"WARNING: skipped {line}; it stays on disk (delete it to free the step)")
-    out.truncate_after(start.restored_step if start.restored_step is not None else -1)
-    peak = metrics_lib.device_peak_flops(jax_mesh.devices.flat[0], s.report.peak_flops_per_device)
-    _log_start(out, s, jax_mesh, d.stream, start.origin, peak)
-    throughput = metrics_lib.Throughput(s.data.batch_size * s.data.seq_len, s.train_steps)
-    mfu_args = (flops_per_token(s.config, s.data.seq_len), jax_mesh.size, peak[0])
-    reporter = StepReporter(out, s.train_steps, s.report.log_period, throughput, mfu_args)
-    evals = _EvalHook(_evaluator(s, d, fns, out, benchmark_names, jax_mesh), throughput)
-    hooks = Hooks()
-    hooks.add_hook(evals, every=s.eval.period)
-    step = int(jax.device_get(start.state.step))
-    if s.eval.period and s.eval.before_training and start.restored_step is None:
-      evals(step, start.state)
-    with StopSignals() as signals:
-      run = _Run(
-        s.train_steps, d.stream, fns, checkpointer, counters, reporter,
-        NonFiniteGuard(s.nonfinite, checkpointer, out.log), hooks, signals, out, start.rng,
-        save_at_end=manager.policy.save_every > 0, multi_host=jax.process_count() > 1,
-        debug_batches=s.nonfinite.debug_batches,
-      )  # fmt: skip
-      state, step, stop = _loop(run, start.state, step, s.nonfinite.max_consecutive_skips)
-    if not stop and s.eval.period and evals.last_step != step:
-      evals(step, state)
-    manager.wait_until_finished()
-    out.flush()
-    if not stop:
-      final_report(out, manager.directory, manager.all_steps(), evals.last, d.languages)
-      if s.report.sample_prompts:
-        r = s.report
-        print_samples(
-          out, s.config, state.params, d.vocab, r.sample_prompts, r.sample_max_new_tokens, jax_mesh
-        )
+  try:
+    with partitioning.use_mesh(jax_mesh):
+      result = _start_and_loop(s, d, fns, checkpointer, counters, benchmark_names, out, jax_mesh)
+  finally:
+    if checkpointer.manager is not manager:  # reopened after setting damaged steps aside
+      checkpointer.manager.close()
+  return result
+
+
+def _start_and_loop(s, d, fns, checkpointer, counters, benchmark_names, out, jax_mesh):
+  """Starts or resumes, runs the loop, the last eval and the closing report."""
+  start = _start(s, checkpointer, counters, d.stream, fns, jax_mesh)
+  for line in start.skipped:
+    out.log(f"WARNING: skipped {line}")
+  if start.skipped:
+    checkpointer.set_aside(start.skipped, out.log)
+  manager = checkpointer.manager
+  out.truncate_after(start.restored_step if start.restored_step is not None else -1)
+  peak = metrics_lib.device_peak_flops(jax_mesh.devices.flat[0], s.report.peak_flops_per_device)
+  _log_start(out, s, jax_mesh, d.stream, start.origin, peak)
+  throughput = metrics_lib.Throughput(s.data.batch_size * s.data.seq_len, s.train_steps)
+  mfu_args = (flops_per_token(s.config, s.data.seq_len), jax_mesh.size, peak[0])
+  reporter = StepReporter(out, s.train_steps, s.report.log_period, throughput, mfu_args)
+  evals = _EvalHook(_evaluator(s, d, fns, out, benchmark_names, jax_mesh), throughput)
+  hooks = Hooks()
+  hooks.add_hook(evals, every=s.eval.period)
+  step = int(jax.device_get(start.state.step))
+  if s.eval.period and s.eval.before_training and start.restored_step is None:
+    evals(step, start.state)
+  with StopSignals() as signals:
+    run = _Run(
+      s.train_steps, d.stream, fns, checkpointer, counters, reporter,
+      NonFiniteGuard(s.nonfinite, checkpointer, out.log), hooks, signals, out, start.rng,
+      save_at_end=manager.policy.save_every > 0, multi_host=jax.process_count() > 1,
+      debug_batches=s.nonfinite.debug_batches,
+    )  # fmt: skip
+    state, step, stop = _loop(run, start.state, step, s.nonfinite.max_consecutive_skips)
+  if not stop and s.eval.period and evals.last_step != step:
+    evals(step, state)
+  manager.wait_until_finished()
+  out.flush()
+  if not stop:
+    final_report(out, manager.directory, manager.all_steps(), evals.last, d.languages)
+    if s.report.sample_prompts:
+      r = s.report
+      print_samples(
+        out, s.config, state.params, d.vocab, r.sample_prompts, r.sample_max_new_tokens, jax_mesh
+      )
   return TrainResult(
     step=step, state=state, losses=reporter.losses, eval=evals.last, model_dir=s.model_dir,
     checkpoint_dir=manager.directory, preempted=bool(stop), rollbacks=counters.rollbacks,

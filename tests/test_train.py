@@ -601,9 +601,18 @@ def test_resume_skips_a_damaged_checkpoint_naming_it(reference, tmp_path):
   victim.write_text("")
   logs = []
   res = _run(
-    tmp_path, "run", steps=STEPS, devices=jax.devices()[:1], print_fn=lambda m, **k: logs.append(m)
+    tmp_path,
+    "run",
+    steps=STEPS,
+    devices=jax.devices()[:1],
+    checkpoint_period=PERIOD,
+    print_fn=lambda m, **k: logs.append(m),
   )
   text = "\n".join(logs)
   assert f"WARNING: skipped checkpoint step {STEPS} is damaged: {victim}" in text
   assert f"restored step {STEPS - PERIOD} from" in text
   assert res.step == STEPS and sorted(res.losses) == list(range(STEPS - PERIOD + 1, STEPS + 1))
+  # set aside (kept for a look), so the run wrote its last step again: a rerun is finished
+  assert (model_dir / "checkpoints" / f"{STEPS}.damaged" / "params" / "_METADATA").exists()
+  assert STEPS in checkpoints.complete_steps(model_dir / "checkpoints")
+  assert _run(tmp_path, "run", steps=STEPS, devices=jax.devices()[:1]).state is None

@@ -47,6 +47,8 @@ def test_periodic_eval_runs_benchmark_tasks(tmp_path):
     assert len([json.loads(line) for line in f]) == 3
   with open(os.path.join(res.model_dir, "metrics.jsonl")) as f:
     assert any("benchmark/polylm_eval_xcopa_it_0shot/accuracy" in line for line in f)
+  with open(get_vocabulary().sentencepiece_model_file, "rb") as f:  # the run's tokenizer
+    assert open(os.path.join(res.model_dir, "tokenizer.model"), "rb").read() == f.read()
 
 
 def test_unknown_benchmark_task_fails_before_compute(tmp_path):

@@ -85,10 +85,9 @@ def test_the_run_gins_bind_the_settings_objects():
         ['MODEL_DIR = "/tmp/x"', "MeshSpec.num_microbatches = 8", "BATCH_SIZE = 64"],
       )
       assert gin.query_parameter("TRAIN_STEPS/macro.value") == steps
-      with gin.config_scope(None):
-        opt = gin.get_configurable("OptimizerSpec")()
-        mesh = gin.get_configurable("MeshSpec")()
-        data = gin.get_configurable("DataSpec")()
+      opt = gin.get_configurable("OptimizerSpec")()
+      mesh = gin.get_configurable("MeshSpec")()
+      data = gin.get_configurable("DataSpec")()
       assert isinstance(opt, OptimizerSpec) and opt.warmup_steps in (2000, 2500)
       assert mesh.num_microbatches == 8 and data.batch_size == 64
       assert data.task_modules == ("tasks.mixtures",)
