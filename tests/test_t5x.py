@@ -3,7 +3,6 @@ mesh of 8 host devices, resume on another mesh, infer, eval), decoding parity wi
 polylm_jax.generate, sampling and beam search, the curriculum switch, stage shares,
 checkpoint conversions, and the adapter's errors."""
 
-import collections
 import functools
 import glob
 import json
@@ -127,7 +126,7 @@ def infer_rows(workdir, run_dir, tmp_path_factory):
     f'--gin.MIXTURE_OR_TASK_NAME="{TASK}"',
     f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
   )
-  (path,) = glob.glob(str(out / f"{TASK}-predict.jsonl-*-of-*"))
+  (path,) = glob.glob(str(out / f"{TASK}-predict.jsonl-*-of-[0-9][0-9][0-9][0-9][0-9]"))
   return [json.loads(line) for line in open(path)]
 
 
@@ -318,18 +317,89 @@ def test_curriculum_switches_at_the_exact_step_and_resumes_in_stage_2(tmp_path):
     t5x_data.curriculum_dataset(cfg, 0, 1, None, get_dataset_fn=_stage_datasets)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage, share", [("stage1", 0.3), ("stage2", 0.6)])
-def test_stage_mixtures_give_the_non_english_token_share(stage, share):
-  import seqio
-
-  import tasks.t5x_pretrain  # noqa: F401
-
+_SHARES = """
+import collections, json, seqio
+import tasks.t5x_pretrain
+out = {}
+for stage in ("stage1", "stage2"):
   ds = seqio.get_mixture_or_task(f"polylm_pretrain_{stage}").get_dataset(
-    sequence_length=None, split="train", shuffle=False, seed=0, passthrough_features=["lang"]
-  )
+    sequence_length=None, split="train", shuffle=False, seed=0, passthrough_features=["lang"])
   tokens = collections.Counter()
   for ex in ds.take(10000).as_numpy_iterator():
-    tokens[ex["lang"] != b"en"] += len(ex["targets"])
-  measured = tokens[True] / (tokens[True] + tokens[False])
-  assert abs(measured - share) < 0.02, measured
+    tokens[bool(ex["lang"] != b"en")] += len(ex["targets"])
+  out[stage] = tokens[True] / (tokens[True] + tokens[False])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_stage_mixtures_give_the_non_english_token_shares():
+  """Measured on the sample corpus through seqio (10,000 documents of each mixture; in its
+  own process: seqio's preprocessing state here is shared with the other tests)."""
+  proc = subprocess.run(
+    [sys.executable, "-c", _SHARES], capture_output=True, text=True, timeout=900, cwd=REPO
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  shares = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert abs(shares["stage1"] - 0.3) < 0.02, shares
+  assert abs(shares["stage2"] - 0.6) < 0.02, shares
+
+
+@pytest.mark.slow
+def test_t5x_run_starts_from_hf_weights(workdir, run_dir, tmp_path):
+  """Released weights into t5x in one command: an HF dir -> t5x checkpoint_0 -> a t5x run
+  that starts from them (learning rate 0: the saved step holds exactly those weights)."""
+  from polylm_jax import convert
+
+  convert.convert(from_checkpoint=str(run_dir[0]), to_hf=str(tmp_path / "hf"))
+  subprocess.run(
+    [sys.executable, str(REPO / "tools" / "t5x_from_weights.py"), f"--from={tmp_path / 'hf'}"]
+    + [f"--to={tmp_path / 'init'}"],
+    check=True,
+    capture_output=True,
+  )
+  _t5x(
+    "train",
+    workdir,
+    "--gin_file=gin/t5x/polylm_tiny.gin",
+    "--gin_file=gin/t5x/pretrain_sample.gin",
+    "--gin_file=gin/t5x/from_weights.gin",
+    f'--gin.INIT_CHECKPOINT="{tmp_path / "init" / "checkpoint_0"}"',
+    f'--gin.MODEL_DIR="{tmp_path / "run"}"',
+    "--gin.TRAIN_STEPS=1",
+    "--gin.PEAK_LEARNING_RATE=0.0",
+    "--gin.MIN_LEARNING_RATE=0.0",
+  )
+  _, want = polylm_jax.load(tmp_path / "hf", on_host=True)
+  _, got = polylm_jax.load(tmp_path / "run" / "checkpoint_1", on_host=True)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.mark.slow
+def test_t5x_finetune_on_multialpaca_from_a_t5x_checkpoint(workdir, run_dir, tmp_path):
+  """finetune.gin on a small MultiAlpaca file: starts from the pre-training run's weights."""
+  data = tmp_path / "multialpaca"
+  data.mkdir()
+  with open(data / "de.jsonl", "w") as f:
+    for i in range(200):
+      record = {"instruction": f"Zähle bis {i % 7}.", "input": "", "output": "eins zwei drei"}
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  root, env = workdir
+  log = _t5x(
+    "train",
+    (root, dict(env, POLYLM_JAX_MULTIALPACA_DIR=str(data))),
+    "--gin_file=gin/t5x/polylm_tiny.gin",
+    "--gin_file=gin/t5x/finetune.gin",
+    f'--gin.INITIAL_CHECKPOINT_PATH="{run_dir[0] / "checkpoint_30"}"',
+    f'--gin.MODEL_DIR="{tmp_path / "sft"}"',
+    '--gin.MIXTURE_OR_TASK_NAME="polylm_multialpaca_de"',
+    f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+    "--gin.TRAIN_STEPS=33",
+    "--gin.EVAL_PERIOD=3",
+    "--gin.EVAL_STEPS=1",
+    "--gin.PEAK_LEARNING_RATE=1e-3",
+    "--gin.WARMUP_STEPS=1",
+    "--gin.DECAY_STEPS=2",
+  )
+  assert "checkpoint_30" in log
+  assert t5x_ckpt.steps(str(tmp_path / "sft"))[-1] == 33
