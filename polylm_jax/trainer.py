@@ -382,10 +382,8 @@ def _report_finished(s: _Settings, manager, latest: int, out) -> TrainResult:
   ckpt_lib.check_config(manager.saved_config(latest), s.config, f"{manager.directory}/{latest}")
   if "seqio" in sys.modules and all(m in sys.modules for m in s.data.task_modules):
     d = _build_data(s, 1, 0, s.train_steps)
-    r = manager.restore(latest, on_host=True)
-    check_vocabulary(
-      (r.stream_state or {}).get("trainer", {}), d.vocab_id, manager.directory, latest
-    )
+    saved = ckpt_lib.saved_vocabulary(manager.directory, latest)  # JSON only, no arrays
+    check_vocabulary({"vocabulary": saved} if saved else {}, d.vocab_id, manager.directory, latest)
   out.log(f"already trained to step {latest} (TRAIN_STEPS={s.train_steps}); nothing to do")
   evals = last_eval(s.model_dir)
   final_report(out, manager.directory, manager.all_steps(), evals, mixing.languages())
