@@ -45,6 +45,7 @@ def evaluate_checkpoint(
   batch_size: int = 32,
   max_new_tokens: int | Mapping[str, int] | None = None,
   decode_settings: Mapping[str, Any] | None = None,
+  prompt_set: str = "lm_eval",
   template_overrides: Mapping[str, Mapping[str, Any]] | None = None,
   bleu_tokenizers: Mapping[str, str] | None = None,
   prefix_eos: bool = True,
@@ -58,8 +59,9 @@ def evaluate_checkpoint(
 
   vocab_path: the SentencePiece model (default: tokenizer.model beside the checkpoint, else
   the project's default vocabulary). data_dir / paths / tfds_data_dir: where the benchmark
-  data lives (tasks/benchmark_data.py). With one device no mesh is built; with several the
-  params are sharded over a (data, fsdp, tensor) mesh and batches split over data.
+  data lives (tasks/benchmark_data.py). prompt_set: one of tasks/templates.PROMPT_SETS. With
+  one device no mesh is built; with several the params are sharded over a (data, fsdp,
+  tensor) mesh and batches split over data.
   """
   # seqio/TensorFlow: only once the binary runs (and its console is set up)
   from polylm_jax import eval_report, evaluation
@@ -69,6 +71,7 @@ def evaluate_checkpoint(
     raise ValueError("CHECKPOINT_PATH is empty: pass --gin.CHECKPOINT_PATH=\\\"/path\\\"")
   if not output_dir:
     raise ValueError("EVAL_OUTPUT_DIR is empty: pass --gin.EVAL_OUTPUT_DIR=\\\"/path\\\"")
+  templates.use_prompt_set(prompt_set)  # 'lm_eval' (the harness's) or 'english'
   templates.apply_overrides(template_overrides or {})
   benchmark.configure(
     data_dir=data_dir,

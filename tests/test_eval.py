@@ -207,3 +207,31 @@ def test_report_files_are_replaced_whole(tmp_path):
   ]
   with pytest.raises(ValueError, match="no task results"):
     eval_report.write_report(evaluation.EvalResults([]), tmp_path)
+
+
+def test_prompt_set_is_chosen_in_the_binary_and_stated_in_the_report(setup, tmp_path):
+  root, data = setup
+  common = dict(
+    checkpoint_path=str(root / "run"),
+    mixture_or_task_name="polylm_eval_xcopa_zh_0shot",
+    data_dir=data,
+    max_examples=2,
+    batch_size=2,
+    print_fn=lambda *a: None,
+    plot=False,
+  )
+  try:
+    english = eval_bin.evaluate_checkpoint(
+      output_dir=str(tmp_path / "en"), prompt_set="english", **common
+    )
+    default = eval_bin.evaluate_checkpoint(output_dir=str(tmp_path / "lm"), **common)
+  finally:
+    templates.reset_templates()
+  en_prompt = english.tasks[0].predictions[0]["prompt"]
+  lm_prompt = default.tasks[0].predictions[0]["prompt"]
+  assert en_prompt != lm_prompt
+  assert "因为" in lm_prompt or "所以" in lm_prompt
+  for folder, name in (("en", "english"), ("lm", "lm_eval")):
+    assert name in (tmp_path / folder / "results.md").read_text(encoding="utf-8")
+  with pytest.raises(ValueError, match="unknown prompt set"):
+    eval_bin.evaluate_checkpoint(output_dir=str(tmp_path / "x"), prompt_set="engl", **common)
