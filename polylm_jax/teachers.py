@@ -78,13 +78,14 @@ class ModelTeacher:
   def from_checkpoint(
     cls, path: str, vocab_path: str | None = None, **kwargs: Any
   ) -> "ModelTeacher":
-    from polylm_jax import checkpoints, vocab as vocab_lib
+    from polylm_jax import checkpoints
 
-    config, params = checkpoints.load(path)
+    # The tokenizer is checked against the one the checkpoint was trained with.
+    config, params, vocab = checkpoints.load_for_inference(path, vocab_path)
     return cls(
       config,
       params,
-      vocab_lib.get_vocabulary(vocab_path),
+      vocab,
       name=kwargs.pop("name", f"polylm:{os.path.basename(os.path.normpath(path))}"),
       **kwargs,
     )

@@ -134,3 +134,18 @@ def test_model_teacher_writes_text_and_cuts_long_prompts(tiny_model):
     teachers.ModelTeacher(config, params, vocab, max_new_tokens=8, beams=2)
   with pytest.raises(ValueError, match="vocabulary mismatch"):
     teachers.ModelTeacher(config.replace(vocab_size=512), params, vocab)
+
+
+def test_model_teacher_from_checkpoint_checks_the_tokenizer(tmp_path, tiny_model):
+  from polylm_jax import checkpoints
+  from polylm_jax import vocab as vocab_lib
+
+  config, params, vocab = tiny_model
+  policy = checkpoints.CheckpointPolicy(save_every=1, keep=None, async_save=False)
+  for name, fingerprint in (("good", vocab_lib.fingerprint(vocab)), ("bad", "sentencepiece:0:1")):
+    with checkpoints.CheckpointManager(tmp_path / name, config, policy) as manager:
+      manager.save(1, params, stream_state={"trainer": {"vocabulary": fingerprint}})
+  teacher = teachers.ModelTeacher.from_checkpoint(str(tmp_path / "good"), max_new_tokens=4)
+  assert teacher.name == "polylm:good" and len(teacher.complete_batch(["Hola"])) == 1
+  with pytest.raises(ValueError, match="is not the one"):
+    teachers.ModelTeacher.from_checkpoint(str(tmp_path / "bad"), max_new_tokens=4)
