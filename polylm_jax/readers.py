@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from polylm_jax import files as files_lib
 from polylm_jax import mixing
+from polylm_jax.paths import cache_root
 
 FEATURE = "targets"
 Position = tuple[int, int, int]  # (epoch, unit, record)
@@ -148,8 +149,6 @@ class _DiskUnitCache:
     return os.environ.get("POLYLM_JAX_UNIT_DISK_CACHE", "1") != "0"
 
   def directory(self) -> str:
-    from polylm_jax.tokenizer import cache_root  # the project's one cache location
-
     return os.path.join(str(cache_root()), "units")
 
   def key(self, task: seqio.Task, split: str, shard: seqio.ShardInfo) -> Optional[str]:

@@ -37,7 +37,7 @@ from typing import Union
 import seqio
 import tensorflow as tf
 
-from polylm_jax import tokenizer as tokenizer_lib
+from polylm_jax import tokenizer_training as tokenizer_lib
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 PAD_ID = 0  # seqio's padding id; never produced by encoding (see the module docstring)

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 
-from polylm_jax.tokenizer import SAMPLE_CORPUS_DIR
+from polylm_jax.paths import SAMPLE_CORPUS_DIR
 from tasks import benchmark_data as data
 
 _COPA = [

@@ -28,7 +28,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from polylm_jax.tokenizer import SAMPLE_CORPUS_DIR
+from polylm_jax.paths import SAMPLE_CORPUS_DIR
 from tasks import registry, sources
 from tasks.languages import LANGUAGE_CODES, check_language
 

@@ -314,10 +314,10 @@ def test_missing_and_malformed_files_through_a_task(tmp_path, cleanup):
 def test_tasks_with_an_explicit_vocabulary(tmp_path, cleanup):
   """A task can carry its own vocabulary (e.g. the released 256k tokenizer)."""
   names, _ = cleanup
-  from polylm_jax import tokenizer
+  from polylm_jax import tokenizer_training, paths
 
-  path = tokenizer.train_tokenizer(
-    str(tokenizer.SAMPLE_CORPUS_DIR / "*" / "*.txt"), str(tmp_path / "v.model"), vocab_size=3500
+  path = tokenizer_training.train_tokenizer(
+    str(paths.SAMPLE_CORPUS_DIR / "*" / "*.txt"), str(tmp_path / "v.model"), vocab_size=3500
   )
   v = vocab_lib.get_vocabulary(path)
   (tmp_path / "a.txt").write_text("Buongiorno a tutti.\n")

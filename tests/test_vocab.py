@@ -10,7 +10,7 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
-from polylm_jax import tokenizer, vocab
+from polylm_jax import tokenizer_training, paths, vocab
 
 SCRIPTS = {
   "zh": "今天天气很好，我们去公园散步吧。",
@@ -132,8 +132,8 @@ def test_missing_model_file_is_named(tmp_path):
 
 
 def test_project_trained_model_works_as_vocabulary(tmp_path):
-  path = tokenizer.train_tokenizer(
-    str(tokenizer.SAMPLE_CORPUS_DIR / "parallel" / "*.txt"),
+  path = tokenizer_training.train_tokenizer(
+    str(paths.SAMPLE_CORPUS_DIR / "parallel" / "*.txt"),
     str(tmp_path / "p.model"),
     vocab_size=3000,
   )
@@ -157,7 +157,7 @@ def test_check_vocab_matches(demo):
 
 def test_default_vocabulary_is_lazy_pickles_and_cannot_be_switched_once_used(demo):
   assert vocab.get_vocabulary() is demo
-  assert demo.vocab_size == tokenizer.DEMO_VOCAB_SIZE
+  assert demo.vocab_size == tokenizer_training.DEMO_VOCAB_SIZE
   clone = pickle.loads(pickle.dumps(demo))
   assert clone == demo and clone.encode("hola") == demo.encode("hola")
   with pytest.raises(RuntimeError, match="already in use"):
