@@ -133,9 +133,14 @@ def define_flags() -> None:
   flags.DEFINE_list("gin_search_paths", [], "Folders searched for gin files and includes.")
 
 
+_CALL_NOTE = re.compile(r"In call to configurable '[\w.]+' \(<.*>\)$")
+
+
 def one_line(error: BaseException) -> str:
   """gin's message without its multi-line location block: 'msg (In file "x", line 3; ...)'."""
   lines = [s.strip() for s in str(error).splitlines() if s.strip()]
+  # gin appends "In call to configurable 'train' (<function train at 0x...>)": no news to a user.
+  lines = [s for s in lines if not _CALL_NOTE.match(s)]
   if not lines:
     return type(error).__name__
   where = [s for s in lines[1:] if s.startswith(("In file", "In binding"))]

@@ -132,3 +132,14 @@ def test_a_macro_a_file_uses_but_does_not_define_can_be_set(tmp_path):
   gin.clear_config()
   with pytest.raises(ValueError, match="did you mean LAYERS"):
     gin_utils.parse_gin(["models/polylm_tiny.gin", "uses.gin"], ["LAYER = 5"], [str(tmp_path)])
+
+
+def test_one_line_drops_gins_call_note():
+  @gin.configurable("one_line_probe")
+  def probe():
+    raise ValueError("TRAIN_STEPS must be > 0, got 0")
+
+  with pytest.raises(ValueError) as info:
+    probe()
+  assert "In call to configurable" in str(info.value)  # what gin adds
+  assert gin_utils.one_line(info.value) == "TRAIN_STEPS must be > 0, got 0"
