@@ -50,7 +50,7 @@ from polylm_jax import eval_metrics, evaluation
 from polylm_jax import vocab as vocab_lib
 from polylm_jax.evaluation import Example
 from tasks import benchmark_data as data
-from tasks import templates
+from tasks import registry, templates
 from tasks.languages import LANGUAGE_CODES, check_language
 
 DEFAULT_SHOTS = (0, 1, 2, 3, 4, 5)
@@ -510,10 +510,9 @@ def register_task(family: str, lang: str, shots: int) -> str:
     raise ValueError(f"benchmark {family}: shots must be an integer >= 0, got {shots!r}")
   name = task_name(family, lang, int(shots))
   _TASKS[name] = BenchmarkTask(name, fam, lang, int(shots))
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
   vocabulary = vocab_lib.get_vocabulary()
-  seqio.TaskRegistry.add(
+  registry.add_provider(
+    seqio.TaskRegistry,
     name,
     source=BenchmarkSource(name),
     output_features={
@@ -531,9 +530,7 @@ def register_task(family: str, lang: str, shots: int) -> str:
 
 
 def _add_mixture(name: str, tasks: Sequence[str]) -> str:
-  if name in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, [(t, 1.0) for t in tasks])
+  registry.add_provider(seqio.MixtureRegistry, name, [(t, 1.0) for t in tasks])
   return name
 
 

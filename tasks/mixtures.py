@@ -26,7 +26,7 @@ import seqio
 
 from polylm_jax import curriculum, mixing
 from polylm_jax import stream as stream_lib
-from tasks import pretrain  # noqa: F401  (registers the tasks the mixtures name)
+from tasks import pretrain, registry  # noqa: F401  (pretrain registers the tasks named here)
 from tasks.languages import all_languages
 from tasks.registry import bitext_task_name, mono_task_name
 
@@ -111,9 +111,11 @@ def register_stage(
     token_counts=token_counts,
   )
   mixing.register_stage_mixture(m, overwrite=overwrite)
-  seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(
-    name, [(c.task, functools.partial(_example_rate, name)) for c in m.components]
+  # mixing.register_stage_mixture above already applied `overwrite`: seqio's copy follows it.
+  registry.add_provider(
+    seqio.MixtureRegistry,
+    name,
+    [(c.task, functools.partial(_example_rate, name)) for c in m.components],
   )
   return m
 

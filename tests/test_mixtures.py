@@ -10,7 +10,7 @@ import tasks
 from polylm_jax import curriculum, mixing, readers, stream
 from tasks import languages as languages_lib
 from stream_fixtures import label_by_document
-from tasks import mixtures
+from tasks import mixtures, registry
 
 EN = mixing.language_index("en")
 
@@ -187,6 +187,7 @@ def test_readme_snippet_new_language_and_mixture(tmp_path, monkeypatch):
   monkeypatch.setattr(languages_lib, "_LANGUAGES", dict(languages_lib._LANGUAGES))
   monkeypatch.setattr(mixing, "_LANGS", list(mixing._LANGS))
   monkeypatch.setattr(mixing, "_LANG_INDEX", dict(mixing._LANG_INDEX))
+  monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))  # tasks.list_tasks() after
   monkeypatch.setenv("POLYLM_JAX_UNIT_DISK_CACHE", "0")
   news = tmp_path / "sw-news-00000.txt"
   news.write_text("".join(f"Habari ya leo nambari {i} ni njema sana.\n" for i in range(60)))
