@@ -23,7 +23,6 @@ drawn but not yet placed: JSON, O(number of tasks).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,10 +34,20 @@ import tensorflow as tf
 
 from polylm_jax import mixing, readers
 from polylm_jax import stream as stream_lib
-from polylm_jax.stream import per_host_batch_size  # noqa: F401  (the trainer's data API)
+from polylm_jax.batch_stream import (
+  BATCH_FIELDS,  # noqa: F401  (re-exported)
+  Batch,
+  BatchStream,
+  DataModule,
+  StagePlan,
+  check_layout,
+  check_rates,
+  checked_state,
+  exactly,
+  per_host_batch_size,  # noqa: F401  (the trainer's data API: batch_stream.DataModule)
+)
 
 STATE_VERSION = 1
-BATCH_FIELDS = ("inputs", "targets", "loss_weights", "positions", "segment_ids", "langs")
 
 
 def _get_task(name: str, split: str) -> seqio.Task:
@@ -237,7 +246,7 @@ class RowPacker:
     return not self.full and (self.fits(slots) or self.row + 1 < self.B)
 
 
-class InstructionStream:
+class InstructionStream(BatchStream):
   """Endless packed instruction batches for one host (see the module docstring)."""
 
   def __init__(
@@ -254,11 +263,7 @@ class InstructionStream:
     pack: bool = True,
     name: str = "",
   ):
-    for flag, v in (("seq_len", seq_len), ("batch_size", batch_size), ("num_shards", num_shards)):
-      if not isinstance(v, (int, np.integer)) or v <= 0:
-        raise ValueError(f"{flag} must be a positive int, got {v!r}")
-    if not 0 <= shard_index < num_shards:
-      raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    check_layout(seq_len, batch_size, shard_index, num_shards)
     if not tasks or len(tasks) != len(rates):
       raise ValueError(f"instruction stream {name!r}: {len(tasks)} tasks vs {len(rates)} rates")
     self.tasks, self.rates = list(tasks), [float(r) for r in rates]
@@ -268,9 +273,9 @@ class InstructionStream:
     self.readers = [ExampleReader(t, split, shard_index, num_shards, seed) for t in tasks]
     self.langs = [task_lang_index(t) for t in tasks]
     total = sum(self.rates)
-    # What the trainer reads of a PackedStream: one stage, starting at step 0.
+    # One stage, starting at step 0 (batch_stream.BatchStream).
     self.stages = [
-      stream_lib.StagePlan(
+      StagePlan(
         name or tasks[0], tuple(tasks), tuple(r / total for r in self.rates), tuple(self.langs)
       )
     ]
@@ -305,7 +310,7 @@ class InstructionStream:
     tokens, prompt_len = self.readers[i].get(epoch, idx)
     return example_slots(tokens, prompt_len, self.seq_len)
 
-  def next(self) -> dict[str, np.ndarray]:
+  def next(self) -> Batch:
     packer = RowPacker(self.batch_size, self.seq_len, self.pack)
     while True:
       item = self._pending or self._draw()
@@ -325,11 +330,6 @@ class InstructionStream:
       self.stats["prompt_tokens"] += int(len(weights) - weights.sum())
     self.step += 1
     return packer.arrays
-
-  __next__ = next
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
 
   def _config(self) -> dict:
     return {
@@ -358,19 +358,9 @@ class InstructionStream:
     }
 
   def restore(self, state: Mapping) -> None:
-    state = json.loads(json.dumps(state))
-    if state.get("version") != STATE_VERSION or state.get("kind") != "instruction":
-      raise ValueError(
-        f"not an instruction stream state (version {state.get('version')!r}, "
-        f"kind {state.get('kind')!r})"
-      )
-    mine, saved = self._config(), state["config"]
-    diff = [k for k in mine if mine[k] != saved.get(k)]
-    if diff:
-      raise ValueError(
-        "instruction stream state does not match this stream: "
-        + "; ".join(f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in diff)
-      )
+    state = checked_state(
+      state, "instruction stream", STATE_VERSION, self._config(), kind="instruction"
+    )
     self.step = int(state["step"])
     self._sched.restore(state["scheduler"])
     self.positions = [[int(e), int(i)] for e, i in state["positions"]]
@@ -384,7 +374,7 @@ def resolve(name: str) -> tuple[list[str], list[float]]:
   tasks/instructions.py `select`)."""
   selected = _select(name)
   if selected is not None:
-    tasks, rates = list(selected[0]), [float(r) for r in selected[1]]
+    tasks, rates = list(selected[0]), list(selected[1])
   else:
     try:
       provider = seqio.get_mixture_or_task(name)
@@ -397,13 +387,8 @@ def resolve(name: str) -> tuple[list[str], list[float]]:
     if not isinstance(provider, seqio.Mixture):
       return [name], [1.0]
     tasks = [t.name for t in provider.tasks]
-    rates = [float(provider.get_rate(t)) for t in provider.tasks]
-  if not tasks or any(not np.isfinite(r) or r < 0 for r in rates) or sum(rates) <= 0:
-    raise ValueError(
-      f"mixture {name!r}: rates must be >= 0 and not all zero, got {dict(zip(tasks, rates))}"
-    )
-  keep = [i for i, r in enumerate(rates) if r > 0]
-  return [tasks[i] for i in keep], [rates[i] for i in keep]
+    rates = [provider.get_rate(t) for t in provider.tasks]
+  return check_rates(f"mixture {name!r}", tasks, rates)
 
 
 def is_instruction_data(name: str) -> bool:
@@ -428,12 +413,17 @@ def build_instruction_stream(
   seed: int = 0,
   shard_index: int = 0,
   num_shards: int = 1,
+  train_steps: Optional[int] = None,
+  segment_aware: bool = False,
   split: str = "train",
   pack: bool = True,
-  **unused,
 ) -> InstructionStream:
-  """The trainer's entry point, with stream.build_stream's signature (extra keywords such as
-  train_steps and segment_aware are accepted and ignored: instruction rows always reset)."""
+  """The trainer's entry point (batch_stream.DataModule, as stream.build_stream).
+
+  Two of its settings do not apply to instruction data and are accepted for the trainer's
+  sake: train_steps (there is one stage, nothing to place) and segment_aware (each example is
+  always its own segment, positions from 0, whatever it says). pack=False: one example a row.
+  """
   tasks, rates = resolve(name)
   return InstructionStream(
     tasks,
@@ -453,7 +443,7 @@ def build_instruction_stream(
 build_stream = build_instruction_stream
 
 
-def data_module(mixture_or_task_name: str):
+def data_module(mixture_or_task_name: str) -> DataModule:
   """The module whose build_stream / eval_tasks / eval_batches / per_host_batch_size serve
   `mixture_or_task_name`: this one for instruction data, polylm_jax.stream otherwise."""
   return sys.modules[__name__] if is_instruction_data(mixture_or_task_name) else stream_lib
@@ -493,14 +483,30 @@ def eval_batches(
   split: str = "validation",
   shard_index: int = 0,
   num_shards: int = 1,
-  pack: bool = True,
+  segment_aware: bool = False,
   num_batches: Optional[int] = None,
-  **unused,
-) -> Iterator[dict[str, np.ndarray]]:
+  pack: bool = True,
+) -> Iterator[Batch]:
   """Finite, deterministic batches of `tasks` read once in order, packed as in training; the
   last batch is padded (weight 0). num_batches: exactly that many (cut, or padded with empty
-  batches), the same on every host."""
-  produced = 0
+  batches), the same on every host. segment_aware does not apply (see build_stream)."""
+  check_layout(seq_len, batch_size, shard_index, num_shards)
+  return exactly(
+    _eval_examples(tasks, seq_len, batch_size, split, shard_index, num_shards, pack),
+    num_batches,
+    lambda: RowPacker(batch_size, seq_len, pack).arrays,
+  )
+
+
+def _eval_examples(
+  tasks: Sequence[str],
+  seq_len: int,
+  batch_size: int,
+  split: str,
+  shard_index: int,
+  num_shards: int,
+  pack: bool,
+) -> Iterator[Batch]:
   packer = RowPacker(batch_size, seq_len, pack)
   for t in tasks:
     reader = ExampleReader(t, split, shard_index, num_shards, shuffle=False)
@@ -510,15 +516,8 @@ def eval_batches(
       if ex is None:
         continue
       if not packer.accepts(len(ex[0])):
-        if num_batches is not None and produced >= num_batches:
-          return
         yield packer.arrays
-        produced += 1
         packer = RowPacker(batch_size, seq_len, pack)
       packer.add(ex[0], ex[1], ex[2], lang)
-  if (packer.row or packer.used) and (num_batches is None or produced < num_batches):
+  if packer.row or packer.used:
     yield packer.arrays
-    produced += 1
-  while num_batches is not None and produced < num_batches:
-    yield RowPacker(batch_size, seq_len, pack).arrays
-    produced += 1

@@ -40,8 +40,6 @@ seed, stage and host), so it needs no saved generator state.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
@@ -49,6 +47,16 @@ import seqio
 
 from polylm_jax import curriculum as curriculum_lib
 from polylm_jax import mixing
+from polylm_jax.batch_stream import (
+  Batch,
+  BatchStream,
+  StagePlan,
+  check_layout,
+  check_rates,
+  checked_state,
+  exactly,
+  per_host_batch_size,  # noqa: F401  (the trainer's data API: batch_stream.DataModule)
+)
 from polylm_jax.readers import (
   DISK_CACHE,  # noqa: F401  (re-exported)
   FEATURE,  # noqa: F401
@@ -60,19 +68,6 @@ from polylm_jax.readers import (
 )
 
 STATE_VERSION = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class StagePlan:
-  """A resolved stage: tasks with their token shares and language indices (-1 unknown)."""
-
-  name: str
-  tasks: tuple[str, ...]
-  shares: tuple[float, ...]
-  langs: tuple[int, ...]
-
-  def fingerprint(self) -> str:
-    return f"{self.name}:" + ",".join(f"{t}={s:.9f}" for t, s in zip(self.tasks, self.shares))
 
 
 def plan_stage(m: mixing.StageMixture, split: str = "train") -> StagePlan:
@@ -117,21 +112,18 @@ def resolve(
       "seqio Mixture or Task (import tasks first?)"
     ) from e
   if isinstance(provider, seqio.Mixture):
-    tasks = [t.name for t in provider.tasks]
-    rates = [float(provider.get_rate(t)) for t in provider.tasks]
-    if any(not np.isfinite(r) or r < 0 for r in rates) or sum(rates) <= 0:
-      raise ValueError(
-        f"seqio mixture {name!r}: rates must be >= 0 and not all zero, "
-        f"got {dict(zip(tasks, rates))}"
-      )
+    tasks, rates = check_rates(
+      f"seqio mixture {name!r}",
+      [t.name for t in provider.tasks],
+      [provider.get_rate(t) for t in provider.tasks],
+    )
     total = sum(rates)
-    keep = [i for i, r in enumerate(rates) if r > 0]
     return [
       StagePlan(
         name,
-        tuple(tasks[i] for i in keep),
-        tuple(rates[i] / total for i in keep),
-        tuple(_lang_or_unknown(tasks[i]) for i in keep),
+        tuple(tasks),
+        tuple(r / total for r in rates),
+        tuple(_lang_or_unknown(t) for t in tasks),
       )
     ], (0,)
   return [StagePlan(name, (name,), (1.0,), (_lang_or_unknown(name),))], (0,)
@@ -150,7 +142,7 @@ class _Lane:
     return 0 if self.doc is None else len(self.doc[2]) - self.off
 
 
-class PackedStream:
+class PackedStream(BatchStream):
   """Packed training batches for one host; see the module docstring for the contract."""
 
   def __init__(
@@ -171,11 +163,7 @@ class PackedStream:
     read_batch: int = 256,
     unit_bytes: int = 64 << 20,
   ):
-    for flag, v in (("seq_len", seq_len), ("batch_size", batch_size), ("num_shards", num_shards)):
-      if not isinstance(v, (int, np.integer)) or v <= 0:
-        raise ValueError(f"{flag} must be a positive int, got {v!r}")
-    if not 0 <= shard_index < num_shards:
-      raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    check_layout(seq_len, batch_size, shard_index, num_shards)
     if not 0.0 <= boundary_slack <= 0.5:
       raise ValueError(f"boundary_slack must be in [0, 0.5], got {boundary_slack}")
     if not stages or len(stages) != len(boundaries) or boundaries[0] != 0:
@@ -297,7 +285,7 @@ class PackedStream:
       taken += n
     return taken
 
-  def next(self) -> dict[str, np.ndarray]:
+  def next(self) -> Batch:
     stage = self.stage
     if stage != self._stage:
       if self._stage >= 0 and self._carry is not None:
@@ -331,11 +319,6 @@ class PackedStream:
     self.step += 1
     return pack_rows(toks, langs, ends, B, T, self.segment_aware)
 
-  __next__ = next
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
   def state(self) -> dict:
     """Small JSON-serialisable resume state (see module docstring)."""
     lanes = []
@@ -357,16 +340,7 @@ class PackedStream:
 
   def restore(self, state: Mapping) -> None:
     """Continue exactly where `state()` was taken; costs at most one unit prefix per source."""
-    state = json.loads(json.dumps(state))  # accept what came back from a checkpoint
-    if state.get("version") != STATE_VERSION:
-      raise ValueError(f"stream state version {state.get('version')!r}, expected {STATE_VERSION}")
-    mine, saved = self._config(), state["config"]
-    diff = [k for k in mine if mine[k] != saved.get(k)]
-    if diff:
-      raise ValueError(
-        "stream state does not match this stream: "
-        + "; ".join(f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in diff)
-      )
+    state = checked_state(state, "pre-training stream", STATE_VERSION, self._config())
     self.step = int(state["step"])
     self._stage, self._lanes = -1, []
     if state["stage"] >= 0:
@@ -432,15 +406,6 @@ def pack_rows(
   return batch
 
 
-def per_host_batch_size(global_batch_size: int, num_hosts: int) -> int:
-  """BATCH_SIZE split over hosts; a clear error when it does not divide."""
-  if global_batch_size <= 0 or num_hosts <= 0 or global_batch_size % num_hosts:
-    raise ValueError(
-      f"BATCH_SIZE={global_batch_size} must be a positive multiple of the host count {num_hosts}"
-    )
-  return global_batch_size // num_hosts
-
-
 def build_stream(
   name: str,
   seq_len: int,
@@ -452,9 +417,9 @@ def build_stream(
   train_steps: Optional[int] = None,
   segment_aware: bool = False,
   split: str = "train",
-  **kwargs,
 ) -> PackedStream:
-  """The trainer's entry point: MIXTURE_OR_TASK_NAME -> a per-host PackedStream.
+  """The trainer's entry point (batch_stream.DataModule): MIXTURE_OR_TASK_NAME -> a per-host
+  PackedStream with the default lane and reader settings (build a PackedStream to set those).
 
   batch_size is per host (see per_host_batch_size); train_steps places the curriculum's
   stage boundaries (needed only when a stage starts at a fraction of training).
@@ -471,7 +436,6 @@ def build_stream(
     segment_aware=segment_aware,
     split=split,
     name=name,
-    **kwargs,
   )
 
 
@@ -508,59 +472,68 @@ def eval_batches(
   num_shards: int = 1,
   segment_aware: bool = False,
   num_batches: Optional[int] = None,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Iterator[Batch]:
   """Finite, deterministic packed batches: `tasks` read once, in order, packed like training.
 
   The last batch is padded with token 0 at loss weight 0.0 and langs -1 (which is why the
   weights are explicit). num_batches: exactly that many batches (cut short, or padded with
   all-zero-weight batches) -- pass the same number on every host so that they stay in step.
   """
-  if seq_len <= 0 or batch_size <= 0:
-    raise ValueError(f"seq_len and batch_size must be > 0, got {seq_len}, {batch_size}")
-  B, T = batch_size, seq_len
+  check_layout(seq_len, batch_size, shard_index, num_shards)
+  no_tokens = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, bool))
+  return exactly(
+    _eval_stream(tasks, batch_size, seq_len, split, shard_index, num_shards, segment_aware),
+    num_batches,
+    lambda: _padded(*no_tokens, batch_size, seq_len, segment_aware),
+  )
+
+
+def _padded(
+  toks: np.ndarray, langs: np.ndarray, ends: np.ndarray, B: int, T: int, segment_aware: bool
+) -> Batch:
+  """pack_rows of at most B*T+1 real tokens and padding after them (token 0, weight 0.0,
+  langs -1)."""
+  n, pad = len(toks), B * T + 1 - len(toks)
+  return pack_rows(
+    np.concatenate([toks, np.zeros(pad, np.int32)]),
+    np.concatenate([langs, np.full(pad, -1, np.int32)]),
+    np.concatenate([ends, np.zeros(pad, bool)]),
+    B,
+    T,
+    segment_aware,
+    weights=np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
+  )
+
+
+def _eval_stream(
+  tasks: Sequence[str],
+  B: int,
+  T: int,
+  split: str,
+  shard_index: int,
+  num_shards: int,
+  segment_aware: bool,
+) -> Iterator[Batch]:
+  """Every document of `tasks` once, joined like training documents; a batch's last token
+  is the next batch's first input, as between training rows."""
   need = B * T + 1
   readers = [SourceReader(t, split, shard_index, num_shards, seed=0, repeat=False) for t in tasks]
-  langs_of = [_lang_or_unknown(t) for t in tasks]
-  buf_t: list[np.ndarray] = []
-  buf_l: list[np.ndarray] = []
-  buf_e: list[np.ndarray] = []
-  held = produced = 0
-
-  def emit(n_real: int) -> dict[str, np.ndarray]:
-    toks = np.concatenate(buf_t) if buf_t else np.zeros(0, np.int32)
-    lg = np.concatenate(buf_l) if buf_l else np.zeros(0, np.int32)
-    en = np.concatenate(buf_e) if buf_e else np.zeros(0, bool)
-    pad = need - n_real
-    w = np.concatenate([np.ones(n_real, np.float32), np.zeros(pad, np.float32)])
-    t = np.concatenate([toks[:n_real], np.zeros(pad, np.int32)])
-    l = np.concatenate([lg[:n_real], np.full(pad, -1, np.int32)])
-    e = np.concatenate([en[:n_real], np.zeros(pad, bool)])
-    batch = pack_rows(t, l, e, B, T, segment_aware, weights=w)
-    # keep the last real token as the first input of the next batch
-    buf_t[:] = [toks[B * T :]] if len(toks) > B * T else []
-    buf_l[:] = [lg[B * T :]] if len(lg) > B * T else []
-    buf_e[:] = [en[B * T :]] if len(en) > B * T else []
-    return batch
-
-  for reader, lang in zip(readers, langs_of):
+  held: tuple[list, list, list] = ([], [], [])  # tokens, langs, ends-a-document
+  count = 0
+  for reader, task in zip(readers, tasks):
+    lang = _lang_or_unknown(task)
     while (item := reader.next_doc()) is not None:
       doc = item[0]
-      buf_t.append(doc)
-      buf_l.append(np.full(len(doc), lang, np.int32))
-      e = np.zeros(len(doc), bool)
-      e[-1] = True
-      buf_e.append(e)
-      held += len(doc)
-      while held >= need:
-        if num_batches is not None and produced >= num_batches:
-          return
-        yield emit(need)
-        held -= B * T
-        produced += 1
-  if held > 1 and (num_batches is None or produced < num_batches):
-    yield emit(held)
-    produced += 1
-  while num_batches is not None and produced < num_batches:
-    buf_t.clear(), buf_l.clear(), buf_e.clear()
-    yield emit(0)
-    produced += 1
+      ends = np.zeros(len(doc), bool)
+      ends[-1] = True
+      for buf, a in zip(held, (doc, np.full(len(doc), lang, np.int32), ends)):
+        buf.append(a)
+      count += len(doc)
+      while count >= need:
+        arrays = [np.concatenate(buf) for buf in held]
+        yield _padded(*(a[:need] for a in arrays), B, T, segment_aware)
+        for buf, a in zip(held, arrays):
+          buf[:] = [a[B * T :]]
+        count -= B * T
+  if count > 1:
+    yield _padded(*(np.concatenate(buf) for buf in held), B, T, segment_aware)
