@@ -15,6 +15,7 @@ import pytest
 from polylm_jax import checkpoints, eval_report, evaluation, hf
 from polylm_jax import eval as eval_bin
 from polylm_jax import vocab as vocab_lib
+from polylm_jax.inference_config import BenchmarkSpec, CheckpointSpec, GenerationSpec
 from polylm_jax.config import get_config
 from polylm_jax.model import init_params
 from tasks import benchmark, benchmark_demo, templates
@@ -62,7 +63,7 @@ def test_binary_end_to_end(setup):
       f'--gin.MIXTURE_OR_TASK_NAME="{LOCAL_TASKS}"',
       f'--gin.EVAL_DATA_DIR="{data}"',
       "--gin.BATCH_SIZE=4",
-      "--gin.evaluate.max_new_tokens=4",
+      "--gin.GenerationSpec.max_new_tokens=4",
     ]
   )
   missing = _run(["--gin_file=gin/runs/eval.gin", f'--gin.EVAL_OUTPUT_DIR="{root / "x"}"'])
@@ -93,7 +94,7 @@ def test_binary_end_to_end(setup):
   summary = json.loads((out / "results.json").read_text())
   assert [s["task"] for s in summary] == names
   config_gin = (out / "config.gin").read_text()
-  assert "evaluate.checkpoint_path = %CHECKPOINT_PATH" in config_gin
+  assert "CheckpointSpec.path = %CHECKPOINT_PATH" in config_gin
   assert not list(out.rglob("*.tmp"))
 
 
@@ -101,15 +102,16 @@ def test_evaluate_checkpoint_on_an_hf_dir_with_tfds_tasks(setup, tmp_path):
   root, data = setup
   shutil.copy(vocab_lib.default_vocabulary_path(), root / "hf" / "tokenizer.model")
   with benchmark_demo.mock_tfds(3):
-    results = eval_bin.evaluate_checkpoint(
-      checkpoint_path=str(root / "hf"),
+    results = eval_bin.evaluate(
+      checkpoint=CheckpointSpec(str(root / "hf")),
+      benchmark=BenchmarkSpec(
+        "polylm_eval_xnli_fr_0shot,polylm_eval_tydiqa_en_0shot",
+        data_dir=data,
+        max_examples=2,
+        template_overrides={"xnli": {"choices": (" yes", " maybe", " no")}},
+      ),
+      generation=GenerationSpec(batch_size=2, max_new_tokens=3),
       output_dir=str(tmp_path / "out"),
-      mixture_or_task_name="polylm_eval_xnli_fr_0shot,polylm_eval_tydiqa_en_0shot",
-      data_dir=data,
-      max_examples=2,
-      batch_size=2,
-      max_new_tokens=3,
-      template_overrides={"xnli": {"choices": (" yes", " maybe", " no")}},
       print_fn=lambda *a: None,
     )
   assert templates.get_template("xnli").choices == (" yes", " maybe", " no")
@@ -123,17 +125,16 @@ def test_evaluate_checkpoint_on_an_hf_dir_with_tfds_tasks(setup, tmp_path):
 def test_run_dir_and_hf_dir_give_the_same_scores(setup, tmp_path):
   root, data = setup
   common = dict(
-    mixture_or_task_name="polylm_eval_xcopa_vi_0shot",
-    data_dir=data,
-    batch_size=4,
+    benchmark=BenchmarkSpec("polylm_eval_xcopa_vi_0shot", data_dir=data),
+    generation=GenerationSpec(batch_size=4),
     print_fn=lambda *a: None,
     plot=False,
   )
-  a = eval_bin.evaluate_checkpoint(
-    checkpoint_path=str(root / "run"), output_dir=str(tmp_path / "a"), **common
+  a = eval_bin.evaluate(
+    checkpoint=CheckpointSpec(str(root / "run")), output_dir=str(tmp_path / "a"), **common
   )
-  b = eval_bin.evaluate_checkpoint(
-    checkpoint_path=str(root / "hf"), output_dir=str(tmp_path / "b"), **common
+  b = eval_bin.evaluate(
+    checkpoint=CheckpointSpec(str(root / "hf")), output_dir=str(tmp_path / "b"), **common
   )
   sa = [p["scores"] for p in a.tasks[0].predictions]
   sb = [p["scores"] for p in b.tasks[0].predictions]
@@ -141,41 +142,38 @@ def test_run_dir_and_hf_dir_give_the_same_scores(setup, tmp_path):
   assert not (tmp_path / "a" / "results.png").exists()
 
 
+def _evaluate(checkpoint, output_dir, tasks, vocab_path=None, **benchmark):
+  return eval_bin.evaluate(
+    checkpoint=CheckpointSpec(checkpoint, vocab_path=vocab_path),
+    benchmark=BenchmarkSpec(tasks, **benchmark),
+    generation=GenerationSpec(),
+    output_dir=output_dir,
+  )
+
+
 def test_errors_before_any_work(setup, tmp_path):
   root, data = setup
   with pytest.raises(ValueError, match="unknown task or mixture 'polylm_eval_nope'"):
-    eval_bin.evaluate_checkpoint(
-      checkpoint_path=str(tmp_path / "nothing"),
-      output_dir=str(tmp_path),
-      mixture_or_task_name="polylm_eval_nope",
-    )
+    _evaluate(str(tmp_path / "nothing"), str(tmp_path), "polylm_eval_nope")
   with pytest.raises(FileNotFoundError, match="no such directory"):
-    eval_bin.evaluate_checkpoint(
-      checkpoint_path=str(tmp_path / "nothing"),
-      output_dir=str(tmp_path),
-      mixture_or_task_name="polylm_eval_xcopa_it_0shot",
-    )
+    _evaluate(str(tmp_path / "nothing"), str(tmp_path), "polylm_eval_xcopa_it_0shot")
   with pytest.raises(FileNotFoundError, match="VOCAB_PATH="):
-    eval_bin.evaluate_checkpoint(
-      checkpoint_path=str(root / "run"),
-      output_dir=str(tmp_path),
-      mixture_or_task_name="polylm_eval_xcopa_it_0shot",
+    _evaluate(
+      str(root / "run"),
+      str(tmp_path),
+      "polylm_eval_xcopa_it_0shot",
       data_dir=data,
       vocab_path=str(tmp_path / "none.model"),
     )
   with pytest.raises(ValueError, match="unknown template family"):
-    eval_bin.evaluate_checkpoint(
-      checkpoint_path=str(root / "run"),
-      output_dir=str(tmp_path),
-      mixture_or_task_name="polylm_eval_xcopa_it_0shot",
+    _evaluate(
+      str(root / "run"),
+      str(tmp_path),
+      "polylm_eval_xcopa_it_0shot",
       template_overrides={"nope": {"prompt": ""}},
     )
   with pytest.raises(ValueError, match="EVAL_OUTPUT_DIR is empty"):
-    eval_bin.evaluate_checkpoint(
-      checkpoint_path=str(root / "run"),
-      output_dir="",
-      mixture_or_task_name="polylm_eval_xcopa_it_0shot",
-    )
+    _evaluate(str(root / "run"), "", "polylm_eval_xcopa_it_0shot")
 
 
 def test_report_files_are_replaced_whole(tmp_path):
@@ -211,20 +209,24 @@ def test_report_files_are_replaced_whole(tmp_path):
 
 def test_prompt_set_is_chosen_in_the_binary_and_stated_in_the_report(setup, tmp_path):
   root, data = setup
+  task = "polylm_eval_xcopa_zh_0shot"
   common = dict(
-    checkpoint_path=str(root / "run"),
-    mixture_or_task_name="polylm_eval_xcopa_zh_0shot",
-    data_dir=data,
-    max_examples=2,
-    batch_size=2,
+    checkpoint=CheckpointSpec(str(root / "run")),
+    generation=GenerationSpec(batch_size=2),
     print_fn=lambda *a: None,
     plot=False,
   )
   try:
-    english = eval_bin.evaluate_checkpoint(
-      output_dir=str(tmp_path / "en"), prompt_set="english", **common
+    english = eval_bin.evaluate(
+      output_dir=str(tmp_path / "en"),
+      benchmark=BenchmarkSpec(task, data_dir=data, max_examples=2, prompt_set="english"),
+      **common,
     )
-    default = eval_bin.evaluate_checkpoint(output_dir=str(tmp_path / "lm"), **common)
+    default = eval_bin.evaluate(
+      output_dir=str(tmp_path / "lm"),
+      benchmark=BenchmarkSpec(task, data_dir=data, max_examples=2),
+      **common,
+    )
   finally:
     templates.reset_templates()
   en_prompt = english.tasks[0].predictions[0]["prompt"]
@@ -234,4 +236,6 @@ def test_prompt_set_is_chosen_in_the_binary_and_stated_in_the_report(setup, tmp_
   for folder, name in (("en", "english"), ("lm", "lm_eval")):
     assert name in (tmp_path / folder / "results.md").read_text(encoding="utf-8")
   with pytest.raises(ValueError, match="unknown prompt set"):
-    eval_bin.evaluate_checkpoint(output_dir=str(tmp_path / "x"), prompt_set="engl", **common)
+    eval_bin.evaluate(
+      output_dir=str(tmp_path / "x"), benchmark=BenchmarkSpec(task, prompt_set="engl"), **common
+    )

@@ -10,7 +10,8 @@ import os
 import jax
 import pytest
 
-from polylm_jax import chat, checkpoints, decoding, hf, infer, logs, self_instruct
+from polylm_jax import chat, checkpoints, decoding, hf, inference, logs, self_instruct
+from polylm_jax.inference_config import CheckpointSpec, GenerationSpec, PromptSpec
 from polylm_jax import vocab as vocab_lib
 from polylm_jax.config import get_config
 from polylm_jax.model import init_params
@@ -87,15 +88,15 @@ def test_damaged_checkpoint_names_the_older_steps_and_the_flag(tmp_path, model, 
 def test_jsonl_prompts_bom_invalid_utf8_and_lone_surrogates(tmp_path):
   bom = tmp_path / "bom.jsonl"
   bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "hi"}).encode() + b"\n")
-  assert infer.read_jsonl_prompts(str(bom)) == [{"id": 0, "prompt": "hi"}]
+  assert inference.read_jsonl_prompts(str(bom)) == [{"id": 0, "prompt": "hi"}]
   latin = tmp_path / "latin1.jsonl"
   latin.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
   with pytest.raises(ValueError, match=r"latin1.jsonl:2: not valid UTF-8 \(byte 0xe9"):
-    infer.read_jsonl_prompts(str(latin))
+    inference.read_jsonl_prompts(str(latin))
   lone = tmp_path / "lone.jsonl"
   lone.write_text('{"prompt": "ok"}\n{"id": 1, "prompt": "a\\ud800b"}\n')
   with pytest.raises(ValueError, match=r"lone.jsonl:2: field 'prompt' holds a lone surrogate"):
-    infer.read_jsonl_prompts(str(lone))
+    inference.read_jsonl_prompts(str(lone))
 
 
 def test_output_folders_are_checked_before_the_model_is_loaded(tmp_path):
@@ -104,10 +105,11 @@ def test_output_folders_are_checked_before_the_model_is_loaded(tmp_path):
   prompts = tmp_path / "p.jsonl"
   prompts.write_text('{"prompt": "hi"}\n')
   with pytest.raises(ValueError, match=r"^INFER_OUTPUT_DIR: .*file/out is not writable"):
-    infer.run_inference(  # the checkpoint does not exist: the folder is checked first
-      checkpoint_path=str(tmp_path / "missing"),
+    inference.run_inference(  # the checkpoint does not exist: the folder is checked first
+      checkpoint=CheckpointSpec(str(tmp_path / "missing")),
+      prompts=PromptSpec(input_file=str(prompts)),
+      generation=GenerationSpec(),
       output_dir=str(blocker / "out"),
-      input_file=str(prompts),
     )
   with pytest.raises(ValueError, match=r"^--to_hf: .*/hf is not writable"):
     from polylm_jax import convert

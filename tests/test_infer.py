@@ -9,7 +9,8 @@ import gin
 import jax
 import pytest
 
-from polylm_jax import checkpoints, decoding, gin_utils, hf, infer
+from polylm_jax import checkpoints, decoding, gin_utils, hf, infer, inference
+from polylm_jax.inference_config import CheckpointSpec, GenerationSpec, PromptSpec
 from polylm_jax.config import get_config
 from polylm_jax.model import init_params
 
@@ -115,13 +116,11 @@ def test_hf_dir_and_seqio_task_with_beam_search(model, vocab, tmp_path):
       "targets": seqio.Feature(vocab, add_eos=True),
     },
   )
-  path = infer.run_inference(
-    checkpoint_path=str(hf_dir),
+  path = inference.run_inference(
+    checkpoint=CheckpointSpec(str(hf_dir)),
+    prompts=PromptSpec(mixture_or_task_name=name),
+    generation=GenerationSpec(preset="beam", max_new_tokens=4, batch_size=2),
     output_dir=str(tmp_path / "out"),
-    mixture_or_task_name=name,
-    max_new_tokens=4,
-    batch_size=2,
-    preset="beam",
     print_fn=lambda *a: None,
   )
   rows = [json.loads(l) for l in open(path)]
@@ -132,7 +131,7 @@ def test_hf_dir_and_seqio_task_with_beam_search(model, vocab, tmp_path):
 
 def test_gin_typos_and_missing_values_are_named(tmp_path):
   with pytest.raises(ValueError, match="max_new_tokns"):
-    gin_utils.parse_gin(["runs/infer.gin"], ["infer.max_new_tokns = 3"])
+    gin_utils.parse_gin(["runs/infer.gin"], ["GenerationSpec.max_new_tokns = 3"])
   gin.clear_config()
   with pytest.raises(ValueError, match="CHECKPOINT_PATH.*not subsequently overridden"):
     gin_utils.parse_gin(["runs/infer.gin"], [f"INFER_OUTPUT_DIR = '{tmp_path}'"])
@@ -148,10 +147,10 @@ def test_bad_inputs(tmp_path, model):
   with pytest.raises(FileNotFoundError, match="INFER_INPUT_FILE"):
     infer.read_jsonl_prompts(str(tmp_path / "missing.jsonl"))
   with pytest.raises(ValueError, match="exactly one prompt source"):
-    infer.run_inference(checkpoint_path="x", output_dir="y")
+    PromptSpec()
   config, _ = model
   records = [{"id": "long", "ids": list(range(3, 3 + 62))}]
   with pytest.raises(ValueError, match="record 'long'.*62 tokens.*truncate_prompts"):
-    infer._fit(config, records, 8, truncate=False)
-  assert infer._fit(config, records, 8, truncate=True) == 1
+    inference.fit_prompts(config, records, 8, truncate=False)
+  assert inference.fit_prompts(config, records, 8, truncate=True) == 1
   assert records[0]["ids"] == list(range(3 + 62 - 56, 3 + 62))  # the last 56 tokens kept
