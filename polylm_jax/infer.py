@@ -17,11 +17,11 @@ import sys
 from typing import Sequence
 
 from polylm_jax import gin_utils, inference, inference_config
-from polylm_jax.inference import OUTPUT_FILE, read_jsonl_prompts, run_inference
+from polylm_jax.inference import OUTPUT_FILE, run_inference
 from polylm_jax.inference_config import CheckpointSpec, GenerationSpec, PromptSpec
 from polylm_jax.train_config import MeshSpec
 
-__all__ = ["OUTPUT_FILE", "infer", "main", "read_jsonl_prompts", "run_inference"]
+__all__ = ["OUTPUT_FILE", "infer", "main", "run_inference"]
 
 
 def infer(

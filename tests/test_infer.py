@@ -140,12 +140,12 @@ def test_gin_typos_and_missing_values_are_named(tmp_path):
 def test_bad_inputs(tmp_path, model):
   bad = _write_prompts(tmp_path / "bad.jsonl", [{"prompt": "ok"}, "{not json"])
   with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
-    infer.read_jsonl_prompts(str(bad))
+    inference.read_jsonl_prompts(str(bad))
   nokey = _write_prompts(tmp_path / "nokey.jsonl", [{"text": "hi"}])
   with pytest.raises(ValueError, match=r"nokey.jsonl:1: needs a string field 'prompt'"):
-    infer.read_jsonl_prompts(str(nokey))
+    inference.read_jsonl_prompts(str(nokey))
   with pytest.raises(FileNotFoundError, match="INFER_INPUT_FILE"):
-    infer.read_jsonl_prompts(str(tmp_path / "missing.jsonl"))
+    inference.read_jsonl_prompts(str(tmp_path / "missing.jsonl"))
   with pytest.raises(ValueError, match="exactly one prompt source"):
     PromptSpec()
   config, _ = model
