@@ -11,7 +11,8 @@ segment_ids, langs; [batch, seq_len]), different packing:
     (token 0, weight 0, segment 0, langs -1);
   - an example longer than seq_len + 1 tokens is cut at the end (counted in `stats`); one
     whose prompt alone fills the row is dropped (counted), as it has nothing to learn from.
-pack=False puts one example per row.
+pack=False puts one example per row. The module and InstructionStream are the interface of
+polylm_jax/batch_stream.py, as polylm_jax.stream's are, so the trainer takes either.
 
 Sources are seqio tasks with 'inputs' and 'targets' features (tasks/instructions.py), read
 whole into memory per host (instruction sets are small: all of MultiAlpaca is ~30M tokens)

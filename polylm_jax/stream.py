@@ -1,5 +1,8 @@
 """From seqio tasks to packed, resumable, host-sharded training batches.
 
+The pre-training packer; its module functions and PackedStream are the interface of
+polylm_jax/batch_stream.py (DataModule, BatchStream), which instruct_stream shares.
+
 Batch contract (`PackedStream.next()`; every array is [batch, seq_len]):
   inputs, targets   int32: a row holds seq_len + 1 consecutive stream tokens; inputs = row[:-1],
                     targets = row[1:]. Row r of the stream covers tokens [r*T, r*T + T], so the
