@@ -14,7 +14,8 @@ the left-padding id of a batch), and with beam search it is applied to log-proba
 (as HF does there).
 
 Length policy: no silent truncation. A prompt longer than the model's positions, or a prompt
-plus `max_new_tokens` that does not fit, is an error; `infer.py` can left-truncate prompts.
+plus `max_new_tokens` that does not fit, is an error; `inference.py` can left-truncate them
+(PromptSpec.truncate_prompts).
 `generate` returns the new tokens without the final eos (`include_eos=True` keeps it).
 """
 

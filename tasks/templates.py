@@ -1,6 +1,6 @@
 """Prompt templates of the benchmark tasks: every prompt the evaluation shows a model is here.
 
-Two prompt sets (`use_prompt_set(name)`; gin: `evaluate.prompt_set`):
+Two prompt sets (`use_prompt_set(name)`; gin: `BenchmarkSpec.prompt_set`):
   lm_eval   (default) lm-evaluation-harness 0.4.13's prompts, the XGLM-style prompts behind the
             published multilingual numbers of PolyLM's peers (XGLM, BLOOM, mGPT): per-language
             words, the harness's choice of scored text and its whitespace and punctuation
@@ -46,7 +46,7 @@ Scoring follows the harness: prompt and choice are tokenized together, the promp
 whitespace is scored with the choice, and a text's leading whitespace is left to the
 tokenizer's word-start marker (polylm_jax/evaluation.py).
 
-Override at the binary edge (gin: `evaluate.template_overrides = {'xnli': {...}}`) or in code:
+Override at the binary edge (gin: `BenchmarkSpec.template_overrides = {'xnli': {...}}`) or in code:
     set_template("xnli", prompt="{premise}\\nQ: {hypothesis}?\\nA:", choices=(" yes", " maybe", " no"))
 Overrides apply when a task's examples are next read; `reset_templates()` restores the default
 set.

@@ -526,7 +526,7 @@ def test_eval_binary_on_the_xcopa_release_layout(tmp_path):
       f'--gin.CHECKPOINT_PATH="{tmp_path / "hf"}"',
       f'--gin.EVAL_OUTPUT_DIR="{out}"',
       '--gin.MIXTURE_OR_TASK_NAME="polylm_eval_xcopa_0shot"',
-      f"--gin.evaluate.paths={{'xcopa': '{data}'}}",
+      f"--gin.BenchmarkSpec.paths={{'xcopa': '{data}'}}",
     ],
     cwd=repo,
     capture_output=True,
