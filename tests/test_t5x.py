@@ -396,6 +396,7 @@ def test_t5x_finetune_on_multialpaca_from_a_t5x_checkpoint(workdir, run_dir, tmp
     f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
     "--gin.TRAIN_STEPS=33",
     "--gin.EVAL_PERIOD=3",
+    "--gin.CHECKPOINT_PERIOD=3",
     "--gin.EVAL_STEPS=1",
     "--gin.PEAK_LEARNING_RATE=1e-3",
     "--gin.WARMUP_STEPS=1",
