@@ -26,6 +26,7 @@ import jax
 
 from polylm_jax import checkpoints as ckpt_lib
 from polylm_jax import gin_utils, mixing, partitioning
+from polylm_jax.batch_stream import BatchStream, DataModule
 from polylm_jax import metrics as metrics_lib
 from polylm_jax import train_step as step_lib
 from polylm_jax.config import PolyLMConfig, describe, flops_per_token
@@ -156,7 +157,7 @@ class _Run:
   position)."""
 
   train_steps: int
-  stream: Any
+  stream: BatchStream
   fns: Any  # train_setup.StepFunctions
   checkpointer: Checkpointer
   counters: Counters
@@ -316,8 +317,8 @@ def train(
 class _Data:
   """The run's data: its module (stream or instruct_stream), stream, vocabulary, eval tasks."""
 
-  module: Any
-  stream: Any
+  module: DataModule  # polylm_jax.stream or polylm_jax.instruct_stream
+  stream: BatchStream
   host_batch: int
   vocab: Any
   vocab_id: str  # its fingerprint, kept in every checkpoint
@@ -325,7 +326,7 @@ class _Data:
   languages: tuple[str, ...]  # the stream's `langs` index, added languages included
 
 
-def _data_module(data: DataSpec):
+def _data_module(data: DataSpec) -> DataModule:
   """The data stream's module, after importing the modules that register its tasks.
 
   Lazy: seqio and TensorFlow load here, so a finished run reports without them."""
@@ -367,7 +368,8 @@ def _build_data(s: _Settings, num_hosts: int, host: int, train_steps: int) -> _D
   )  # fmt: skip
   vocab, vocab_id = _task_vocabulary(stream, s.config)
   eval_langs = module.eval_tasks(s.data.mixture_or_task_name) if s.eval.period else {}
-  if s.eval.period and not eval_langs:
+  instruction_data = module.__name__ == "polylm_jax.instruct_stream"
+  if s.eval.period and not eval_langs and not instruction_data:  # tiny instruction data: _train
     raise ValueError(
       f"{s.data.mixture_or_task_name!r} has no monolingual held-out ('validation') "
       "tasks for eval; set EvalSpec.period = 0 to train without eval"
@@ -450,6 +452,12 @@ def _train(s: _Settings, jax_mesh, manager, benchmark_names, out) -> TrainResult
   """Builds the stream, the step functions and the loop's parts; starts or resumes; loops."""
   host = jax.process_index()
   d = _build_data(s, jax.process_count(), host, s.train_steps)
+  if s.eval.period and not d.eval_langs:  # instruction files too small to hold a record out
+    out.log(
+      f"WARNING: {s.data.mixture_or_task_name!r} has no held-out records in any language: "
+      "training without eval (EvalSpec.period = 0)"
+    )
+    s = dataclasses.replace(s, eval=dataclasses.replace(s.eval, period=0))
   schedule, tx = s.optimizer.build(s.train_steps)
   fns = make_step_functions(
     s.config, jax_mesh, tx, schedule, num_microbatches=s.mesh.num_microbatches,

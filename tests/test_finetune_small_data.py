@@ -17,17 +17,16 @@ from polylm_jax.config import get_config
 from polylm_jax.model import init_params
 
 
-@pytest.mark.slow
-def test_ten_records_in_three_languages_train_eval_and_rerun(tmp_path, monkeypatch):
+def _finetuner(tmp_path, monkeypatch, langs, records):
+  """A function that fine-tunes polylm_tiny for 2 steps on `records` records per language."""
   from polylm_jax import train as train_lib
   from tasks import instructions
 
   data = tmp_path / "multialpaca"
   data.mkdir()
-  langs = ("es", "ja", "th")
   for lang in langs:
     with open(data / f"{lang}.jsonl", "w", encoding="utf-8") as f:
-      for i in range(10):
+      for i in range(records):
         f.write(json.dumps({"instruction": f"{lang} {i}?", "input": None, "output": "OK."}) + "\n")
   monkeypatch.setenv(instructions.DATA_DIR_ENV, str(data))
   vocab = vocab_lib.get_vocabulary()
@@ -59,9 +58,25 @@ def test_ten_records_in_three_languages_train_eval_and_rerun(tmp_path, monkeypat
       gin.clear_config()
     return result, "\n".join(logs)
 
+  return finetune
+
+
+@pytest.mark.slow
+def test_ten_records_in_three_languages_train_eval_and_rerun(tmp_path, monkeypatch):
+  langs = ("es", "ja", "th")
+  finetune = _finetuner(tmp_path, monkeypatch, langs, records=10)
   result, _ = finetune()
   assert result.step == 2
   # the final eval ran on the one held-out record of each language present, and no other
   assert {k for k in result.eval if k.startswith("loss/")} == {f"loss/{lang}" for lang in langs}
   result, text = finetune()  # the rerun reports the finished run
   assert result.step == 2 and "nothing to do" in text
+
+
+@pytest.mark.slow
+def test_one_record_per_language_trains_without_eval_and_says_so(tmp_path, monkeypatch):
+  finetune = _finetuner(tmp_path, monkeypatch, ("es", "ja"), records=1)
+  result, text = finetune()
+  assert result.step == 2
+  assert "no held-out records in any language: training without eval" in text
+  assert not [k for k in result.eval if k.startswith("loss/")]
