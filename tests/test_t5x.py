@@ -404,3 +404,46 @@ def test_t5x_finetune_on_multialpaca_from_a_t5x_checkpoint(workdir, run_dir, tmp
   )
   assert "checkpoint_30" in log
   assert t5x_ckpt.steps(str(tmp_path / "sft"))[-1] == 33
+
+
+_PARSE = """
+import __main__, importlib, json, os, sys, gin
+from t5x import gin_utils
+from polylm_jax import config as polylm_config
+__main__.train = importlib.import_module("t5x.train").train
+search = [os.path.dirname(os.path.dirname(gin_utils.__file__))]
+out = {}
+for size, run in json.loads(sys.argv[1]):
+  gin.clear_config()
+  gin_utils.parse_gin_flags(
+    search, [f"gin/t5x/{size}.gin", f"gin/t5x/{run}.gin"],
+    ['MODEL_DIR="/tmp/x"', 'INITIAL_CHECKPOINT_PATH="/tmp/x"'])
+  with gin.config_scope(None):
+    cfg = gin.get_configurable(polylm_config.PolyLMConfig)()
+  out[f"{size}+{run}"] = dict(cfg.to_dict(), batch=gin.query_parameter("%BATCH_SIZE"),
+                              model_parallel=gin.query_parameter("%MODEL_PARALLEL"))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_every_size_parses_with_the_run_gins_and_matches_the_presets():
+  combos = [(s, "pretrain") for s in ("polylm_mid", "polylm_1_7b")]
+  combos += [("polylm_13b", "pretrain_13b"), ("polylm_small", "finetune")]
+  proc = subprocess.run(
+    [sys.executable, "-c", _PARSE, json.dumps(combos)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  arch = ("vocab_size", "num_layers", "d_model", "num_heads", "head_dim", "d_ff", "max_len")
+  for size, run in combos:
+    cfg = got[f"{size}+{run}"]
+    assert {k: cfg[k] for k in arch} == {k: getattr(get_config(size), k) for k in arch}
+  assert got["polylm_13b+pretrain_13b"]["batch"] == 2048
+  assert got["polylm_13b+pretrain_13b"]["remat_policy"] == "full"
+  assert got["polylm_1_7b+pretrain"]["batch"] == 512
+  assert got["polylm_1_7b+pretrain"]["dtype"] == "bfloat16"
