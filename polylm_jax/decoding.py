@@ -10,7 +10,7 @@ logits processors run in HF's order (repetition penalty, temperature, top-k, top
 beam search is a port of its vectorised beam search (finished hypotheses scored
 `logprob / generated_len ** length_penalty`, `early_stopping` True / False / "never").
 Two deliberate differences: the repetition penalty sees only real tokens (HF also penalises
-the left-padding id of a batch), and with beam search it is applied to log-probabilities
+the padding id of a left-padded batch), and with beam search it is applied to log-probabilities
 (as HF does there).
 
 Length policy: no silent truncation. A prompt longer than the model's positions, or a prompt
@@ -412,7 +412,7 @@ def generate(
 ) -> list[list[int]]:
   """New token ids for each prompt (greedy, sampling or beam search; see DecodeSettings).
 
-  prompts are processed `batch_size` at a time (default: all at once), each batch left-padded
+  prompts are processed `batch_size` at a time (default: all at once), each batch right-padded
   to a common length. With `mesh`, params are sharded as in training and batches split over
   the data axes. Sampling is reproducible from `seed` and independent of batching.
   layer_loop: "unrolled" (fast) or "scan" (no extra copy of the weights); see decode_stack.
