@@ -13,10 +13,15 @@ T5X=cc342d419ec3e3e9c4bf1df33c82330cafdc1e16
 AIRIO=69897df7d9a427b947a9f7bb4164c7782b43e601
 JESTIMATOR=326824a477feef6d92e6f44175000907a72899ca
 stamp=$(dirname "$PY")/../.t5x-${T5X:0:7}-${AIRIO:0:7}-${JESTIMATOR:0:7}
-if [ -f "$stamp" ] && "$PY" -c "import t5x, airio, jestimator" 2>/dev/null; then
-  exit 0
+[ -f "$stamp" ] && exit 0  # written below once t5x imports; removed when the venv is rebuilt
+# Where the sources come from, checked before anything is installed: exit 3 when neither the
+# folder nor GitHub can be had (tools/env.sh then goes on without t5x and says so).
+if [ -z "${T5X_SOURCES:-}" ] \
+  && ! git ls-remote https://github.com/google-research/t5x HEAD >/dev/null 2>&1; then
+  echo "install_t5x: GitHub is not reachable and T5X_SOURCES is unset (a folder of t5x-${T5X:0:7}.tar.gz, airio-${AIRIO:0:7}.tar.gz, jestimator-${JESTIMATOR:0:7}.tar.gz)" >&2
+  exit 3
 fi
-"$PY" -m pip install --quiet -e '.[t5x]'
+PYTHONWARNINGS="ignore:Editable installation" "$PY" -m pip install --quiet -e '.[t5x]'
 if [ -n "${T5X_SOURCES:-}" ]; then
   srcs=()
   for name in t5x-${T5X:0:7} airio-${AIRIO:0:7} jestimator-${JESTIMATOR:0:7}; do
