@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 
-from polylm_jax import evaluation  # noqa: E402
+from polylm_jax import evaluation
 from polylm_jax import vocab as vocab_lib  # noqa: E402
 from polylm_jax.config import describe, get_config  # noqa: E402
 from polylm_jax.model import init_params  # noqa: E402

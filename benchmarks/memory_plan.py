@@ -1,7 +1,7 @@
 """Per-device memory of one PolyLM training step on a mesh, without allocating any weight.
 
 Compiles the real step (forward, backward, AdamW update, non-finite guard; state donated)
-from `polylm_jax.train_step` on abstract inputs (ShapeDtypeStructs with shardings) for 8
+from `polylm_jax.training.step` on abstract inputs (ShapeDtypeStructs with shardings) for 8
 host CPU devices, and reads the compiled step's memory analysis. Parameter and optimizer
 bytes per device come from the shardings (exact); temporaries (activations, gradients,
 logits, workspace) come from XLA's buffer assignment for the CPU backend, which is an
@@ -29,7 +29,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
-from polylm_jax import optim, train_step as ts  # pylint: disable=g-import-not-at-top
+from polylm_jax import optim
+from polylm_jax.training import step as ts
 from polylm_jax.config import count_params, get_config
 from polylm_jax.partitioning import batch_sharding, data_parallel_size, make_mesh, use_mesh
 

@@ -7,7 +7,7 @@
 Same model, same batch, same optimizer (optim.make_optimizer: AdamW, decay mask, clip 1.0),
 fp32, all local devices as a data-parallel mesh, in one process. t5x: its Trainer's
 partitioned train step (t5x_model.PolyLMModel, MeshPartitioner, loss normalised per real
-target token); project: train_setup.make_step_functions, the step `polylm_jax.train` runs.
+target token); project: prepare.make_step_functions, the step `polylm_jax.train` runs.
 The two steps alternate, one timed step each per round (SPEC 9: a shared machine drifts;
 alternating keeps the ratio fair), after --warmup steps each; figures are medians with min
 and max, and the ratio t5x / project tokens/s.
@@ -93,11 +93,12 @@ def project_step(cfg, batch: dict):
   import jax
   import numpy as np
 
-  from polylm_jax import optim, partitioning, train_setup
+  from polylm_jax import optim, partitioning
+  from polylm_jax.training import prepare
 
   mesh = partitioning.make_mesh(data=-1)
   schedule = _schedule()
-  fns = train_setup.make_step_functions(cfg, mesh, optim.make_optimizer(schedule), schedule)
+  fns = prepare.make_step_functions(cfg, mesh, optim.make_optimizer(schedule), schedule)
   b, s = batch["decoder_input_tokens"].shape
   host = {
     "inputs": batch["decoder_input_tokens"],
@@ -108,7 +109,7 @@ def project_step(cfg, batch: dict):
     "loss_weights": batch["decoder_loss_weights"].astype(np.float32),
   }
   with partitioning.use_mesh(mesh):
-    dev = train_setup.to_global(host, fns.batch_shardings)
+    dev = prepare.to_global(host, fns.batch_shardings)
     state = fns.init(jax.random.key(0))
 
   def step(st):

@@ -2,7 +2,7 @@
 
 Same architecture and work on both sides: GPT-2 blocks (gelu_new, biases, tied embeddings),
 fp32, full-vocab cross entropy, clipping at 1.0, AdamW with betas 0.9/0.95 and the same
-weight-decay mask. The JAX side is the project's real step (`polylm_jax.train_step`: jitted,
+weight-decay mask. The JAX side is the project's real step (`polylm_jax.training.step`: jitted,
 state donated, with the non-finite guard and per-language metrics). Both run in this one
 process, alternating step by step, after warm-up; OMP_WAIT_POLICY=PASSIVE keeps PyTorch's
 OpenMP threads from spinning while JAX runs (SPEC section 9).
@@ -61,7 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from polylm_jax import optim, train_step as ts
+from polylm_jax import optim
+from polylm_jax.training import step as ts
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.model import PolyLM, init_params
 

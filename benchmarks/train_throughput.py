@@ -3,11 +3,11 @@
   .venv/bin/python benchmarks/train_throughput.py          # CPU: 2 configs x {1, 8} devices
   .venv/bin/python benchmarks/train_throughput.py --gpu    # polylm_1_7b, seq 2048, bf16, 1 GPU
 
-The step is the one `polylm_jax.train` runs (`train_setup.make_step_functions`: jax.jit with
+The step is the one `polylm_jax.train` runs (`prepare.make_step_functions`: jax.jit with
 shardings, state donated, fp32 gradient accumulation over microbatches, non-finite guard),
 fed random token batches already on the devices, so data loading is not timed. Figures are
 the median, min and max of --steps steps after --warmup steps (compilation excluded); MFU
-uses `config.flops_per_token` against the peak stated in `polylm_jax/metrics.py` (CPU: a
+uses `config.flops_per_token` against the peak stated in `polylm_jax/training/metrics.py` (CPU: a
 nominal peak, see there).
 
 CPU: polylm_small (the demo model) at 8 x 256 tokens and polylm_mid at 8 x 128, each on 1
@@ -77,13 +77,15 @@ def run_case(
   """Times the trainer's step on all local devices (a data-parallel mesh)."""
   import jax
   import numpy as np
-  from polylm_jax import config as config_lib, metrics, optim, partitioning, train_setup
+  from polylm_jax import config as config_lib, optim, partitioning
+  from polylm_jax.training import metrics
+  from polylm_jax.training import prepare
 
   cfg = config_lib.get_config(name, dtype=dtype, remat_policy=remat, attention_impl=attention)
   mesh = partitioning.make_mesh(data=-1)
-  train_setup.check_batch_layout(batch, mesh, num_microbatches, jax.process_count())
+  prepare.check_batch_layout(batch, mesh, num_microbatches, jax.process_count())
   schedule = optim.learning_rate_schedule(6e-5, 6e-6, 2000, 608_000)
-  fns = train_setup.make_step_functions(
+  fns = prepare.make_step_functions(
     cfg, mesh, optim.make_optimizer(schedule), schedule, num_microbatches=num_microbatches
   )
   rng = np.random.default_rng(0)
@@ -97,7 +99,7 @@ def run_case(
     loss_weights=np.ones((batch, seq), np.float32),
   )
   with partitioning.use_mesh(mesh):
-    batch_dev = train_setup.to_global(host, fns.batch_shardings)
+    batch_dev = prepare.to_global(host, fns.batch_shardings)
     state = fns.init(jax.random.key(0))
     t0 = time.perf_counter()
     state, m = fns.train_step(state, batch_dev)
@@ -143,14 +145,15 @@ def dry_run(
 ) -> None:
   """Lowers the step for one device on ShapeDtypeStructs: checks the GPU settings trace."""
   import jax
-  from polylm_jax import config as config_lib, optim, partitioning, train_setup
-  from polylm_jax import train_step as step_lib
+  from polylm_jax import config as config_lib, optim, partitioning
+  from polylm_jax.training import prepare
+  from polylm_jax.training import step as step_lib
 
   cfg = config_lib.get_config(name, dtype=dtype, remat_policy=remat, attention_impl=attention)
   mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
   schedule = optim.learning_rate_schedule(6e-5, 6e-6, 2000, 608_000)
   optimizer = optim.make_optimizer(schedule)
-  fns = train_setup.make_step_functions(
+  fns = prepare.make_step_functions(
     cfg, mesh, optimizer, schedule, num_microbatches=num_microbatches
   )
   state = step_lib.abstract_train_state(cfg, optimizer, fns.state_shardings)
@@ -252,7 +255,7 @@ def main(argv=None) -> None:
     return
   print(
     f"CPU, {os.cpu_count()} logical CPUs; median of {args.steps} steps after "
-    f"{args.warmup} warm-up steps; MFU against a nominal CPU peak (polylm_jax/metrics.py)"
+    f"{args.warmup} warm-up steps; MFU against a nominal CPU peak (polylm_jax/training/metrics.py)"
   )
   for name, batch, seq in CPU_CASES:
     for devices in (1, 8):

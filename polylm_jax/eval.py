@@ -9,7 +9,7 @@ It parses the gin flags, gin builds the settings (`evaluate.checkpoint = @Checkp
 `evaluate.benchmark = @BenchmarkSpec()`, `evaluate.generation = @GenerationSpec()`,
 `evaluate.mesh = @MeshSpec()`; see gin/runs/eval.gin and polylm_jax/inference_config.py), it
 hands BenchmarkSpec's data and prompt settings to the task library (tasks/, which only a
-binary imports) and calls one library function, `checkpoint_eval.evaluate_checkpoint`.
+binary imports) and calls one library function, `checkpoint_lib.evaluate_checkpoint`.
 MIXTURE_OR_TASK_NAME: benchmark tasks and/or mixtures, comma-separated (tasks/benchmark.py).
 """
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 from polylm_jax import gin_utils, inference_config
 from polylm_jax.inference_config import BenchmarkSpec, CheckpointSpec, GenerationSpec
-from polylm_jax.train_config import MeshSpec
+from polylm_jax.training.settings import MeshSpec
 
 if TYPE_CHECKING:
   from polylm_jax import evaluation
@@ -39,7 +39,7 @@ def evaluate(
 ) -> evaluation.EvalResults:
   """The binary's entry point: configures the task library, then evaluates the checkpoint."""
   # seqio/TensorFlow: only once the binary runs (and its console is set up)
-  from polylm_jax import checkpoint_eval
+  from polylm_jax.evaluation import checkpoint as checkpoint_lib
   from tasks import benchmark as task_library
   from tasks import templates
 
@@ -51,7 +51,7 @@ def evaluate(
     shot_seed=benchmark.shot_seed,
     paths=benchmark.paths or None,
   )
-  return checkpoint_eval.evaluate_checkpoint(
+  return checkpoint_lib.evaluate_checkpoint(
     checkpoint=checkpoint,
     benchmark=benchmark,
     generation=generation,

@@ -19,7 +19,7 @@ from typing import Sequence
 from polylm_jax import gin_utils, inference, inference_config
 from polylm_jax.inference import OUTPUT_FILE, run_inference
 from polylm_jax.inference_config import CheckpointSpec, GenerationSpec, PromptSpec
-from polylm_jax.train_config import MeshSpec
+from polylm_jax.training.settings import MeshSpec
 
 __all__ = ["OUTPUT_FILE", "infer", "main", "run_inference"]
 

@@ -27,7 +27,7 @@ from polylm_jax import prompts as prompts_lib
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.files import atomic_write
 from polylm_jax.inference_config import CheckpointSpec, GenerationSpec, PromptSpec
-from polylm_jax.train_config import MeshSpec
+from polylm_jax.training.settings import MeshSpec
 
 OUTPUT_FILE = "outputs.jsonl"
 

@@ -18,7 +18,7 @@ import jax
 from polylm_jax import checkpoints, decoding
 from polylm_jax import prompts as prompts_lib
 from polylm_jax.config import PolyLMConfig
-from polylm_jax.train_config import MeshSpec
+from polylm_jax.training.settings import MeshSpec
 
 STEP_FLAG = "--gin.CHECKPOINT_STEP"  # named by the damaged-checkpoint hint
 

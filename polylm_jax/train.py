@@ -5,8 +5,8 @@ r"""The t5x-style training binary: pre-training, continued training, fine-tuning
         --gin.TRAIN_STEPS=1000 --gin.MIXTURE_OR_TASK_NAME=\"polylm_pretrain_curriculum\"
 
 It parses the gin flags, gin builds the settings (`train.optimizer = @OptimizerSpec()` and
-so on, see gin/runs/pretrain.gin and polylm_jax/train_config.py) and it calls one library
-function, `polylm_jax.trainer.train`. Exit status 143 after SIGTERM and 130 after Ctrl-C
+so on, see gin/runs/pretrain.gin and polylm_jax/settings_lib.py) and it calls one library
+function, `polylm_jax.training.trainer.train`. Exit status 143 after SIGTERM and 130 after Ctrl-C
 (SIGINT): both save a checkpoint first, and the same command resumes.
 """
 
@@ -20,9 +20,10 @@ import gin
 from absl import flags
 from absl import logging as absl_logging
 
-from polylm_jax import checkpoints, gin_utils, train_config
-from polylm_jax.train_setup import maybe_initialize_distributed
-from polylm_jax.trainer import NonFiniteError, TrainResult, train
+from polylm_jax import checkpoints, gin_utils
+from polylm_jax.training import settings as settings_lib
+from polylm_jax.training.prepare import maybe_initialize_distributed
+from polylm_jax.training.trainer import NonFiniteError, TrainResult, train
 
 __all__ = ["NonFiniteError", "TrainResult", "gin_train", "main", "train"]
 
@@ -31,7 +32,7 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "preemption": 143}  # 128 + signal 
 
 def _register_gin():
   """gin at the edge: the trainer and its settings stay plain Python."""
-  for cls in (*train_config.SPECS, checkpoints.CheckpointPolicy):
+  for cls in (*settings_lib.SPECS, checkpoints.CheckpointPolicy):
     gin_utils.configurable(cls, cls.__name__)
   return gin_utils.configurable(train, "train")
 

@@ -46,7 +46,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from polylm_jax import eval_metrics, evaluation
+from polylm_jax.evaluation import metrics
+from polylm_jax import evaluation
 from polylm_jax import vocab as vocab_lib
 from polylm_jax.evaluation import Example
 from tasks import benchmark_data as data
@@ -488,14 +489,12 @@ def postprocess(output: Any, example: Any = None, is_target: bool = False) -> An
 def _seqio_metric_fns(task: BenchmarkTask) -> list:
   fam = task.family
   if fam.metric == "squad":
-    return [lambda targets, predictions: eval_metrics.squad_metrics(predictions, targets)]
+    return [lambda targets, predictions: metrics.squad_metrics(predictions, targets)]
   if fam.metric == "rouge":
-    return [lambda targets, predictions: eval_metrics.rouge_metrics(predictions, targets)]
+    return [lambda targets, predictions: metrics.rouge_metrics(predictions, targets)]
   if fam.metric == "translation":
     tgt = task.lang.split("-")[1]
-    return [
-      lambda targets, predictions: eval_metrics.translation_metrics(predictions, targets, tgt)
-    ]
+    return [lambda targets, predictions: metrics.translation_metrics(predictions, targets, tgt)]
   return []  # rank classification is scored by polylm_jax.evaluation (log-likelihoods)
 
 

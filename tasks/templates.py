@@ -44,7 +44,7 @@ A template turns one normalised record (see FIELDS) into text with `str.format`:
 A demonstration of a rank task is its prompt, its gold choice and the continuation.
 Scoring follows the harness: prompt and choice are tokenized together, the prompt's trailing
 whitespace is scored with the choice, and a text's leading whitespace is left to the
-tokenizer's word-start marker (polylm_jax/evaluation.py).
+tokenizer's word-start marker (polylm_jax/evaluation/__init__.py).
 
 Override at the binary edge (gin: `BenchmarkSpec.template_overrides = {'xnli': {...}}`) or in code:
     set_template("xnli", prompt="{premise}\\nQ: {hypothesis}?\\nA:", choices=(" yes", " maybe", " no"))

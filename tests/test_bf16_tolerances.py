@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polylm_jax import train_step as ts
+from polylm_jax.training import step as ts
 from polylm_jax.config import get_config
 from polylm_jax.model import PolyLM, init_params
 

@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from polylm_jax import checkpoints, eval_report, evaluation, hf
+from polylm_jax import checkpoints, hf
+from polylm_jax.evaluation import report as report_lib
+from polylm_jax import evaluation
 from polylm_jax import eval as eval_bin
 from polylm_jax import vocab as vocab_lib
 from polylm_jax.inference_config import BenchmarkSpec, CheckpointSpec, GenerationSpec
@@ -78,9 +80,9 @@ def test_binary_end_to_end(setup):
   assert len(names) == 6
   for name in names:
     assert f"{name}: " in stdout
-    lines = eval_report.read_predictions(out / "predictions" / f"{name}.jsonl")
+    lines = report_lib.read_predictions(out / "predictions" / f"{name}.jsonl")
     assert len(lines) == 3 and all(line["task"] == name for line in lines)
-  rows = eval_report.read_csv(out / "results.csv")
+  rows = report_lib.read_csv(out / "results.csv")
   assert {r["task"] for r in rows} == set(names)
   assert {(r["task"], r["metric"]) for r in rows if r["primary"] == "True"} == {
     (n, {"xcopa": "accuracy", "flores": "bleu"}.get(n.split("_")[2], "rougeL")) for n in names
@@ -191,9 +193,9 @@ def test_report_files_are_replaced_whole(tmp_path):
     [{"id": "a", "choices": [" x", " y"]}, {"id": "b"}],
   )
   results = evaluation.EvalResults([task])
-  eval_report.write_report(results, tmp_path)
+  report_lib.write_report(results, tmp_path)
   task.metrics["accuracy"] = 100.0
-  eval_report.write_report(results, tmp_path)
+  report_lib.write_report(results, tmp_path)
   (row,) = list(csv.DictReader(open(tmp_path / "results.csv")))
   assert row["value"] == "100.0000"
   assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -204,7 +206,7 @@ def test_report_files_are_replaced_whole(tmp_path):
     "results.png",
   ]
   with pytest.raises(ValueError, match="no task results"):
-    eval_report.write_report(evaluation.EvalResults([]), tmp_path)
+    report_lib.write_report(evaluation.EvalResults([]), tmp_path)
 
 
 def test_prompt_set_is_chosen_in_the_binary_and_stated_in_the_report(setup, tmp_path):

@@ -8,7 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from polylm_jax import decoding, eval_metrics, eval_report, evaluation
+from polylm_jax import decoding
+from polylm_jax.evaluation import metrics as metrics_lib
+from polylm_jax.evaluation import report
+from polylm_jax import evaluation
 from polylm_jax import vocab as vocab_lib
 from polylm_jax.config import get_config
 from polylm_jax.model import init_params
@@ -23,27 +26,21 @@ BLEU_ONE_WRONG = 100 * (1 / 3) ** 0.25
 
 def test_bleu_hand_value():
   assert BLEU_ONE_WRONG == pytest.approx(75.9836, abs=1e-3)
-  assert eval_metrics.bleu(["a b c d e x"], [["a b c d e f"]], "en") == pytest.approx(
-    BLEU_ONE_WRONG
-  )
-  assert eval_metrics.bleu(["a b c d e f"], ["a b c d e f"], "en") == pytest.approx(100.0)
+  assert metrics_lib.bleu(["a b c d e x"], [["a b c d e f"]], "en") == pytest.approx(BLEU_ONE_WRONG)
+  assert metrics_lib.bleu(["a b c d e f"], ["a b c d e f"], "en") == pytest.approx(100.0)
 
 
 def test_bleu_tokenizers_for_zh_ja_th():
   # Without spaces, 13a sees one wrong token; per-character tokenizers see 6 chars, 1 wrong.
-  assert eval_metrics.bleu_tokenizer("zh") == "zh"
-  assert eval_metrics.bleu_tokenizer("ja") == "char"
-  assert eval_metrics.bleu_tokenizer("th") == "char"
-  assert eval_metrics.bleu_tokenizer("de") == "13a"
-  assert eval_metrics.bleu(["猫坐在垫子下"], ["猫坐在垫子上"], "zh") == pytest.approx(
-    BLEU_ONE_WRONG
-  )
-  assert eval_metrics.bleu(["猫坐在垫子下"], ["猫坐在垫子上"], "en") == 0.0
-  assert eval_metrics.bleu(["กขคงจฉ"], ["กขคงจช"], "th") == pytest.approx(BLEU_ONE_WRONG)
-  assert eval_metrics.bleu(["ねこがすわる"], ["ねこがすわれ"], "ja") == pytest.approx(
-    BLEU_ONE_WRONG
-  )
-  assert eval_metrics.bleu(
+  assert metrics_lib.bleu_tokenizer("zh") == "zh"
+  assert metrics_lib.bleu_tokenizer("ja") == "char"
+  assert metrics_lib.bleu_tokenizer("th") == "char"
+  assert metrics_lib.bleu_tokenizer("de") == "13a"
+  assert metrics_lib.bleu(["猫坐在垫子下"], ["猫坐在垫子上"], "zh") == pytest.approx(BLEU_ONE_WRONG)
+  assert metrics_lib.bleu(["猫坐在垫子下"], ["猫坐在垫子上"], "en") == 0.0
+  assert metrics_lib.bleu(["กขคงจฉ"], ["กขคงจช"], "th") == pytest.approx(BLEU_ONE_WRONG)
+  assert metrics_lib.bleu(["ねこがすわる"], ["ねこがすわれ"], "ja") == pytest.approx(BLEU_ONE_WRONG)
+  assert metrics_lib.bleu(
     ["猫坐在垫子下"], ["猫坐在垫子上"], "en", tokenize="char"
   ) == pytest.approx(BLEU_ONE_WRONG)
 
@@ -51,60 +48,60 @@ def test_bleu_tokenizers_for_zh_ja_th():
 def test_chrf_hand_value():
   # "abc" vs "abd": char 1-grams P = R = 2/3, 2-grams 1/2, 3-grams 0 (no longer n-grams);
   # average P = R = 7/18, so F-beta = 7/18.
-  assert eval_metrics.chrf(["abc"], [["abd"]]) == pytest.approx(100 * 7 / 18)
-  assert eval_metrics.chrf(["same text"], ["same text"]) == pytest.approx(100.0)
+  assert metrics_lib.chrf(["abc"], [["abd"]]) == pytest.approx(100 * 7 / 18)
+  assert metrics_lib.chrf(["same text"], ["same text"]) == pytest.approx(100.0)
 
 
 def test_translation_metrics_need_equal_reference_counts():
   with pytest.raises(ValueError, match="same number of references"):
-    eval_metrics.bleu(["a", "b"], [["a"], ["b", "c"]], "en")
+    metrics_lib.bleu(["a", "b"], [["a"], ["b", "c"]], "en")
   with pytest.raises(ValueError, match="2 predictions but 1 references"):
-    eval_metrics.chrf(["a", "b"], [["a"]])
+    metrics_lib.chrf(["a", "b"], [["a"]])
 
 
 def test_rouge_hand_values():
   # unigrams 2 of 3 match, bigrams 1 of 2, LCS 2 of 3.
-  scores = eval_metrics.rouge_metrics(["the cat ran"], ["the cat sat"])
+  scores = metrics_lib.rouge_metrics(["the cat ran"], ["the cat sat"])
   assert scores["rouge1"] == pytest.approx(100 * 2 / 3)
   assert scores["rouge2"] == pytest.approx(100 * 1 / 2)
   assert scores["rougeL"] == pytest.approx(100 * 2 / 3)
 
 
 def test_rouge_keeps_non_latin_scripts():
-  cjk = eval_metrics.rouge_metrics(["我爱他"], ["我爱你"])
+  cjk = metrics_lib.rouge_metrics(["我爱他"], ["我爱你"])
   assert cjk["rouge1"] == pytest.approx(100 * 2 / 3)
   assert cjk["rouge2"] == pytest.approx(50.0)
   # Accented words stay whole: "café" matches "café" but not "cafe".
-  assert eval_metrics.rouge_metrics(["café"], ["cafe"])["rouge1"] == 0.0
-  assert eval_metrics.rouge_metrics(["Café crème"], ["café crème"])["rouge1"] == pytest.approx(100)
-  tokens = eval_metrics.MultilingualTokenizer().tokenize("Über café, 我爱你! Привет мир ไทย")
+  assert metrics_lib.rouge_metrics(["café"], ["cafe"])["rouge1"] == 0.0
+  assert metrics_lib.rouge_metrics(["Café crème"], ["café crème"])["rouge1"] == pytest.approx(100)
+  tokens = metrics_lib.MultilingualTokenizer().tokenize("Über café, 我爱你! Привет мир ไทย")
   assert tokens == ["über", "café", "我", "爱", "你", "привет", "мир", "ไ", "ท", "ย"]
   # Best over several references.
-  assert eval_metrics.rouge_scores("a b", ["x y", "a b"])["rouge1"] == pytest.approx(1.0)
+  assert metrics_lib.rouge_scores("a b", ["x y", "a b"])["rouge1"] == pytest.approx(1.0)
 
 
 def test_squad_normalisation_and_scores():
-  assert eval_metrics.squad_normalize("The  Eiffel Tower!") == "eiffel tower"
-  assert eval_metrics.squad_normalize("An apple, a pear and the plum.") == "apple pear and plum"
-  assert eval_metrics.qa_exact_match("The Eiffel Tower!", "eiffel tower") == 1.0
-  assert eval_metrics.qa_exact_match("Eiffel", "eiffel tower") == 0.0
+  assert metrics_lib.squad_normalize("The  Eiffel Tower!") == "eiffel tower"
+  assert metrics_lib.squad_normalize("An apple, a pear and the plum.") == "apple pear and plum"
+  assert metrics_lib.qa_exact_match("The Eiffel Tower!", "eiffel tower") == 1.0
+  assert metrics_lib.qa_exact_match("Eiffel", "eiffel tower") == 0.0
   # "big cat" vs "cat": precision 1/2, recall 1 -> F1 2/3.
-  assert eval_metrics.qa_f1("the big cat", "a cat") == pytest.approx(2 / 3)
-  assert eval_metrics.qa_f1("dog", "cat") == 0.0
-  per = eval_metrics.squad_scores("the big cat", ["dog", "a cat", "big cat"])
+  assert metrics_lib.qa_f1("the big cat", "a cat") == pytest.approx(2 / 3)
+  assert metrics_lib.qa_f1("dog", "cat") == 0.0
+  per = metrics_lib.squad_scores("the big cat", ["dog", "a cat", "big cat"])
   assert per == {"f1": 1.0, "exact_match": 1.0}
-  corpus = eval_metrics.squad_metrics(["the big cat", "dog"], [["a cat"], ["dog."]])
+  corpus = metrics_lib.squad_metrics(["the big cat", "dog"], [["a cat"], ["dog."]])
   assert corpus["f1"] == pytest.approx(100 * (2 / 3 + 1) / 2)
   assert corpus["exact_match"] == pytest.approx(50.0)
   with pytest.raises(ValueError, match="at least one reference"):
-    eval_metrics.squad_scores("x", [])
+    metrics_lib.squad_scores("x", [])
 
 
 def test_accuracy():
-  assert eval_metrics.accuracy([0, 1, 2, 1], [0, 1, 1, 1]) == 75.0
-  assert eval_metrics.accuracy([], []) == 0.0
+  assert metrics_lib.accuracy([0, 1, 2, 1], [0, 1, 1, 1]) == 75.0
+  assert metrics_lib.accuracy([], []) == 0.0
   with pytest.raises(ValueError):
-    eval_metrics.accuracy([0], [0, 1])
+    metrics_lib.accuracy([0], [0, 1])
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -211,8 +208,8 @@ def test_generation_equals_direct_generate(model, demo_data):
   assert [p["prediction"] for p in task.predictions] == texts
   assert [p["references"] for p in task.predictions] == [list(ex.references) for ex in examples]
   refs = [list(ex.references) for ex in examples]
-  assert task.metrics["bleu"] == pytest.approx(eval_metrics.bleu(texts, refs, "zh"))
-  assert task.metrics["chrf"] == pytest.approx(eval_metrics.chrf(texts, refs))
+  assert task.metrics["bleu"] == pytest.approx(metrics_lib.bleu(texts, refs, "zh"))
+  assert task.metrics["chrf"] == pytest.approx(metrics_lib.chrf(texts, refs))
 
 
 def test_generation_metrics_with_planted_outputs(model, demo_data, monkeypatch):
@@ -295,7 +292,7 @@ def test_report_states_prompt_set_shots_and_conventions(model, demo_data, tmp_pa
     "polylm_eval_flores_en_de_0shot",
   ]
   res = evaluation.evaluate(config, params, vocab, names, max_examples=2, max_new_tokens=3)
-  eval_report.write_report(res, tmp_path, plot=False)
+  report.write_report(res, tmp_path, plot=False)
   md = (tmp_path / "results.md").read_text()
   assert "Prompt set: lm_eval. Shots in each table's heading" in md
   assert "## xcopa, 1-shot" in md and "## flores, 0-shot" in md
@@ -366,7 +363,7 @@ def test_split_encode_follows_the_harness_whitespace():
 
 def test_library_modules_import_no_tasks_module():
   code = (
-    "import sys; import polylm_jax.evaluation, polylm_jax.eval_report, polylm_jax.eval_metrics;"
+    "import sys; import polylm_jax.evaluation, polylm_jax.evaluation.report, polylm_jax.evaluation.metrics;"
     "bad = [m for m in sys.modules if m == 'tasks' or m.startswith('tasks.')];"
     "assert not bad, bad"
   )

@@ -42,10 +42,10 @@ def test_fingerprint_is_the_trainers(vocab):
   with open(vocab.sentencepiece_model_file, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()[:16]
   assert vocab_lib.fingerprint(vocab) == f"sentencepiece:{digest}:{vocab.vocab_size}"
-  from polylm_jax import train_setup
+  from polylm_jax.training import prepare
 
-  if hasattr(train_setup, "vocabulary_fingerprint"):
-    assert train_setup.vocabulary_fingerprint(vocab) == vocab_lib.fingerprint(vocab)
+  if hasattr(prepare, "vocabulary_fingerprint"):
+    assert prepare.vocabulary_fingerprint(vocab) == vocab_lib.fingerprint(vocab)
 
 
 def test_a_tokenizer_the_model_was_not_trained_with_is_refused(tmp_path, model, vocab):

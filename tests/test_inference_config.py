@@ -16,7 +16,7 @@ from polylm_jax.inference_config import (
   PromptSpec,
 )
 from polylm_jax.model import init_params
-from polylm_jax.train_config import MeshSpec
+from polylm_jax.training.settings import MeshSpec
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ lm_eval = pytest.importorskip("lm_eval")
 
 
 import polylm_jax  # noqa: E402
-from polylm_jax import evaluation  # noqa: E402
+from polylm_jax import evaluation
 from polylm_jax import vocab as vocab_lib  # noqa: E402
 from tasks import benchmark, benchmark_data, benchmark_demo, templates  # noqa: E402
 

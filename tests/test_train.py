@@ -29,7 +29,9 @@ import pytest
 
 import polylm_jax
 import train_fixtures
-from polylm_jax import checkpoints, config, gin_utils, metrics, mixing, trainer
+from polylm_jax import checkpoints, config, gin_utils, mixing
+from polylm_jax.training import metrics
+from polylm_jax.training import trainer
 from polylm_jax import train  # noqa: F401  (registers the gin configurables)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -6,11 +6,11 @@ import os
 import jax
 import pytest
 
-from polylm_jax import trainer
+from polylm_jax.training import trainer
 from polylm_jax.checkpoints import CheckpointPolicy
 from polylm_jax.config import get_config
 from polylm_jax.vocab import get_vocabulary
-from polylm_jax.train_config import DataSpec, EvalSpec, MeshSpec, OptimizerSpec, ReportSpec
+from polylm_jax.training.settings import DataSpec, EvalSpec, MeshSpec, OptimizerSpec, ReportSpec
 from tasks import benchmark, benchmark_demo
 
 TASKS = "polylm_eval_xcopa_it_0shot,polylm_eval_flores_zh_en_0shot"

@@ -8,11 +8,13 @@ import types
 import numpy as np
 import pytest
 
-from polylm_jax import metrics, train_eval, trainer
-from polylm_jax.train_config import EvalSpec, NonFinitePolicy
-from polylm_jax.train_eval import Evaluator
-from polylm_jax.train_report import StepReporter, final_report, last_eval
-from polylm_jax.train_resume import Counters, NonFiniteError, NonFiniteGuard, nan_weights
+from polylm_jax.training import metrics
+from polylm_jax.training import evaluator as evaluator_lib
+from polylm_jax.training import trainer
+from polylm_jax.training.settings import EvalSpec, NonFinitePolicy
+from polylm_jax.training.evaluator import Evaluator
+from polylm_jax.training.reporter import StepReporter, final_report, last_eval
+from polylm_jax.training.resume import Counters, NonFiniteError, NonFiniteGuard, nan_weights
 
 LANGS = ("zh", "en", "sw")
 
@@ -157,7 +159,7 @@ def test_evaluator_sums_per_language_and_reads_held_out_data_once(tmp_path, monk
   ev = Evaluator(
     EvalSpec(period=1), {"zh": ("zh",), "sw": ("sw",)}, LANGS, batches, eval_step, {}, out
   )
-  monkeypatch.setattr(train_eval, "to_global", lambda b, sh: b)  # numpy, no devices here
+  monkeypatch.setattr(evaluator_lib, "to_global", lambda b, sh: b)  # numpy, no devices here
   for step in (5, 10):
     res = ev.run(step, params=None)
   out.close()

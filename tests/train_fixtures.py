@@ -146,17 +146,18 @@ _SPEC_FIELDS = {
 def train_args(**flat):
   """trainer.train() keyword arguments from flat names (`mesh_data=8`, `eval_period=0`, ...):
   each goes to its settings object, built here so that a bad value raises in the caller."""
-  from polylm_jax import checkpoints, train_config
+  from polylm_jax import checkpoints
+  from polylm_jax.training import settings as settings_lib
 
   classes = {
-    "data": train_config.DataSpec,
-    "mesh": train_config.MeshSpec,
-    "optimizer": train_config.OptimizerSpec,
-    "loss": train_config.LossSpec,
+    "data": settings_lib.DataSpec,
+    "mesh": settings_lib.MeshSpec,
+    "optimizer": settings_lib.OptimizerSpec,
+    "loss": settings_lib.LossSpec,
     "checkpointing": checkpoints.CheckpointPolicy,
-    "eval": train_config.EvalSpec,
-    "nonfinite": train_config.NonFinitePolicy,
-    "report": train_config.ReportSpec,
+    "eval": settings_lib.EvalSpec,
+    "nonfinite": settings_lib.NonFinitePolicy,
+    "report": settings_lib.ReportSpec,
   }
   grouped: dict[str, dict] = {name: {} for name in classes}
   args = {}

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 
 from polylm_jax import decoding
-from polylm_jax import metrics as metrics_lib
-from polylm_jax.train_resume import Counters
+from polylm_jax.training import metrics as metrics_lib
+from polylm_jax.training.resume import Counters
 
 
 class StepReporter:

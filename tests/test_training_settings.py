@@ -5,7 +5,7 @@ import gin
 import pytest
 
 from polylm_jax import gin_utils, train  # noqa: F401  (train registers the gin configurables)
-from polylm_jax.train_config import (
+from polylm_jax.training.settings import (
   DataSpec,
   EvalSpec,
   LossSpec,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from polylm_jax import optim
-from polylm_jax import train_step as ts
+from polylm_jax.training import step as ts
 from polylm_jax.config import get_config
 from polylm_jax.model import PolyLM, init_params
 from polylm_jax.partitioning import batch_sharding, make_mesh, use_mesh

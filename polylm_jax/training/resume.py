@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from polylm_jax import checkpoints as ckpt_lib
-from polylm_jax import train_step as step_lib
-from polylm_jax.train_config import NonFinitePolicy
+from polylm_jax.training import step as step_lib
+from polylm_jax.training.settings import NonFinitePolicy
 
 COUNTERS_VERSION = 1
 # How checkpoints.CorruptCheckpointError names the step (restore_intact's `skipped` lines).

@@ -9,7 +9,7 @@ import types
 import jax
 import pytest
 
-from polylm_jax import metrics
+from polylm_jax.training import metrics
 
 
 def _device(kind, platform="gpu"):

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from polylm_jax import partitioning
-from polylm_jax import train_step as step_lib
+from polylm_jax.training import step as step_lib
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.model import abstract_params, init_params
 

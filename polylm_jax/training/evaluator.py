@@ -14,10 +14,10 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from polylm_jax import metrics as metrics_lib
+from polylm_jax.training import metrics as metrics_lib
 from polylm_jax.config import PolyLMConfig
-from polylm_jax.train_config import EvalSpec
-from polylm_jax.train_setup import to_global
+from polylm_jax.training.settings import EvalSpec
+from polylm_jax.training.prepare import to_global
 
 
 def resolve_benchmarks(spec: EvalSpec, num_hosts: int) -> list[Any]:
@@ -32,7 +32,7 @@ def resolve_benchmarks(spec: EvalSpec, num_hosts: int) -> list[Any]:
     )
   # Lazy: evaluation loads seqio and TensorFlow (vocabularies); a finished run reports
   # without them, and runs without benchmark tasks never need it.
-  from polylm_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from polylm_jax import evaluation
 
   return evaluation.task_specs(spec.benchmark_tasks)
 
@@ -100,7 +100,8 @@ class Evaluator:
 
   def run_benchmarks(self, step: int, params: Any) -> dict[str, float]:
     # Lazy, as in resolve_benchmarks: seqio and TensorFlow.
-    from polylm_jax import eval_report, evaluation  # pylint: disable=import-outside-toplevel
+    from polylm_jax.evaluation import report as report_lib
+    from polylm_jax import evaluation
 
     config, vocab, mesh = self.model
     t0 = time.perf_counter()
@@ -115,7 +116,7 @@ class Evaluator:
     )
     scores = r.summary(prefix="benchmark")
     self.out.write("eval", step, scores)
-    report = eval_report.write_report(r, os.path.join(self.model_dir, "benchmark", str(step)))
+    report = report_lib.write_report(r, os.path.join(self.model_dir, "benchmark", str(step)))
     self.out.log(
       f"benchmark step {step} ({time.perf_counter() - t0:.1f}s): "
       + ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in scores.items())

@@ -2,7 +2,7 @@
 
 `evaluate_checkpoint` loads a checkpoint (inference_config.CheckpointSpec), scores it with
 `evaluation.evaluate` (the loop the trainer calls too) and writes the per-example predictions,
-results.{md,csv,json}, results.png (eval_report.py) and the operative gin config. Task names
+results.{md,csv,json}, results.png (report_lib.py) and the operative gin config. Task names
 resolve through the task library's resolver (tasks/benchmark.py registers it on import, and
 the eval binary applies BenchmarkSpec's data and prompt settings to it first).
 """
@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from polylm_jax import eval_report, evaluation, gin_utils, logs
+from polylm_jax import gin_utils, logs
+from polylm_jax.evaluation import report as report_lib
+from polylm_jax import evaluation
 from polylm_jax.inference_config import BenchmarkSpec, CheckpointSpec, GenerationSpec
-from polylm_jax.train_config import MeshSpec
+from polylm_jax.training.settings import MeshSpec
 
 
 def evaluate_checkpoint(
@@ -52,7 +54,7 @@ def evaluate_checkpoint(
     prefix_eos=benchmark.prefix_eos,
     bleu_tokenizers=benchmark.bleu_tokenizers,
   )
-  eval_report.write_report(results, output_dir, plot=plot)
+  report_lib.write_report(results, output_dir, plot=plot)
   gin_utils.write_operative_config(output_dir)  # the gin settings of this run, if any
   for t in results.tasks:
     metrics = ", ".join(f"{k} {v:.2f}" for k, v in t.metrics.items())

@@ -27,10 +27,10 @@ import jax
 from polylm_jax import checkpoints as ckpt_lib
 from polylm_jax import gin_utils, mixing, partitioning
 from polylm_jax.batch_stream import BatchStream, DataModule
-from polylm_jax import metrics as metrics_lib
-from polylm_jax import train_step as step_lib
+from polylm_jax.training import metrics as metrics_lib
+from polylm_jax.training import step as step_lib
 from polylm_jax.config import PolyLMConfig, describe, flops_per_token
-from polylm_jax.train_config import (
+from polylm_jax.training.settings import (
   DataSpec,
   EvalSpec,
   LossSpec,
@@ -39,9 +39,9 @@ from polylm_jax.train_config import (
   OptimizerSpec,
   ReportSpec,
 )
-from polylm_jax.train_eval import Evaluator, resolve_benchmarks
-from polylm_jax.train_report import StepReporter, final_report, last_eval, print_samples
-from polylm_jax.train_resume import (
+from polylm_jax.training.evaluator import Evaluator, resolve_benchmarks
+from polylm_jax.training.reporter import StepReporter, final_report, last_eval, print_samples
+from polylm_jax.training.resume import (
   Checkpointer,
   Counters,
   check_vocabulary,
@@ -50,7 +50,7 @@ from polylm_jax.train_resume import (
   nan_weights,
   resume,
 )
-from polylm_jax.train_setup import (
+from polylm_jax.training.prepare import (
   check_batch_layout,
   check_model_dir,
   check_shardable,

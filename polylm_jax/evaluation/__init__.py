@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from polylm_jax import decoding, eval_metrics
+from polylm_jax import decoding
+from polylm_jax.evaluation import metrics as metrics_lib
 from polylm_jax import vocab as vocab_lib
 from polylm_jax.config import PolyLMConfig
 
@@ -291,22 +292,22 @@ def _rank_task(config, params, vocab, spec, examples, *, batch_size, mesh, prefi
     }
     for i, ex in enumerate(examples)
   ]
-  metrics = {"accuracy": eval_metrics.accuracy(predicted, labels)}
+  metrics = {"accuracy": metrics_lib.accuracy(predicted, labels)}
   return metrics, predictions, int(truncated.sum()), {"score": spec.score}
 
 
 def _generation_metrics(spec, texts, refs, bleu_tokenizers, notes):
   if spec.metric == "squad":
-    per = [eval_metrics.squad_scores(p, r) for p, r in zip(texts, refs)]
-    return eval_metrics.squad_metrics(texts, refs), per
+    per = [metrics_lib.squad_scores(p, r) for p, r in zip(texts, refs)]
+    return metrics_lib.squad_metrics(texts, refs), per
   if spec.metric == "rouge":
-    per = [eval_metrics.rouge_scores(p, r) for p, r in zip(texts, refs)]
-    return eval_metrics.rouge_metrics(texts, refs), per
+    per = [metrics_lib.rouge_scores(p, r) for p, r in zip(texts, refs)]
+    return metrics_lib.rouge_metrics(texts, refs), per
   tgt = spec.lang.split("-")[1]
   tokenize = (bleu_tokenizers or {}).get(tgt)
-  notes["bleu_tokenizer"] = tokenize or eval_metrics.bleu_tokenizer(tgt)
-  per = [{"chrf": eval_metrics.sentence_chrf(p, r)} for p, r in zip(texts, refs)]
-  return eval_metrics.translation_metrics(texts, refs, tgt, tokenize), per
+  notes["bleu_tokenizer"] = tokenize or metrics_lib.bleu_tokenizer(tgt)
+  per = [{"chrf": metrics_lib.sentence_chrf(p, r)} for p, r in zip(texts, refs)]
+  return metrics_lib.translation_metrics(texts, refs, tgt, tokenize), per
 
 
 def _generate_task(
@@ -439,7 +440,7 @@ def evaluate(
   max_examples: the first N examples of each task (None: all). max_new_tokens: one limit for
   every generation task or {family: limit} (default: the family's; capped at half the
   model's positions). decode_settings: `decoding.generate` settings (default greedy).
-  bleu_tokenizers: {target language: sacrebleu tokenizer} overriding eval_metrics'.
+  bleu_tokenizers: {target language: sacrebleu tokenizer} overriding metrics_lib'.
   """
   _check_args(config, vocab, max_examples, batch_size, decode_settings)
   specs = task_specs(task_names)

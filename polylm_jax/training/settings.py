@@ -2,7 +2,7 @@
 
 t5x binds its config objects in gin (`train.checkpoint_cfg = @utils.CheckpointConfig()`);
 the training binary does the same with these (`train.optimizer = @OptimizerSpec()`, see
-gin/runs/pretrain.gin), while the trainer (`polylm_jax.trainer.train`) takes them as plain
+gin/runs/pretrain.gin), while the trainer (`polylm_jax.training.trainer.train`) takes them as plain
 typed values. A bad value fails when the object is built, naming the field (and the gin macro
 that usually sets it), before any data is read or anything is compiled.
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import jax
 
-from polylm_jax import config, optim, partitioning, train_setup
-from polylm_jax import train_step as step_lib
+from polylm_jax import config, optim, partitioning
+from polylm_jax.training import prepare
+from polylm_jax.training import step as step_lib
 
 TINY = config.get_config("polylm_tiny")
 CLUSTER_VARS = (
@@ -28,8 +29,8 @@ def calls(monkeypatch):
 
 
 def test_distributed_single_host_is_left_alone(calls):
-  assert train_setup.maybe_initialize_distributed("auto") is False
-  assert train_setup.maybe_initialize_distributed("off") is False
+  assert prepare.maybe_initialize_distributed("auto") is False
+  assert prepare.maybe_initialize_distributed("off") is False
   assert calls == []
 
 
@@ -37,7 +38,7 @@ def test_distributed_from_the_coordinator_environment(calls, monkeypatch):
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
   monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
   monkeypatch.setenv("JAX_PROCESS_ID", "2")
-  assert train_setup.maybe_initialize_distributed("auto") is True
+  assert prepare.maybe_initialize_distributed("auto") is True
   assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2)]
 
 
@@ -47,44 +48,42 @@ def test_distributed_from_the_coordinator_environment(calls, monkeypatch):
 )
 def test_distributed_cluster_detection_is_left_to_jax(calls, monkeypatch, var, value):
   monkeypatch.setenv(var, value)
-  assert train_setup.maybe_initialize_distributed("auto") is True
+  assert prepare.maybe_initialize_distributed("auto") is True
   assert calls == [{}]
 
 
 def test_distributed_bad_mode(calls):
   with pytest.raises(ValueError, match="auto, on or off"):
-    train_setup.maybe_initialize_distributed("yes")
+    prepare.maybe_initialize_distributed("yes")
 
 
 def test_check_batch_layout_names_the_numbers():
   mesh = partitioning.make_mesh(data=2, fsdp=4)
-  train_setup.check_batch_layout(16, mesh, 2, 1)
+  prepare.check_batch_layout(16, mesh, 2, 1)
   with pytest.raises(
     ValueError,
     match=r"8 data shards \(mesh data=2 x fsdp=4\) x "
     r"num_microbatches=3 = 24",
   ):
-    train_setup.check_batch_layout(16, mesh, 3, 1)
+    prepare.check_batch_layout(16, mesh, 3, 1)
   with pytest.raises(ValueError, match="multiple of the number of hosts"):
-    train_setup.check_batch_layout(16, mesh, 1, 3)
+    prepare.check_batch_layout(16, mesh, 1, 3)
 
 
 def test_check_shardable_names_the_parameter():
-  train_setup.check_shardable(TINY, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+  prepare.check_shardable(TINY, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
   with pytest.raises(
     ValueError,
     match=r"parameter wte of shape \(510, 64\) cannot be split over "
     r"mesh axes \('tensor',\) of size 4",
   ):
-    train_setup.check_shardable(
-      TINY.replace(vocab_size=510), partitioning.make_mesh(data=2, tensor=4)
-    )
+    prepare.check_shardable(TINY.replace(vocab_size=510), partitioning.make_mesh(data=2, tensor=4))
 
 
 def test_check_model_dir(tmp_path):
-  assert train_setup.check_model_dir(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
+  assert prepare.check_model_dir(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
   with pytest.raises(ValueError, match="MODEL_DIR is empty"):
-    train_setup.check_model_dir("")
+    prepare.check_model_dir("")
 
 
 def test_vocabulary_fingerprint_hashes_sentencepiece_models(tmp_path):
@@ -109,15 +108,15 @@ def test_vocabulary_fingerprint_hashes_sentencepiece_models(tmp_path):
 
 def test_to_global_splits_the_batch_over_the_data_axes():
   mesh = partitioning.make_mesh(data=4, fsdp=2)
-  fns = train_setup.make_step_functions(TINY, mesh, optim.make_optimizer(1e-3), None)
+  fns = prepare.make_step_functions(TINY, mesh, optim.make_optimizer(1e-3), None)
   batch = {
     k: np.arange(16 * 8, dtype=np.int32).reshape(16, 8) % 500 for k in step_lib.BATCH_INT_FIELDS
   }
   batch["loss_weights"] = np.ones((16, 8), np.float32)
-  g = train_setup.to_global(batch, fns.batch_shardings)
+  g = prepare.to_global(batch, fns.batch_shardings)
   assert g["inputs"].shape == (16, 8)
   assert g["inputs"].sharding.shard_shape((16, 8)) == (2, 8)
   np.testing.assert_array_equal(np.asarray(g["inputs"]), batch["inputs"])
-  assert train_setup.fingerprint(batch) == train_setup.fingerprint(dict(batch))
+  assert prepare.fingerprint(batch) == prepare.fingerprint(dict(batch))
   other = dict(batch, inputs=batch["inputs"][::-1].copy())
-  assert train_setup.fingerprint(other) != train_setup.fingerprint(batch)
+  assert prepare.fingerprint(other) != prepare.fingerprint(batch)
