@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 QUIET_MESSAGES = (
   "Given directory is read only",
   "T5 library uses PAD_ID=0",
+  "Metadata file does not exist",  # Orbax, reading a t5x checkpoint (it has none): no action
 )
 
 # Lines written by C++ code to fd 2 that need no action.
