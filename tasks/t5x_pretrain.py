@@ -16,7 +16,7 @@ import functools
 
 import seqio
 
-from tasks import mixtures
+from tasks import mixtures, registry
 from tasks.registry import output_features
 
 EVAL_SUFFIX = "_eval"
@@ -35,10 +35,9 @@ def _mixture_examples(mixture_name: str, split: str, shuffle_files: bool, seed=N
 def register_eval_task(mixture_name: str) -> str:
   """`{mixture_name}_eval`: a Task over the mixture's validation split (already tokenized)."""
   name = mixture_name + EVAL_SUFFIX
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
   features = output_features()
-  seqio.TaskRegistry.add(
+  registry.add_provider(
+    seqio.TaskRegistry,
     name,
     source=seqio.FunctionDataSource(
       functools.partial(_mixture_examples, mixture_name), splits=("validation",)
