@@ -35,5 +35,5 @@ fi
 # and picks t5x up on a later run that has T5X_SOURCES.
 if [ $t5x = 1 ]; then
   bash tools/install_t5x.sh "$VENV/bin/python" \
-    || echo "env.sh: continuing without t5x (README: Training with t5x)" >&2
+    || echo "env.sh: continuing without t5x (docs/t5x.md)" >&2
 fi

@@ -2,7 +2,7 @@
 
 All corpus-level scores are percentages (0-100), as the benchmark tables report them.
 
-Choices (also in the README):
+Choices (also in docs/evaluation.md):
 - BLEU tokenizer by target language: 'zh' for Chinese; 'char' for Japanese and Thai.
   WMT's usual 'ja-mecab' needs mecab-python3 + ipadic, which sacrebleu 2.6 does not ship;
   'flores101'/'flores200' (spm) download their SentencePiece model at first use, which these
