@@ -36,7 +36,6 @@ import tensorflow as tf
 from polylm_jax import mixing, readers
 from polylm_jax import stream as stream_lib
 from polylm_jax.batch_stream import (
-  BATCH_FIELDS,  # noqa: F401  (re-exported)
   Batch,
   BatchStream,
   DataModule,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from polylm_jax import instruct_stream, mixing, readers
+from polylm_jax import batch_stream, instruct_stream, mixing, readers
 from polylm_jax import vocab as vocab_lib
 from tasks import instructions
 
@@ -66,7 +66,7 @@ def test_prompt_tokens_zero_weight_response_full_on_packed_rows(tasks):
   packed_rows = 0
   for _ in range(5):
     batch = stream.next()
-    assert set(batch) == set(instruct_stream.BATCH_FIELDS)
+    assert set(batch) == set(batch_stream.BATCH_FIELDS)
     for k in batch:
       assert batch[k].shape == (B, T)
     for r in range(B):

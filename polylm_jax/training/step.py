@@ -29,6 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from polylm_jax import optim
+from polylm_jax.batch_stream import BATCH_FIELDS
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.model import PolyLM, abstract_params
 from polylm_jax.partitioning import DEFAULT_RULES, param_shardings
@@ -37,8 +38,8 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 
 NUM_LANGUAGES = 18  # SPEC section 4
-BATCH_INT_FIELDS = ("inputs", "targets", "positions", "segment_ids", "langs")
-BATCH_FIELDS = BATCH_INT_FIELDS + ("loss_weights",)
+# The streams' batch layout (batch_stream.BATCH_FIELDS): every field but loss_weights is int32.
+BATCH_INT_FIELDS = tuple(k for k in BATCH_FIELDS if k != "loss_weights")
 
 
 @flax.struct.dataclass
