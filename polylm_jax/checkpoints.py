@@ -310,6 +310,8 @@ class CheckpointManager:
     Returns once the arrays are copied to host memory; the write finishes in the
     background. A step that was already saved is left alone.
     """
+    if not force and not self._manager.should_save(step):
+      return False  # most steps: nothing to build (the trainer asks every step)
     if step in self._manager.all_steps():
       logging.info("checkpoint for step %d already exists in %s", step, self.directory)
       return False

@@ -144,6 +144,9 @@ class Checkpointer:
     counters: Counters,
     force: bool,
   ) -> bool:
+    if not force and not self.manager.should_save(step):
+      return False
+    # A copy: the JSON is written in the background while the counters move on.
     payload = json.loads(json.dumps({"stream": stream_state, "trainer": counters.to_json()}))
     return self.manager.save(
       step,
