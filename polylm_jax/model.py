@@ -195,6 +195,8 @@ class PolyLM(nn.Module):
   prefill_lengths: [batch], decode mode only: after writing this (right-padded) block, each
     row's cache index moves to its length, where its next token goes.
   In decode mode positions default to each row's cache index onwards.
+  return_hidden: return the final layer-normed hidden states [batch, length, d_model] (compute
+    dtype) instead of the logits; `output_logits(hidden, params["wte"], config)` finishes them.
   """
 
   config: PolyLMConfig
@@ -207,6 +209,7 @@ class PolyLM(nn.Module):
     segment_ids: Array | None = None,
     decode: bool = False,
     prefill_lengths: Array | None = None,
+    return_hidden: bool = False,
   ) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -238,8 +241,23 @@ class PolyLM(nn.Module):
     x, _ = stack(cfg, decode, name="layers")(x, segment_ids, prefill_lengths)
 
     h = _layer_norm(cfg, "ln_f")(x).astype(dtype)
-    logits = jnp.einsum("btd,vd->btv", h, wte.astype(dtype), preferred_element_type=jnp.float32)
-    return _constrain(logits, (BATCH, LENGTH, VOCAB))
+    if return_hidden:  # the caller applies the output layer to the positions it needs
+      return _constrain(h, (BATCH, LENGTH, EMBED))
+    return output_logits(h, wte, cfg)
+
+
+def output_logits(hidden: Array, wte: Array, cfg: PolyLMConfig) -> Array:
+  """fp32 logits of final hidden states [..., d_model] through the tied embedding [vocab,
+  d_model]. With `PolyLM(..., return_hidden=True)` a caller computes them for a chunk or a
+  few gathered positions only (a 256k vocabulary makes the whole [tokens, vocab] the largest
+  temporary of a step)."""
+  dtype = jnp.dtype(cfg.dtype)
+  logits = jnp.einsum(
+    "...d,vd->...v", hidden.astype(dtype), wte.astype(dtype), preferred_element_type=jnp.float32
+  )
+  if logits.ndim == 3:
+    logits = _constrain(logits, (BATCH, LENGTH, VOCAB))
+  return logits
 
 
 def init_params(config: PolyLMConfig, rng: Array) -> dict[str, Any]:
