@@ -20,9 +20,8 @@ import gin
 from absl import flags
 from absl import logging as absl_logging
 
-from polylm_jax import checkpoints, gin_utils
+from polylm_jax import checkpoints, distributed, gin_utils
 from polylm_jax.training import settings as settings_lib
-from polylm_jax.training.prepare import maybe_initialize_distributed
 from polylm_jax.training.trainer import NonFiniteError, TrainResult, train
 
 __all__ = ["NonFiniteError", "TrainResult", "gin_train", "main", "train"]
@@ -62,7 +61,7 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"unexpected arguments {argv[1:]} (gin settings go in --gin.KEY=VALUE)")
   if not flags.FLAGS["verbosity"].present:  # Orbax and TF log every file at INFO
     absl_logging.set_verbosity(absl_logging.WARNING)
-  maybe_initialize_distributed(flags.FLAGS.distributed)
+  distributed.maybe_initialize(flags.FLAGS.distributed)
   try:
     result = gin_utils.call_configured(_train, "train", errors=(NonFiniteError,))
   except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: nothing new was saved
@@ -79,7 +78,7 @@ def _define_flags() -> None:
       "auto",
       ["auto", "on", "off"],
       "jax.distributed.initialize(): auto = when the environment names a "
-      "multi-process job (see maybe_initialize_distributed).",
+      "multi-process job (see polylm_jax.distributed.maybe_initialize).",
     )
 
 

@@ -1,60 +1,13 @@
-"""The trainer's set-up pieces: multi-host start, early checks, global batches, step functions."""
+"""The trainer's set-up pieces: early checks, global batches, step functions."""
 
 import numpy as np
 import pytest
-import jax
 
 from polylm_jax import config, optim, partitioning
 from polylm_jax.training import prepare
 from polylm_jax.training import step as step_lib
 
 TINY = config.get_config("polylm_tiny")
-CLUSTER_VARS = (
-  "JAX_COORDINATOR_ADDRESS",
-  "JAX_NUM_PROCESSES",
-  "JAX_PROCESS_ID",
-  "SLURM_NTASKS",
-  "OMPI_COMM_WORLD_SIZE",
-  "TPU_WORKER_HOSTNAMES",
-)
-
-
-@pytest.fixture
-def calls(monkeypatch):
-  for v in CLUSTER_VARS:
-    monkeypatch.delenv(v, raising=False)
-  seen = []
-  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.append(kw))
-  return seen
-
-
-def test_distributed_single_host_is_left_alone(calls):
-  assert prepare.maybe_initialize_distributed("auto") is False
-  assert prepare.maybe_initialize_distributed("off") is False
-  assert calls == []
-
-
-def test_distributed_from_the_coordinator_environment(calls, monkeypatch):
-  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
-  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
-  monkeypatch.setenv("JAX_PROCESS_ID", "2")
-  assert prepare.maybe_initialize_distributed("auto") is True
-  assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2)]
-
-
-@pytest.mark.parametrize(
-  "var,value",
-  [("SLURM_NTASKS", "8"), ("OMPI_COMM_WORLD_SIZE", "2"), ("TPU_WORKER_HOSTNAMES", "h0,h1")],
-)
-def test_distributed_cluster_detection_is_left_to_jax(calls, monkeypatch, var, value):
-  monkeypatch.setenv(var, value)
-  assert prepare.maybe_initialize_distributed("auto") is True
-  assert calls == [{}]
-
-
-def test_distributed_bad_mode(calls):
-  with pytest.raises(ValueError, match="auto, on or off"):
-    prepare.maybe_initialize_distributed("yes")
 
 
 def test_check_batch_layout_names_the_numbers():

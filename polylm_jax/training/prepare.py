@@ -1,4 +1,4 @@
-"""What the trainer builds before its loop, as plain functions: the multi-host start, the
+"""What the trainer builds before its loop, as plain functions: the
 checks that must fail before any compute, the jitted step functions with their shardings,
 and host batches -> global arrays. `trainer.py` and the benchmarks use them.
 """
@@ -20,40 +20,6 @@ from polylm_jax import partitioning
 from polylm_jax.training import step as step_lib
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.model import abstract_params, init_params
-
-
-# -- multi-host --------------------------------------------------------------------------------
-
-
-def maybe_initialize_distributed(mode: str = "auto") -> bool:
-  """Calls jax.distributed.initialize() for multi-host runs; returns whether it did.
-
-  'auto' initialises when the environment names a multi-process job: $JAX_COORDINATOR_ADDRESS
-  (with $JAX_NUM_PROCESSES and $JAX_PROCESS_ID), Slurm (SLURM_NTASKS > 1), Open MPI
-  (OMPI_COMM_WORLD_SIZE > 1) or a multi-host Cloud TPU slice (TPU_WORKER_HOSTNAMES with
-  several hosts). 'on' always initialises (JAX detects the cluster), 'off' never.
-  """
-  if mode not in ("auto", "on", "off"):
-    raise ValueError(f"--distributed must be auto, on or off, got {mode!r}")
-  env = os.environ
-  multi = (
-    bool(env.get("JAX_COORDINATOR_ADDRESS"))
-    or int(env.get("JAX_NUM_PROCESSES", "1")) > 1
-    or int(env.get("SLURM_NTASKS", "1")) > 1
-    or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-  )
-  if mode == "off" or (mode == "auto" and not multi):
-    return False
-  kwargs = {}
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
-    if "JAX_NUM_PROCESSES" in env:
-      kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
-    if "JAX_PROCESS_ID" in env:
-      kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
-  jax.distributed.initialize(**kwargs)
-  return True
 
 
 # -- checks that run before any compute --------------------------------------------------------
