@@ -25,13 +25,14 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from polylm_jax import optim
 from polylm_jax.batch_stream import BATCH_FIELDS
 from polylm_jax.config import PolyLMConfig
-from polylm_jax.model import PolyLM, abstract_params
+from polylm_jax.model import PolyLM, abstract_params, output_logits
 from polylm_jax.partitioning import DEFAULT_RULES, param_shardings
 
 Array = jax.Array
@@ -40,6 +41,9 @@ Batch = Mapping[str, Array]
 NUM_LANGUAGES = 18  # SPEC section 4
 # The streams' batch layout (batch_stream.BATCH_FIELDS): every field but loss_weights is int32.
 BATCH_INT_FIELDS = tuple(k for k in BATCH_FIELDS if k != "loss_weights")
+# Sequence positions per chunk of the output layer + loss (0: all at once). One chunk's fp32
+# logits are [rows per device, LOSS_CHUNK, vocab]: 1 GiB for a row of 256k pieces in fp32.
+LOSS_CHUNK = 1024
 
 
 @flax.struct.dataclass
@@ -147,6 +151,103 @@ def cross_entropy(
   return loss + z_term, nll, z_term
 
 
+def _per_token_losses(
+  logits: Array, targets: Array, z_loss: float, label_smoothing: float
+) -> tuple[Array, tuple[Array, Array]]:
+  loss, nll, z_term = cross_entropy(logits, targets, z_loss, label_smoothing)
+  return loss, (nll, z_term)
+
+
+def _chunk_positions(hidden: Array, chunk: int, *fields: Array) -> tuple[Array, ...]:
+  """[B, T, ...] -> [n, B, c, ...] with c = min(chunk, T); the tail is zero-padded (a padded
+  position has weight 0). Chunks run along the sequence, so every data shard keeps its rows."""
+  t = hidden.shape[1]
+  c = min(chunk, t)
+  pad = -t % c
+  out = []
+  for x in (hidden,) + fields:
+    if pad:
+      x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((x.shape[0], (t + pad) // c, c) + x.shape[2:]).swapaxes(0, 1)
+    out.append(nn.with_logical_constraint(x, (None, "batch", "length") + ("embed",) * (x.ndim - 3)))
+  return tuple(out)
+
+
+def _unchunk(x: Array, t: int) -> Array:
+  """[n, B, c, ...] -> [B, T, ...] (drops the padding)."""
+  x = x.swapaxes(0, 1)
+  return x.reshape((x.shape[0], -1) + x.shape[3:])[:, :t]
+
+
+def chunked_loss_sum(
+  hidden: Array,
+  wte: Array,
+  targets: Array,
+  weights: Array,
+  *,
+  config: PolyLMConfig,
+  chunk: int,
+  z_loss: float = 0.0,
+  label_smoothing: float = 0.0,
+) -> tuple[Array, Array, Array]:
+  """(sum_t w_t loss_t, per-token nll [B, T], per-token z_term [B, T]) from the final hidden
+  states [B, T, D] and the tied embedding, `chunk` sequence positions at a time.
+
+  The [B, chunk, V] fp32 logits of one chunk are the largest temporary: the whole [B, T, V]
+  never exists. Under differentiation the forward pass also forms, chunk by chunk, the
+  gradient of the weighted sum with respect to the hidden states and `wte` (the fused
+  linear cross entropy of Liger / Apple's cut-cross-entropy, without its kernel): the
+  backward pass then only scales them, so the output layer costs three matmuls, as unchunked,
+  instead of four (rematerialising the logits). The per-token nll and z_term are metrics:
+  they carry no gradient.
+  """
+  dtype = jnp.dtype(config.dtype)
+  t = hidden.shape[1]
+  terms = functools.partial(_per_token_losses, z_loss=z_loss, label_smoothing=label_smoothing)
+
+  def forward(h, wte, targets, weights):
+    def body(_, xs):
+      h_c, tgt_c, w_c = xs
+      loss, (nll, z_term) = terms(output_logits(h_c, wte, config), tgt_c)
+      return None, (jnp.sum(loss * w_c), nll, z_term)
+
+    _, (sums, nll, z_term) = jax.lax.scan(body, None, _chunk_positions(h, chunk, targets, weights))
+    return jnp.sum(sums), _unchunk(nll, t), _unchunk(z_term, t)
+
+  def forward_with_grads(h, wte, targets, weights):
+    w_compute = wte.astype(dtype)
+
+    def body(d_wte, xs):
+      h_c, tgt_c, w_c = xs
+      logits = output_logits(h_c, wte, config)
+      loss, vjp, (nll, z_term) = jax.vjp(lambda lg: terms(lg, tgt_c), logits, has_aux=True)
+      (d_logits,) = vjp(w_c.astype(jnp.float32))
+      d_logits = nn.with_logical_constraint(d_logits.astype(dtype), ("batch", "length", "vocab"))
+      d_h = jnp.einsum("bcv,vd->bcd", d_logits, w_compute, preferred_element_type=jnp.float32)
+      d_wte = d_wte + jnp.einsum(
+        "bcv,bcd->vd", d_logits, h_c.astype(dtype), preferred_element_type=jnp.float32
+      )
+      d_wte = nn.with_logical_constraint(d_wte, ("vocab", "embed"))
+      return d_wte, (jnp.sum(loss * w_c), nll, z_term, d_h.astype(h_c.dtype), loss)
+
+    xs = _chunk_positions(h, chunk, targets, weights)
+    d_wte0 = nn.with_logical_constraint(jnp.zeros(wte.shape, jnp.float32), ("vocab", "embed"))
+    d_wte, (sums, nll, z_term, d_h, loss) = jax.lax.scan(body, d_wte0, xs)
+    out = (jnp.sum(sums), _unchunk(nll, t), _unchunk(z_term, t))
+    return out, (_unchunk(d_h, t), d_wte.astype(wte.dtype), _unchunk(loss, t), targets)
+
+  def backward(res, cotangents):
+    d_h, d_wte, loss, targets = res
+    ct = cotangents[0]  # the metrics' cotangents are dropped (stop_gradient below)
+    d_targets = np.zeros(targets.shape, jax.dtypes.float0)
+    return (ct * d_h).astype(d_h.dtype), ct * d_wte, d_targets, ct * loss
+
+  fused = jax.custom_vjp(forward)
+  fused.defvjp(forward_with_grads, backward)
+  loss_sum, nll, z_term = fused(hidden, wte, targets, weights.astype(jnp.float32))
+  return loss_sum, jax.lax.stop_gradient(nll), jax.lax.stop_gradient(z_term)
+
+
 def loss_fn(
   params: Any,
   batch: Batch,
@@ -156,20 +257,43 @@ def loss_fn(
   label_smoothing: float = 0.0,
   num_languages: int = NUM_LANGUAGES,
   normalizer: Array | float | None = None,
+  loss_chunk: int = LOSS_CHUNK,
 ) -> tuple[Array, dict[str, Array]]:
   """Weighted loss sum / normalizer (default: the batch's weight sum) and summed aux metrics.
 
   aux: loss_sum (the objective), nll_sum (plain cross entropy), z_loss_sum, weight_sum,
   lang_nll_sum [num_languages], lang_weight_sum [num_languages]. Tokens whose `langs` is
   outside 0..num_languages-1 count in the totals only.
+
+  loss_chunk > 0: the output layer and the loss run `loss_chunk` sequence positions at a time
+  (`chunked_loss_sum`); 0: over the whole [B, T, vocab] logits at once (the reference path).
   """
-  logits = PolyLM(config).apply(
-    {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
+  if loss_chunk < 0:
+    raise ValueError(f"loss_chunk must be >= 0 (0: unchunked), got {loss_chunk}")
+  hidden = PolyLM(config).apply(
+    {"params": params},
+    batch["inputs"],
+    batch["positions"],
+    batch["segment_ids"],
+    return_hidden=True,
   )
   weights = batch["loss_weights"].astype(jnp.float32)
-  loss, nll, z_term = cross_entropy(logits, batch["targets"], z_loss, label_smoothing)
+  if loss_chunk:
+    loss_sum, nll, z_term = chunked_loss_sum(
+      hidden,
+      params["wte"],
+      batch["targets"],
+      weights,
+      config=config,
+      chunk=loss_chunk,
+      z_loss=z_loss,
+      label_smoothing=label_smoothing,
+    )
+  else:
+    logits = output_logits(hidden, params["wte"], config)
+    loss, nll, z_term = cross_entropy(logits, batch["targets"], z_loss, label_smoothing)
+    loss_sum = jnp.sum(loss * weights)
   weight_sum = jnp.sum(weights)
-  loss_sum = jnp.sum(loss * weights)
   lang_onehot = jax.nn.one_hot(batch["langs"], num_languages, dtype=jnp.float32)
   aux = {
     "loss_sum": loss_sum,
@@ -214,6 +338,7 @@ def compute_gradients(
   z_loss: float = 0.0,
   label_smoothing: float = 0.0,
   num_languages: int = NUM_LANGUAGES,
+  loss_chunk: int = LOSS_CHUNK,
 ) -> tuple[Array, Any, dict[str, Array]]:
   """(mean loss, fp32 grads of it, summed aux) over the whole batch, in microbatches."""
   check_batch(batch, num_microbatches)
@@ -226,6 +351,7 @@ def compute_gradients(
       label_smoothing=label_smoothing,
       num_languages=num_languages,
       normalizer=normalizer,
+      loss_chunk=loss_chunk,
     ),
     has_aux=True,
   )
@@ -270,6 +396,7 @@ def train_step(
   z_loss: float = 0.0,
   label_smoothing: float = 0.0,
   num_languages: int = NUM_LANGUAGES,
+  loss_chunk: int = LOSS_CHUNK,
 ) -> tuple[TrainState, dict[str, Array]]:
   """One update (or a skipped one if loss or gradients are non-finite).
 
@@ -286,6 +413,7 @@ def train_step(
     z_loss=z_loss,
     label_smoothing=label_smoothing,
     num_languages=num_languages,
+    loss_chunk=loss_chunk,
   )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -325,12 +453,17 @@ def train_step(
 
 
 def eval_step(
-  params: Any, batch: Batch, config: PolyLMConfig, *, num_languages: int = NUM_LANGUAGES
+  params: Any,
+  batch: Batch,
+  config: PolyLMConfig,
+  *,
+  num_languages: int = NUM_LANGUAGES,
+  loss_chunk: int = LOSS_CHUNK,
 ) -> dict[str, Array]:
   """Summed cross entropy and token counts, overall and per language (sum across batches,
   then divide: mean loss = nll_sum / tokens, perplexity = exp of it)."""
   check_batch(batch)
-  _, aux = loss_fn(params, batch, config=config, num_languages=num_languages)
+  _, aux = loss_fn(params, batch, config=config, num_languages=num_languages, loss_chunk=loss_chunk)
   return {
     "nll_sum": aux["nll_sum"],
     "tokens": aux["weight_sum"],
