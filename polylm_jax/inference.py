@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from polylm_jax import decoding, gin_utils, logs
+from polylm_jax import decoding, gin_utils, host_shares, logs
 from polylm_jax import prompts as prompts_lib
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.files import atomic_write
@@ -214,6 +214,8 @@ def run_inference(
   """Generates for every prompt; returns the path of the JSONL written.
 
   Every input is checked, and the output folder proven writable, before the model is loaded.
+  In a multi-process run every process loads the model onto its own devices and generates
+  its share of the batches; process 0 writes the one file, as a 1-process run would.
   """
   if not output_dir:
     raise ValueError('INFER_OUTPUT_DIR is empty: pass --gin.INFER_OUTPUT_DIR=\\"/path\\"')
@@ -224,12 +226,13 @@ def run_inference(
       f"{max_new_tokens!r}"
     )
   settings = generation.settings()
-  records = None
-  if prompts.input_file:  # a bad file fails before the model is loaded
-    records = read_jsonl_prompts(prompts.input_file, prompts.style)[: prompts.max_examples]
-  logs.check_output_dir(output_dir, "INFER_OUTPUT_DIR")
+  writer = host_shares.is_writer()
+  if not writer:
+    print_fn = _quiet
+  # A bad file fails before the model is loaded (on every process when it fails on one).
+  records = host_shares.agree(lambda: _precheck(prompts, output_dir, writer))
   config, params, vocab, device_mesh = checkpoint.load(mesh)
-  records = read_prompts(prompts, vocab, records)
+  records = host_shares.agree(lambda: read_prompts(prompts, vocab, records))
   truncated = fit_prompts(config, records, max_new_tokens, prompts.truncate_prompts)
   if truncated:
     logging.warning(
@@ -238,21 +241,43 @@ def run_inference(
   print_fn(
     f"generating for {len(records)} prompts ({generation.preset}, up to {max_new_tokens} tokens)"
   )
-  # Longest first, so each batch pads little; outputs go back to input order.
+  # Longest first, so each batch pads little; outputs go back to input order. With several
+  # processes each generates whole batches of this order (host_shares.map_batches).
   order = sorted(range(len(records)), key=lambda i: -len(records[i]["ids"]))
-  generated = decoding.generate(
-    config,
-    params,
+  generated = host_shares.map_batches(
+    lambda ids: decoding.generate(
+      config,
+      params,
+      ids,
+      max_new_tokens,
+      batch_size=generation.batch_size,
+      mesh=device_mesh,
+      **dataclasses.asdict(settings),
+    ),
     [records[i]["ids"] for i in order],
-    max_new_tokens,
-    batch_size=generation.batch_size,
-    mesh=device_mesh,
-    **dataclasses.asdict(settings),
+    generation.batch_size,
   )
   outputs: list[list[int]] = [[] for _ in records]
   for j, i in enumerate(order):
     outputs[i] = generated[j]
-  path = write_outputs(output_dir, records, outputs, vocab)
-  gin_utils.write_operative_config(output_dir)
+  path = os.path.join(output_dir, OUTPUT_FILE)
+  if writer:
+    write_outputs(output_dir, records, outputs, vocab)
+    gin_utils.write_operative_config(output_dir)
   print_fn(f"wrote {len(records)} generations to {path}")
   return path
+
+
+def _precheck(spec: PromptSpec, output_dir: str, writer: bool) -> list[dict[str, Any]] | None:
+  """The JSONL prompts (None for a SeqIO source), and the output folder proven writable by
+  the process that writes it."""
+  records = None
+  if spec.input_file:
+    records = read_jsonl_prompts(spec.input_file, spec.style)[: spec.max_examples]
+  if writer:
+    logs.check_output_dir(output_dir, "INFER_OUTPUT_DIR")
+  return records
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+  """print_fn of processes other than 0: one summary per run."""

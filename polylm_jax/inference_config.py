@@ -61,13 +61,18 @@ class CheckpointSpec:
       raise ValueError(f"CHECKPOINT_STEP (CheckpointSpec.step) must be >= 0, got {self.step!r}")
 
   def load(self, mesh: MeshSpec) -> tuple[PolyLMConfig, Any, Any, jax.sharding.Mesh | None]:
-    """(config, params, vocabulary, mesh); the mesh is built only with several devices."""
+    """(config, params, vocabulary, mesh); the mesh is built only with several devices.
+
+    The mesh holds this process's devices only: in a multi-process run every process keeps a
+    whole copy of the model and computes its own share (host_shares.py).
+    """
     if mesh.num_microbatches != 1:
       raise ValueError(
         f"MeshSpec.num_microbatches={mesh.num_microbatches} is a training setting; "
         "inference runs whole batches (leave it at 1)"
       )
-    device_mesh = mesh.build() if jax.device_count() > 1 else None
+    local = jax.local_devices()
+    device_mesh = mesh.build(local) if len(local) > 1 else None
     config, params, vocab = checkpoints.load_for_inference(
       self.path, self.vocab_path, step=self.step, mesh=device_mesh, step_flag=STEP_FLAG
     )
