@@ -19,7 +19,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable
 
-from polylm_jax import gin_utils, inference_config
+from absl import flags
+
+from polylm_jax import distributed, gin_utils, inference_config
 from polylm_jax.inference_config import BenchmarkSpec, CheckpointSpec, GenerationSpec
 from polylm_jax.training.settings import MeshSpec
 
@@ -75,8 +77,21 @@ gin_evaluate = _register_gin()
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"unexpected arguments {argv[1:]} (gin settings go in --gin.KEY=VALUE)")
+  distributed.maybe_initialize(flags.FLAGS.distributed)
   gin_utils.call_configured(gin_evaluate, "evaluate")
 
 
+def _define_flags() -> None:
+  if "distributed" not in flags.FLAGS:
+    flags.DEFINE_enum(
+      "distributed",
+      "auto",
+      ["auto", "on", "off"],
+      "jax.distributed.initialize(): auto = when the environment names a multi-process job "
+      "(see polylm_jax.distributed.maybe_initialize); each process scores its share.",
+    )
+
+
 if __name__ == "__main__":
+  _define_flags()
   gin_utils.run(main)
