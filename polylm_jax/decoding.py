@@ -32,7 +32,7 @@ import numpy as np
 from polylm_jax import beam_search, decode_stack, logits_processors, partitioning
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.decode_stack import DecodeStack
-from polylm_jax.model import PolyLM
+from polylm_jax.model import PolyLM, output_logits
 
 # The released demos' settings (SPEC section 5).
 DEMO_SAMPLING = dict(top_p=0.8, temperature=0.7, repetition_penalty=1.02)
@@ -548,15 +548,53 @@ class Scores(NamedTuple):
   is_greedy: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _score_batch(params, tokens, segments, target_mask, *, config):
-  logits = PolyLM(config).apply({"params": params}, tokens[:, :-1], segment_ids=segments[:, :-1])
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  targets = tokens[:, 1:]
-  token_lp = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  mask = target_mask[:, 1:]
-  greedy = jnp.all((jnp.argmax(logits, -1) == targets) | ~mask, axis=-1)
-  return jnp.sum(jnp.where(mask, token_lp, 0.0), axis=-1), greedy
+# Positions whose logits are computed at once when scoring: [_SCORE_CHUNK, vocab] fp32 is the
+# largest temporary (512 x 256k = 0.5 GB); more continuation tokens go through lax.map.
+_SCORE_CHUNK = 512
+_SCORE_BUCKET = 64
+
+
+@functools.partial(jax.jit, static_argnames=("config", "chunk"))
+def _score_batch(params, tokens, segments, rows, cols, targets, valid, *, config, chunk):
+  """Summed log-likelihood and greedy flag per row, from the hidden states of the scored
+  positions only: the output layer sees [n_positions, d_model], never [batch, length, vocab].
+  rows/cols/targets/valid [N]: hidden (row, col) predicts token `targets`; padding not valid."""
+  hidden = PolyLM(config).apply(
+    {"params": params}, tokens, segment_ids=segments, return_hidden=True
+  )
+  h = hidden[rows, cols]  # [N, d_model]
+
+  def chunk_scores(args):
+    h, targets = args
+    logits = output_logits(h, params["wte"], config)  # [chunk, vocab] fp32
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[:, None], -1)[:, 0]
+    return lp, jnp.argmax(logits, -1) == targets
+
+  if h.shape[0] <= chunk:
+    token_lp, hit = chunk_scores((h, targets))
+  else:
+    split = lambda x: x.reshape((-1, chunk) + x.shape[1:])
+    token_lp, hit = jax.lax.map(chunk_scores, (split(h), split(targets)))
+    token_lp, hit = token_lp.reshape(-1), hit.reshape(-1)
+  b = tokens.shape[0]
+  total = jax.ops.segment_sum(jnp.where(valid, token_lp, 0.0), rows, num_segments=b)
+  misses = jax.ops.segment_sum((valid & ~hit).astype(jnp.int32), rows, num_segments=b)
+  return total, misses == 0
+
+
+def _score_positions(pairs: list[tuple[list[int], list[int]]], chunk: int):
+  """Flat (row, col, target, valid) of every continuation token, padded to a bucket."""
+  rows, cols, targets = [], [], []
+  for r, (c, x) in enumerate(pairs):
+    rows += [r] * len(x)
+    cols += range(len(c) - 1, len(c) + len(x) - 1)  # the hidden state before each token
+    targets += x
+  n = len(rows)
+  size = min(_bucket(n, _SCORE_BUCKET), chunk) if n <= chunk else _bucket(n, chunk)
+  pad = size - n
+  valid = np.arange(size) < n
+  as_int = lambda v: np.asarray(list(v) + [0] * pad, np.int32)
+  return as_int(rows), as_int(cols), as_int(targets), valid
 
 
 def score(
@@ -568,7 +606,10 @@ def score(
   batch_size: int | None = None,
   mesh=None,
 ) -> Scores:
-  """log p(continuation | context) for each pair, batched (rank classification)."""
+  """log p(continuation | context) for each pair, batched (rank classification).
+
+  Only the continuation positions go through the output layer (`_score_batch`), so a 256k
+  vocabulary costs [continuation tokens, vocab], not [batch, length, vocab]."""
   if len(contexts) != len(continuations):
     raise ValueError(f"score: {len(contexts)} contexts but {len(continuations)} continuations")
   rows_in = []
@@ -590,15 +631,20 @@ def score(
     width = min(
       _bucket(max(len(c) + len(x) for c, x in rows_in[lo:hi]), _PROMPT_BUCKET), config.max_len
     )
-    tokens = np.zeros((rows, width + 1), np.int32)  # one spare column: inputs are [:, :-1]
+    tokens = np.zeros((rows, width), np.int32)
     segments = np.zeros_like(tokens)
-    target = np.zeros(tokens.shape, bool)
     for r, (c, x) in enumerate(rows_in[lo:hi]):
       tokens[r, : len(c) + len(x)] = c + x
       segments[r, : len(c) + len(x)] = 1
-      target[r, len(c) : len(c) + len(x)] = True
+    positions = _score_positions(rows_in[lo:hi], _SCORE_CHUNK)
     with place.context():
-      t, g = _score_batch(place.params, *place.batch(tokens, segments, target), config=config)
+      t, g = _score_batch(
+        place.params,
+        *place.batch(tokens, segments),
+        *map(jnp.asarray, positions),
+        config=config,
+        chunk=_SCORE_CHUNK,
+      )
     total[lo:hi], greedy[lo:hi] = np.asarray(t)[: hi - lo], np.asarray(g)[: hi - lo]
   return Scores(total, total / np.maximum(lengths, 1), lengths, greedy)
 

@@ -280,6 +280,31 @@ def test_score_matches_full_forward(params):
   assert list(s.num_tokens) == [6, 3, 3]
 
 
+def test_score_in_chunks_of_positions_matches(params, monkeypatch):
+  """More continuation tokens than one chunk: lax.map over chunks gives the same scores."""
+  contexts, conts = PROMPTS, [[8, 9, 10, 11, 12], [7], [4, 4, 4, 4, 4, 4, 4]]
+  ref = decoding.score(CFG, params, contexts, conts)
+  monkeypatch.setattr(decoding, "_SCORE_CHUNK", 4)  # 13 tokens -> 4 chunks of 4
+  got = decoding.score(CFG, params, contexts, conts)
+  np.testing.assert_allclose(got.total, ref.total, rtol=1e-6)
+  np.testing.assert_array_equal(got.is_greedy, ref.is_greedy)
+
+
+def test_score_never_holds_logits_of_every_position():
+  """The compiled scorer's temporaries stay below one [batch, length, vocab] fp32 array."""
+  cfg = CFG.replace(vocab_size=16384, max_len=128)
+  batch, width = 8, 128
+  pairs = [([5] * 100, [6, 7, 8])] * batch
+  positions = decoding._score_positions(pairs, decoding._SCORE_CHUNK)
+  shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+  tokens = jax.ShapeDtypeStruct((batch, width), jnp.int32)
+  compiled = decoding._score_batch.lower(
+    shapes, tokens, tokens, *positions, config=cfg, chunk=decoding._SCORE_CHUNK
+  ).compile()
+  full_logits_bytes = batch * width * cfg.vocab_size * 4
+  assert compiled.memory_analysis().temp_size_in_bytes < full_logits_bytes / 4
+
+
 # ---- errors -----------------------------------------------------------------------------
 
 
