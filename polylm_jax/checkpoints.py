@@ -366,6 +366,10 @@ class CheckpointManager:
   def _has(self, step: int, item: str) -> bool:
     return os.path.isdir(os.path.join(self.directory, str(step), item))
 
+  def saved_stream_state(self, step: int) -> Any:
+    """The JSON the trainer saved with `step` (data position and counters), or None."""
+    return self._restore_json(step, "stream_state")
+
   def _restore_json(self, step: int, item: str) -> Any:
     if not self._has(step, item):
       return None

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from polylm_jax import checkpoints as ckpt_lib
+from polylm_jax import data_shards, distributed
 from polylm_jax.training import step as step_lib
 from polylm_jax.training.settings import NonFinitePolicy
 
@@ -146,6 +147,9 @@ class Checkpointer:
   ) -> bool:
     if not force and not self.manager.should_save(step):
       return False
+    if stream_state.get("kind") == data_shards.STATE_KIND:  # every process's shards
+      gathered = distributed.allgather_json(stream_state)
+      stream_state = data_shards.merge_states(gathered, jax.process_count())
     # A copy: the JSON is written in the background while the counters move on.
     payload = json.loads(json.dumps({"stream": stream_state, "trainer": counters.to_json()}))
     return self.manager.save(

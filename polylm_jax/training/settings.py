@@ -46,6 +46,9 @@ class DataSpec:
   segment_aware: bool = False
   use_cached_tasks: bool = False
   task_modules: Sequence[str] = ()
+  # The global batch is this many data shards (polylm_jax/data_shards.py), whatever the
+  # process count; None: the count the run's checkpoint has, or the process count at its start.
+  data_shards: int | None = None
 
   def __post_init__(self):
     if not self.mixture_or_task_name:
@@ -62,6 +65,13 @@ class DataSpec:
       )
     if self.batch_size <= 0:
       raise ValueError(f"BATCH_SIZE must be > 0, got {self.batch_size}")
+    if self.data_shards is not None and (
+      self.data_shards <= 0 or self.batch_size % self.data_shards
+    ):
+      raise ValueError(
+        f"DataSpec.data_shards={self.data_shards} must be a positive divisor of "
+        f"BATCH_SIZE={self.batch_size}"
+      )
     object.__setattr__(self, "task_feature_lengths", dict(self.task_feature_lengths))
     _tuple(self, "task_modules")
 

@@ -9,7 +9,9 @@ the loop's locals, never in closures.
 
 SIGTERM and SIGINT (Ctrl-C) save a checkpoint at the current step and stop; a second Ctrl-C
 interrupts at once. A finished run only reports (no data, no compilation).
-Multi-host: every host reads only its shard of the global batch; host 0 writes the files.
+Multi-process: the global batch is a fixed number of data shards (data_shards.py), each
+process making only the shards its devices hold, so batches and checkpoints do not depend on
+the process count; host 0 writes the files, every process agrees on when to stop.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from polylm_jax import checkpoints as ckpt_lib
-from polylm_jax import gin_utils, mixing, partitioning
+from polylm_jax import data_shards, distributed, gin_utils, mixing, partitioning
 from polylm_jax.batch_stream import BatchStream, DataModule
 from polylm_jax.training import metrics as metrics_lib
 from polylm_jax.training import step as step_lib
@@ -182,11 +184,14 @@ class _Run:
     return to_global(host_batch, self.fns.batch_shardings), info
 
   def stop_requested(self, step: int) -> str | None:
-    if self.signals.received:
-      return self.signals.received
-    if self.multi_host and self.checkpointer.manager.reached_preemption(step):
-      return "preemption"
-    return None
+    """A stop signal (on any process: all stop at the same step, as they save together)."""
+    received = self.signals.received
+    if self.multi_host:
+      if distributed.any_process(received is not None):
+        return received or "stop signal on another process"
+      if self.checkpointer.manager.reached_preemption(step):
+        return "preemption"
+    return received
 
   def rolled_back(self, from_step: int, to_step: int, rng: jax.Array | None) -> None:
     """The steps after `to_step` will run again: their records go, the rollback's stays."""
@@ -292,11 +297,6 @@ def train(
   )  # fmt: skip
   jax_mesh = mesh.build(devices)
   num_hosts = jax.process_count()
-  if eval.period and eval.steps is None and num_hosts > 1:
-    raise ValueError(
-      "eval_steps=None (all held-out data) needs one host: hosts must run the "
-      "same number of eval batches; set EvalSpec.steps"
-    )
   benchmark_names = resolve_benchmarks(eval, num_hosts)
   check_batch_layout(data.batch_size, jax_mesh, mesh.num_microbatches, num_hosts)
   check_shardable(model_config, jax_mesh)
@@ -318,8 +318,8 @@ class _Data:
   """The run's data: its module (stream or instruct_stream), stream, vocabulary, eval tasks."""
 
   module: DataModule  # polylm_jax.stream or polylm_jax.instruct_stream
-  stream: BatchStream
-  host_batch: int
+  stream: BatchStream  # this process's data shards (data_shards.ShardedStream)
+  layout: data_shards.Layout
   vocab: Any
   vocab_id: str  # its fingerprint, kept in every checkpoint
   eval_langs: dict[str, tuple[str, ...]]
@@ -358,13 +358,11 @@ def _save_tokenizer(vocab: Any, model_dir: str) -> None:
     vocab_lib.save_tokenizer(vocab, model_dir)
 
 
-def _build_data(s: _Settings, num_hosts: int, host: int, train_steps: int) -> _Data:
+def _build_data(s: _Settings, lay: data_shards.Layout, train_steps: int) -> _Data:
   module = _data_module(s.data)
-  host_batch = module.per_host_batch_size(s.data.batch_size, num_hosts)
-  stream = module.build_stream(
-    s.data.mixture_or_task_name, s.data.seq_len, host_batch, seed=s.random_seed,
-    shard_index=host, num_shards=num_hosts, train_steps=train_steps,
-    segment_aware=s.data.segment_aware,
+  stream = data_shards.build(
+    module, s.data.mixture_or_task_name, s.data.seq_len, lay, seed=s.random_seed,
+    train_steps=train_steps, segment_aware=s.data.segment_aware,
   )  # fmt: skip
   vocab, vocab_id = _task_vocabulary(stream, s.config)
   eval_langs = module.eval_tasks(s.data.mixture_or_task_name) if s.eval.period else {}
@@ -375,7 +373,24 @@ def _build_data(s: _Settings, num_hosts: int, host: int, train_steps: int) -> _D
       "tasks for eval; set EvalSpec.period = 0 to train without eval"
     )
   # After the tasks registered their languages: the index the stream's `langs` use.
-  return _Data(module, stream, host_batch, vocab, vocab_id, eval_langs, mixing.languages())
+  return _Data(module, stream, lay, vocab, vocab_id, eval_langs, mixing.languages())
+
+
+def _data_layout(s: _Settings, manager, jax_mesh) -> data_shards.Layout:
+  """This process's data shards: the count from DataSpec.data_shards, else the checkpoint's,
+  else the process count (a mismatch fails naming both counts, before any data is read)."""
+  latest, saved = manager.latest_step(), None
+  if latest is not None:
+    try:
+      saved = (manager.saved_stream_state(latest) or {}).get("stream")
+    except Exception:  # a damaged step: the resume names it and takes an older one
+      saved = None
+  count = data_shards.resolve_count(
+    s.data.data_shards, data_shards.saved_count(saved), jax.process_count(),
+    f"{manager.directory}/{latest}",
+  )  # fmt: skip
+  sharding = partitioning.batch_sharding(jax_mesh)
+  return data_shards.row_layout(count, s.data.batch_size, sharding, jax.process_index())
 
 
 def _report_finished(s: _Settings, manager, latest: int, out) -> TrainResult:
@@ -383,7 +398,9 @@ def _report_finished(s: _Settings, manager, latest: int, out) -> TrainResult:
   are loaded in this process already), then reports from the files, in seconds."""
   ckpt_lib.check_config(manager.saved_config(latest), s.config, f"{manager.directory}/{latest}")
   if "seqio" in sys.modules and all(m in sys.modules for m in s.data.task_modules):
-    d = _build_data(s, 1, 0, s.train_steps)
+    d = _build_data(
+      s, data_shards.layout(1, s.data.batch_size, 0, s.data.batch_size), s.train_steps
+    )
     saved = ckpt_lib.saved_vocabulary(manager.directory, latest)  # JSON only, no arrays
     check_vocabulary({"vocabulary": saved} if saved else {}, d.vocab_id, manager.directory, latest)
   out.log(f"already trained to step {latest} (TRAIN_STEPS={s.train_steps}); nothing to do")
@@ -422,10 +439,12 @@ def _log_start(out, s: _Settings, jax_mesh, stream, origin: str, peak) -> None:
 
 
 def _evaluator(s: _Settings, d: _Data, fns, out, benchmark_names, jax_mesh) -> Evaluator:
-  hosts, host = jax.process_count(), jax.process_index()
+  shard_batches = functools.partial(
+    d.module.eval_batches, seq_len=s.data.seq_len, segment_aware=s.data.segment_aware
+  )
   batches = functools.partial(
-    d.module.eval_batches, seq_len=s.data.seq_len, batch_size=d.host_batch, shard_index=host,
-    num_shards=hosts, segment_aware=s.data.segment_aware, num_batches=s.eval.steps,
+    data_shards.eval_batches, shard_batches, lay=d.layout, seq_len=s.data.seq_len,
+    num_batches=s.eval.steps, agree_count=distributed.max_over_processes,
   )  # fmt: skip
   return Evaluator(
     s.eval, d.eval_langs, d.languages, batches, fns.eval_step, fns.batch_shardings, out,
@@ -451,7 +470,7 @@ def _params_from(fns, path: str, config: PolyLMConfig, jax_mesh) -> step_lib.Tra
 def _train(s: _Settings, jax_mesh, manager, benchmark_names, out) -> TrainResult:
   """Builds the stream, the step functions and the loop's parts; starts or resumes; loops."""
   host = jax.process_index()
-  d = _build_data(s, jax.process_count(), host, s.train_steps)
+  d = _build_data(s, _data_layout(s, manager, jax_mesh), s.train_steps)
   if s.eval.period and not d.eval_langs:  # instruction files too small to hold a record out
     out.log(
       f"WARNING: {s.data.mixture_or_task_name!r} has no held-out records in any language: "
