@@ -4,9 +4,12 @@ A position is (epoch, unit, record): units are pieces of a task that seqio opens
 (groups of input files for this host, or this host's example-level shard), so a resume opens
 one unit and skips at most that unit's prefix -- never the data already consumed.
 
-Opening a seqio pipeline costs ~0.3-1 s (tracing its preprocessors), far more than reading a
-small unit, so fully read small units are kept in a process-wide LRU (`UNIT_CACHE`) and on
-disk (`DISK_CACHE`, see `_DiskUnitCache`). Both are speed-ups only, never resume state.
+A task whose documents are plain tokenized text (a provider in polylm_jax.text_units vouches
+for it: e.g. tasks/ text files and sample bitext) is read without tf.data, tokenized in batches;
+other tasks go through their seqio pipeline, which costs ~0.3-1 s to open (tracing its
+preprocessors) and is held to `threads_per_source` threads. Fully read small units are kept in
+a process-wide LRU (`UNIT_CACHE`) and, for seqio-read units, on disk (`DISK_CACHE`, see
+`_DiskUnitCache`). All are speed-ups only, never resume state.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import inspect
 import io
 import os
 import re
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from polylm_jax import files as files_lib
-from polylm_jax import mixing
+from polylm_jax import mixing, text_units
 from polylm_jax.paths import cache_root
 
 FEATURE = "targets"
@@ -254,6 +257,10 @@ class SourceReader:
   than hosts. A resume skips inside one unit at most. Unit order is re-permuted every epoch
   from a counter RNG; records within a unit keep the source order. Preprocessors run with a
   fixed seed per unit, so every epoch sees the same documents.
+
+  workers: threads that tokenize a batch of records (fast path). threads_per_source: the
+  tf.data thread pool of a seqio-read unit. fast=False (or POLYLM_JAX_FAST_READ=0) reads every
+  task through seqio.
   """
 
   def __init__(
@@ -267,7 +274,15 @@ class SourceReader:
     repeat: bool = True,
     read_batch: int = 256,
     unit_bytes: int = 64 << 20,
+    workers: int = 1,
+    threads_per_source: int = 2,
+    fast: bool = True,
   ):
+    if workers < 1 or threads_per_source < 1:
+      raise ValueError(
+        f"task {task_name!r}: workers ({workers}) and threads_per_source "
+        f"({threads_per_source}) must be >= 1"
+      )
     self.name, self.split, self.repeat = task_name, split, repeat
     self.shard_index, self.num_shards = shard_index, num_shards
     self.task = get_task(task_name, split)
@@ -277,6 +292,9 @@ class SourceReader:
     self._seed = seed
     self._key = (seed, mixing.stable_u64("units", task_name, split, shard_index, num_shards))
     self._read_batch = read_batch
+    self._workers, self._threads = workers, threads_per_source
+    fast = fast and os.environ.get("POLYLM_JAX_FAST_READ", "1") != "0"
+    self.plan = text_units.plan_for(self.task, split) if fast else None
     self.position: Position = (0, 0, 0)
     self._it = None
     self._vals = np.empty(0, np.int32)
@@ -312,6 +330,11 @@ class SourceReader:
     self._cache_key = (self.name, self.split, shard.index, shard.num_shards)
     cached = UNIT_CACHE.get(self._cache_key, self.task)
     self._disk_key = None
+    if cached is None and self.plan is not None:
+      self._open_text(shard, record)
+      if self._it is not None:
+        return
+      cached = self._vals, self._splits
     if cached is None:
       self._disk_key = DISK_CACHE.key(self.task, self.split, shard)
       cached = DISK_CACHE.get(self._disk_key)
@@ -335,14 +358,34 @@ class SourceReader:
     ds = ds.map(_targets)
     if record:
       ds = ds.skip(record)
-    self._it = iter(ds.ragged_batch(self._read_batch).prefetch(2))
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = self._threads
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.ragged_batch(self._read_batch).prefetch(2).with_options(options)
+    self._it = _as_numpy(iter(ds))
+    self._vals, self._splits, self._row = np.empty(0, np.int32), np.zeros(1, np.int64), 0
+    self._recording = [] if record == 0 else None
+
+  def _open_text(self, shard: seqio.ShardInfo, record: int) -> None:
+    """Open a unit on the fast path; a small one is read whole (then `_it` stays None)."""
+    vocab = self.task.output_features[FEATURE].vocabulary
+    try:
+      unit = text_units.TextUnit(self.plan, shard, vocab, self._workers)
+    except text_units.RecordError as e:
+      raise DataError(f"task {self.name!r} split {self.split!r}: {e}") from None
+    whole = unit.whole()
+    if whole is not None:
+      UNIT_CACHE.put(self._cache_key, self.task, *whole)
+      self._vals, self._splits, self._it = whole[0], whole[1], None
+      return
+    self._it = unit.chunks(record)
     self._vals, self._splits, self._row = np.empty(0, np.int32), np.zeros(1, np.int64), 0
     self._recording = [] if record == 0 else None
 
   def _fetch(self) -> bool:
     """Next ragged batch of the open unit; False at its end."""
     try:
-      rb = next(self._it)
+      vals, splits = next(self._it)
     except (StopIteration, tf.errors.InvalidArgumentError) as e:
       # a task's own "yielded no examples" check fires on an empty unit (e.g. a file
       # whose lines all went to another split); emptiness of the whole task is ours
@@ -361,8 +404,8 @@ class SourceReader:
         DISK_CACHE.put(self._disk_key, vals, splits)
         self._recording = None
       return False
-    self._vals = rb.values.numpy().astype(np.int32, copy=False)
-    self._splits, self._row = rb.row_splits.numpy(), 0
+    self._vals = vals.astype(np.int32, copy=False)
+    self._splits, self._row = splits, 0
     if self._recording is not None:
       self._recording.append((self._vals, self._splits))
       if sum(len(v) for v, _ in self._recording) > UNIT_CACHE.max_tokens:
@@ -410,6 +453,12 @@ class SourceReader:
       epoch, unit = epoch + 1, 0
     self.position, self._it = (epoch, unit, 0), None
     return True
+
+
+def _as_numpy(batches) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(values, row splits) of a seqio unit's ragged batches."""
+  for rb in batches:
+    yield rb.values.numpy(), rb.row_splits.numpy()
 
 
 @functools.lru_cache(maxsize=None)

@@ -165,6 +165,8 @@ class PackedStream(BatchStream):
     boundary_slack: float = 0.015,
     read_batch: int = 256,
     unit_bytes: int = 64 << 20,
+    workers: int = 1,
+    threads_per_source: int = 2,
   ):
     check_layout(seq_len, batch_size, shard_index, num_shards)
     if not 0.0 <= boundary_slack <= 0.5:
@@ -179,6 +181,7 @@ class PackedStream(BatchStream):
     self.shard_index, self.num_shards = int(shard_index), int(num_shards)
     self.segment_aware, self.split, self.name = bool(segment_aware), split, name
     self._jitter, self._read_batch, self._unit_bytes = jitter_tokens, read_batch, unit_bytes
+    self._workers, self._threads = workers, threads_per_source
     self._slack = int(boundary_slack * self.batch_size * self.seq_len)
     self._readers: dict[str, SourceReader] = {}
     self._config_cache: Optional[dict] = None
@@ -220,6 +223,8 @@ class PackedStream(BatchStream):
         self.seed,
         read_batch=self._read_batch,
         unit_bytes=self._unit_bytes,
+        workers=self._workers,
+        threads_per_source=self._threads,
       )
     return self._readers[task]
 

@@ -5,6 +5,7 @@ Look-ups for the stream: `task_info(name)`, `task_language(name)`, `list_tasks(.
 
 from tasks import languages, pretrain, registry, sources  # noqa: F401  (registers tasks)
 from tasks import benchmark, instructions, mixtures  # noqa: F401  (registers tasks)
+from tasks import text_plans  # noqa: F401  (registers the text fast path)
 from tasks.languages import LANGUAGE_CODES, Language, check_language, register_language
 from tasks.registry import (
   list_tasks,
