@@ -10,9 +10,11 @@ same point, like any collective; with one process they return at once without on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -45,8 +47,75 @@ def maybe_initialize(mode: str = "auto") -> bool:
       kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
     if "JAX_PROCESS_ID" in env:
       kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+  seconds = heartbeat_seconds(env)
+  if seconds is not None:
+    kwargs["heartbeat_timeout_seconds"] = seconds
   jax.distributed.initialize(**kwargs)
+  previous_hook = sys.excepthook
+
+  def leave_after_traceback(*exc_info):  # an uncaught exception: see _leave
+    previous_hook(*exc_info)
+    if jax.distributed.is_initialized():
+      _leave(1)
+
+  sys.excepthook = leave_after_traceback
   return True
+
+
+HEARTBEAT_VAR = "POLYLM_JAX_HEARTBEAT_SECONDS"
+
+
+def heartbeat_seconds(env: dict[str, str] | Any) -> int | None:
+  """$POLYLM_JAX_HEARTBEAT_SECONDS: after how long without a heartbeat the coordination
+  service declares a process dead and stops the others (JAX's default, 100 s, when unset).
+
+  It bounds how long the peers of a process that vanished (SIGKILL, a lost host) wait when no
+  launcher stops them; too short a value kills a healthy process whose host is too busy to
+  send heartbeats (docs/multihost.md).
+  """
+  raw = env.get(HEARTBEAT_VAR, "").strip()
+  if not raw:
+    return None
+  try:
+    seconds = int(raw)
+  except ValueError:
+    seconds = 0
+  if seconds < 1:
+    raise ValueError(f"${HEARTBEAT_VAR} must be a whole number of seconds >= 1, got {raw!r}")
+  return seconds
+
+
+def _leave(code: int) -> None:
+  """Ends a failing process now, skipping the exit handlers: JAX's would wait up to
+  shutdown_timeout_seconds (300 s) at the shutdown barrier for peers that are themselves
+  waiting for this process in a collective. Its exit lets them fail at once."""
+  for stream in (sys.stdout, sys.stderr):
+    with contextlib.suppress(Exception):
+      stream.flush()
+  os._exit(code)
+
+
+@contextlib.contextmanager
+def fail_fast() -> Iterator[None]:
+  """Around a binary's work: in a multi-process job, a failure (an exception, or
+  sys.exit with a non-zero status, e.g. a one-line configuration error) ends this process at
+  once, with its message, instead of at the shutdown barrier minutes later (see _leave).
+  A single process, or a clean exit, leaves as usual."""
+  try:
+    yield
+  except SystemExit as e:
+    if jax.distributed.is_initialized() and e.code not in (None, 0):
+      if not isinstance(e.code, int):
+        print(e.code, file=sys.stderr)
+      _leave(e.code if isinstance(e.code, int) else 1)
+    raise
+  except BaseException:
+    if jax.distributed.is_initialized():
+      import traceback  # pylint: disable=import-outside-toplevel
+
+      traceback.print_exc()
+      _leave(1)
+    raise
 
 
 def _gather(array: np.ndarray) -> np.ndarray:

@@ -1,5 +1,7 @@
 """polylm_jax.distributed: when jax.distributed starts, and the host exchanges."""
 
+import sys
+
 import jax
 import pytest
 
@@ -19,6 +21,8 @@ CLUSTER_VARS = (
 def calls(monkeypatch):
   for v in CLUSTER_VARS:
     monkeypatch.delenv(v, raising=False)
+  monkeypatch.delenv(distributed.HEARTBEAT_VAR, raising=False)
+  monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # maybe_initialize wraps it
   seen = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.append(kw))
   return seen
