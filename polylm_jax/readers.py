@@ -361,6 +361,7 @@ class SourceReader:
     options = tf.data.Options()
     options.threading.private_threadpool_size = self._threads
     options.threading.max_intra_op_parallelism = 1
+    options.autotune.enabled = False  # no model thread, no pools grown past the bound
     ds = ds.ragged_batch(self._read_batch).prefetch(2).with_options(options)
     self._it = _as_numpy(iter(ds))
     self._vals, self._splits, self._row = np.empty(0, np.int32), np.zeros(1, np.int64), 0

@@ -32,6 +32,7 @@ import seqio
 FEATURE = "targets"
 Records = list  # list[Optional[bytes]]: one file's records; None = dropped by the task
 EAGER_BYTES = 8 << 20  # units of files up to this size are tokenized whole
+CHUNK_RECORDS = 4096  # records per SentencePiece call in a larger unit
 
 
 class RecordError(ValueError):
@@ -212,7 +213,7 @@ class TextUnit:
     shard: Optional[seqio.ShardInfo],
     vocab: seqio.SentencePieceVocabulary,
     workers: int = 1,
-    chunk: int = 4096,
+    chunk: Optional[int] = None,
   ):
     files = list(plan.files)
     example_shard = None
@@ -221,7 +222,8 @@ class TextUnit:
         files = files[shard.index :: shard.num_shards]
       else:  # seqio shards the source's examples
         example_shard = shard
-    self._sp, self._eos, self._workers, self._chunk = vocab.tokenizer, vocab.eos_id, workers, chunk
+    self._sp, self._eos, self._workers = vocab.tokenizer, vocab.eos_id, workers
+    self._chunk = chunk or CHUNK_RECORDS
     vsig = file_sig(vocab.sentencepiece_model_file)
     self._keys = [(plan.signature, vsig, file_sig(f)) for f in files]
     cached = [FILE_TOKENS.get(k) for k in self._keys]
