@@ -26,7 +26,8 @@ def _free_port() -> int:
 
 
 def start(module, args, processes=1):
-  """`python -m module args` as `processes` processes of one JAX job, 1 CPU device each."""
+  """`python -m module args` (or `python module args` for a .py file) as `processes`
+  processes of one JAX job, 1 CPU device each."""
   port = _free_port()
   env = {
     **os.environ,
@@ -37,7 +38,7 @@ def start(module, args, processes=1):
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes))
   return [
     subprocess.Popen(
-      [sys.executable, "-m", module, *args],
+      [sys.executable, *([module] if module.endswith(".py") else ["-m", module]), *args],
       cwd=REPO,
       env={**env, "JAX_PROCESS_ID": str(i)} if processes > 1 else env,
       stdout=subprocess.PIPE,
