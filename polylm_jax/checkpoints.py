@@ -679,18 +679,21 @@ def load_for_inference(
 
 
 def _held_commit(hold_file: str | None) -> type | None:
-  """Tests only ($POLYLM_JAX_TEST_HOLD_COMMIT): while `hold_file` exists, a write stops before
-  its commit after creating `hold_file + ".held"`, so a test can kill the process while a
-  checkpoint is provably half written. Unset: Orbax's default atomic rename."""
+  """Tests only ($POLYLM_JAX_TEST_HOLD_COMMIT=PATH or PATH@STEP): while PATH exists, a write
+  (of step STEP only, when given) stops before its commit after creating PATH + ".held", so a
+  test can kill the process while a checkpoint is provably half written. Unset: Orbax's
+  default atomic rename."""
   if not hold_file:
     return None
+  path, _, only_step = hold_file.partition("@")
 
   class HeldCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
     async def finalize(self, *args, **kwargs):
       import asyncio
 
-      while os.path.exists(hold_file):
-        open(hold_file + ".held", "a").close()
+      held = not only_step or self.get_final().name == only_step
+      while held and os.path.exists(path):
+        open(path + ".held", "a").close()
         await asyncio.sleep(0.05)
       return await super().finalize(*args, **kwargs)
 

@@ -38,7 +38,8 @@ NOISE_LINES = re.compile(
   rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
   rb"|I\d{4} [\d:.]+ +\d+ \S+:\d+\] "  # C++ absl/glog INFO lines
   rb"|E\d{4} [\d:.]+ +\d+ cuda_(platform|executor|driver)\.cc:\d+\] failed call to cuInit"
-  rb"|normalizer\.cc\(\d+\) LOG\(INFO\) )"
+  rb"|normalizer\.cc\(\d+\) LOG\(INFO\) "
+  rb"|\[Gloo\] Rank \d+ is connected to )"  # CPU collectives of a multi-process run
 )
 _F_SETPIPE_SZ = 1031  # Linux: a large pipe, so a burst of C++ output never blocks its writer
 
