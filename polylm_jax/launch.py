@@ -41,19 +41,22 @@ _DEVICE_COUNT_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S*")
 POLL_SECONDS = 0.05
 
 
-def check_module(module: str) -> None:
-  """One-line ValueError unless `module` names a module `python -m` can find here; looks it
-  up without importing it (or its packages: polylm_jax would pull in JAX)."""
+def check_module(module: str, env: Mapping[str, str]) -> None:
+  """One-line ValueError unless `module` names a module `python -m` finds from here (the
+  working directory, $PYTHONPATH, then this interpreter's path, as a child sees them); looks
+  it up without importing it or its packages (polylm_jax would pull in JAX)."""
   if not _MODULE_NAME.fullmatch(module):
     raise ValueError(f"--module: {module!r} is not a module name (e.g. polylm_jax.train)")
-  path = None
+  extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+  path: list[str] | None = [os.getcwd(), *extra, *sys.path]
   parts = module.split(".")
   for depth, part in enumerate(parts):
     spec = importlib.machinery.PathFinder.find_spec(part, path)
     if spec is None:
-      name = ".".join(parts[: depth + 1])
-      raise ValueError(f"--module: no module named {name!r} (sys.path: {sys.path[:3]}...)")
+      raise ValueError(f"--module: no module named {'.'.join(parts[: depth + 1])!r}")
     path = spec.submodule_search_locations
+    if path is None and depth < len(parts) - 1:
+      raise ValueError(f"--module: {'.'.join(parts[: depth + 1])!r} is not a package")
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[str]:
@@ -135,16 +138,6 @@ def _pipe_lines(src: IO[bytes], dst: IO[str], prefix: str, console: _Console) ->
   src.close()
 
 
-def _set_parent_death_signal() -> None:
-  """In the child before exec (Linux): SIGKILL it when the launcher dies, even by SIGKILL."""
-  try:
-    import ctypes  # pylint: disable=import-outside-toplevel
-
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
-    pass
-
-
 @dataclasses.dataclass
 class _Child:
   index: int
@@ -174,7 +167,6 @@ def describe(child: _Child) -> str:
 def _start(
   args: Sequence[str], module: str, envs: list[dict[str, str]], console: _Console
 ) -> list[_Child]:
-  preexec = _set_parent_death_signal if sys.platform.startswith("linux") else None
   children = []
   for i, env in enumerate(envs):
     proc = subprocess.Popen(
@@ -183,11 +175,10 @@ def _start(
       stdin=subprocess.DEVNULL,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
-      start_new_session=True,
-      preexec_fn=preexec,
+      start_new_session=True,  # no preexec_fn: forking a threaded (JAX) parent can deadlock
     )
     children.append(_Child(i, proc, []))
-  for c in children:  # threads only after every fork (preexec_fn and threads do not mix)
+  for c in children:
     for src, dst in ((c.proc.stdout, console.out), (c.proc.stderr, console.err)):
       t = threading.Thread(target=_pipe_lines, args=(src, dst, f"[{c.index}] ", console))
       t.daemon = True
@@ -263,8 +254,8 @@ def launch(
     raise ValueError(f"--port must be in 1..65535, got {port}")
   if grace_seconds < 0:
     raise ValueError(f"--grace_seconds must be >= 0, got {grace_seconds}")
-  check_module(module)
   base = dict(os.environ if env is None else env)
+  check_module(module, base)
   gpus = visible_gpus(base)
   if gpus and len(gpus) < processes * devices_per_process:
     raise ValueError(

@@ -45,9 +45,9 @@ def _trap(signum, frame):  # noqa: ARG001
 
 def main(argv) -> None:
   args = _parse(argv)
-  if args.trap:
-    signal.signal(signal.SIGTERM, _trap)
   distributed.maybe_initialize("auto")
+  if args.trap:  # after it: JAX's preemption notifier takes SIGTERM over when it starts
+    signal.signal(signal.SIGTERM, _trap)
   with distributed.fail_fast():
     _work(args)
 
@@ -77,10 +77,11 @@ def _work(args) -> None:
       any_none=distributed.any_process(False),
     )
     print("exchange " + json.dumps(out), flush=True)
-  if i == args.on and args.exit is not None:
+  if i == args.on and (args.exit is not None or args.kill):
+    print(f"failing at {time.time()}", flush=True)
+    if args.kill:
+      os.kill(os.getpid(), signal.SIGKILL)
     sys.exit(args.exit)
-  if i == args.on and args.kill:
-    os.kill(os.getpid(), signal.SIGKILL)
   if args.hang:  # every process that is still alive waits for the others in a collective
     multihost_utils.process_allgather(np.zeros(1, np.int32))
     print("collective returned", flush=True)

@@ -1,5 +1,9 @@
 """polylm_jax.distributed: when jax.distributed starts, and the host exchanges."""
 
+import io
+import json
+import pathlib
+import re
 import sys
 
 import jax
@@ -62,3 +66,48 @@ def test_exchanges_with_one_process_need_no_collective():
   assert distributed.max_over_processes(7) == 7
   assert distributed.any_process(False) is False
   assert distributed.any_process(True) is True
+
+
+def test_distributed_heartbeat_from_the_environment(calls, monkeypatch):
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv(distributed.HEARTBEAT_VAR, "20")
+  assert distributed.maybe_initialize("auto") is True
+  assert calls == [dict(coordinator_address="10.0.0.1:1234", heartbeat_timeout_seconds=20)]
+
+
+@pytest.mark.parametrize("value", ["0", "ten", "-5"])
+def test_distributed_bad_heartbeat_names_the_variable(calls, monkeypatch, value):
+  monkeypatch.setenv("SLURM_NTASKS", "2")
+  monkeypatch.setenv(distributed.HEARTBEAT_VAR, value)
+  with pytest.raises(ValueError, match=f"POLYLM_JAX_HEARTBEAT_SECONDS must be .* got '{value}'"):
+    distributed.maybe_initialize("auto")
+  assert calls == []
+
+
+def test_fail_fast_in_a_single_process_exits_as_usual():
+  with pytest.raises(SystemExit, match="error: bad"):
+    with distributed.fail_fast():
+      sys.exit("error: bad")
+  with pytest.raises(KeyError):
+    with distributed.fail_fast():
+      raise KeyError("x")
+
+
+def test_exchanges_across_two_real_processes(monkeypatch):
+  """allgather_json, max_over_processes and any_process in a real 2-process job
+  (tests/launch_child.py through the launcher)."""
+  from polylm_jax import launch
+
+  monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+  out, err = io.StringIO(), io.StringIO()
+  status = launch.launch(["--exchange"], 2, 1, module="tests.launch_child", stdout=out, stderr=err)
+  assert status == 0, out.getvalue() + err.getvalue()
+  found = dict(re.findall(r"^\[(\d)\] exchange (.*)$", out.getvalue(), re.M))
+  assert sorted(found) == ["0", "1"]
+  expected = {
+    "json": [{"i": 0, "s": "é"}, {"i": 1, "s": "éé"}],
+    "max": 6,
+    "any_mine": True,
+    "any_none": False,
+  }
+  assert all(json.loads(v) == expected for v in found.values())
