@@ -150,3 +150,52 @@ def test_bad_text_is_one_line_naming_task_file_and_line(tmp_path):
       _read_all(readers.SourceReader(name, repeat=False))
     assert str(e.value).startswith(f"task {name!r} split 'train': {want}")
     assert "\n" not in str(e.value)
+
+
+def _threads():
+  return len(os.listdir("/proc/self/task"))
+
+
+def test_threads_per_open_source_are_bounded(monkeypatch):
+  """A source read through seqio holds a handful of threads (was 40-60), one read on the
+  fast path none. (A source with its own parallel interleave, e.g. seqio.TextLineDataSource or
+  TFDS, adds a thread per file of its cycle: not the reader's to bound.)"""
+  import tasks  # noqa: F401  (the sample tasks: LocalFileSource, fast path unless fast=False)
+
+  monkeypatch.setenv("POLYLM_JAX_UNIT_DISK_CACHE", "0")
+  readers.UNIT_CACHE.clear()
+  langs = ["en", "fr", "es", "it"]
+  open_readers = []
+  for k, lang in enumerate(langs):
+    r = readers.SourceReader(
+      f"polylm_{lang}_sample", read_batch=2, threads_per_source=1, fast=False
+    )
+    assert r.next_doc() is not None and r._it is not None  # open, mid-unit
+    open_readers.append(r)
+    if k == 0:
+      before = _threads()  # TensorFlow's process-wide pools start with the first
+  assert (_threads() - before) / (len(langs) - 1) <= 8
+  before = _threads()
+  for lang in ("de", "zh", "ar"):
+    r = readers.SourceReader(f"polylm_{lang}_sample")
+    assert r.plan is not None and r.next_doc() is not None
+  assert _threads() <= before
+
+
+def test_shards_of_a_small_source_tokenize_its_files_once(monkeypatch):
+  """Streams of one process (one per data shard) share the tokens of a small source."""
+  import tasks  # noqa: F401
+  from polylm_jax import text_units
+
+  readers.UNIT_CACHE.clear()
+  text_units.FILE_TOKENS.clear()
+  calls = []
+  real = text_units.encode
+  monkeypatch.setattr(text_units, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+  docs = set()
+  for v in range(8):  # 8 shards of a 2-file source: seqio shards the examples
+    r = readers.SourceReader("polylm_de_sample", shard_index=v, num_shards=8, repeat=False)
+    docs |= {tuple(d.tolist()) for d, _ in iter(r.next_doc, None)}
+  assert len(calls) == 2  # one SentencePiece call per file, for all 8 shards
+  whole = readers.SourceReader("polylm_de_sample", repeat=False)
+  assert docs == {tuple(d.tolist()) for d, _ in iter(whole.next_doc, None)}

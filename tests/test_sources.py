@@ -225,3 +225,90 @@ def test_bom_is_dropped_and_bad_text_names_file_and_line(tmp_path):
     assert want in str(e.value)
   with pytest.raises(sources.MalformedLine, match=r"f line 1: field 'x' holds a lone surrogate"):
     sources.check_text("\udc80", "f line 1", "x")
+
+
+# -- the fast path (tasks/text_plans.py): the same documents as the seqio pipeline -----------
+
+
+def _awkward_files(d):
+  """Text files with what TextLineDataset and the checks treat specially: CRLF and lone CR,
+  a byte order mark, blank and whitespace-only lines, non-ASCII spaces (kept), no final
+  newline, a file with no records, and record counts at and off the interleave block."""
+  import numpy as np
+
+  d.mkdir()
+  (d / "f0.txt").write_bytes(
+    "\ufeffa b\r\n\r\n  \t\nx\ry\n\u3000全角\u3000\n\x0bvt\x0c\nlast no newline".encode()
+  )
+  (d / "f1.txt").write_bytes(b"\n \n\r\n")
+  rng = np.random.default_rng(0)
+  words = ["Haus", "maison", "房子", "дом", "σπίτι", "بيت", " ", "\t", "\r"]
+  for f, n in enumerate([4, 1, 7, 2, 9, 6], start=2):
+    lines = ["".join(rng.choice(words, size=rng.integers(0, 4))) for _ in range(n)]
+    (d / f"f{f}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return str(d / "*.txt")
+
+
+def _docs(name, split, shard=(0, 1), fast=True, **kw):
+  from polylm_jax import readers, text_units
+
+  readers.UNIT_CACHE.clear()
+  text_units.FILE_TOKENS.clear()
+  r = readers.SourceReader(name, split, *shard, repeat=False, fast=fast, **kw)
+  assert (r.plan is not None) == fast
+  return [(tuple(item[0].tolist()), item[1]) for item in iter(r.next_doc, None)]
+
+
+def test_fast_path_gives_seqio_documents_for_text_files(tmp_path, monkeypatch):
+  from tasks import registry
+
+  monkeypatch.setenv("POLYLM_JAX_UNIT_DISK_CACHE", "0")
+  pattern = _awkward_files(tmp_path / "d")
+  source = sources.LocalFileSource(
+    {"train": pattern, "validation": pattern}, holdout_every=3, cycle_length=3, block_length=2
+  )
+  name = registry.register_mono_task("de", "fasttest", source)
+  # one host; whole files (unit_bytes 1: a unit per file); examples (9 shards > 8 files)
+  for split, shard, unit_bytes in [
+    ("train", (0, 1), 1 << 30),
+    ("train", (1, 3), 1),
+    ("train", (2, 9), 1 << 30),
+    ("validation", (0, 1), 1),
+    ("validation", (1, 3), 1 << 30),
+  ]:
+    want = _docs(name, split, shard, fast=False, unit_bytes=unit_bytes)
+    assert want and _docs(name, split, shard, unit_bytes=unit_bytes) == want, (split, shard)
+
+
+def test_fast_path_gives_seqio_documents_for_aligned_bitext(tmp_path, monkeypatch):
+  from tasks import registry
+
+  monkeypatch.setenv("POLYLM_JAX_UNIT_DISK_CACHE", "0")
+  de = tmp_path / "de.txt"
+  de.write_bytes("\ufeffHallo\r\nDanke\n\n Bitte \nJa\nNein\nAuto\n\u3000Tschüss".encode())
+  en = _write(tmp_path / "en.txt", "Hello\nThanks\nPlease\nPlease \n \nNo\nCar\nBye\n")
+  source = sources.AlignedTextSource(str(de), en, holdout_every=4)
+  templates = ["{src_text}\n{tgt_text}", "{src_name} -> {tgt_native}: {src_text} = {tgt_text}"]
+  name = registry.register_bitext_task("de", "en", "fasttest", source, templates=templates)
+  for split in ("train", "validation"):
+    for shard in ((0, 1), (1, 2)):
+      want = _docs(name, split, shard, fast=False)
+      assert want and _docs(name, split, shard) == want, (split, shard)
+
+
+def test_fast_path_only_for_tasks_it_can_vouch_for(tmp_path):
+  from polylm_jax import text_units
+  from tasks import registry
+
+  path = _write(tmp_path / "a.txt", "eins\nzwei\n")
+  plain = registry.register_text_task("de", "plaintest", path)
+  assert text_units.plan_for(seqio.get_mixture_or_task(plain), "train") is not None
+  upper = lambda ds: ds.map(lambda ex: {"text": tf.strings.upper(ex["text"])})  # noqa: E731
+  other = [
+    registry.register_mono_task("de", "pretest", sources.LocalFileSource({"train": path}), [upper]),
+    registry.register_text_task(
+      "de", "jsonltest", _write(tmp_path / "a.jsonl", '{"t": "x"}\n'), fmt="jsonl", text_key="t"
+    ),
+  ]
+  for name in other:
+    assert text_units.plan_for(seqio.get_mixture_or_task(name), "train") is None, name
