@@ -2,19 +2,27 @@
 
 Two ways to go over the layers (both exactly the model's function, `tests/test_decoding.py`
 checks each against the full forward pass):
-  "unrolled" (default): the stacked layer weights are sliced once per generate call and the
-      blocks run one after another, so a step reads each weight once. Costs one extra copy of
-      the layer weights while generating.
+  "unrolled" (default): the stacked layer weights are split into one array per layer
+      (`prepare_params`, once per `generate` call or once for good with `decoding.prepare`),
+      and the blocks run one after another, so a step reads each weight once. Costs one
+      extra copy of the layer weights while generating.
   "scan": the model's own `nn.scan` (`PolyLM.apply(decode=True)`): no copy, but XLA copies
       each layer's weights out of the stacked arrays at every step (a dynamic slice), which
       on CPU made batch-1 steps about 1.8x slower (benchmarks/decode.py --layer_loop).
-The unrolled path also computes logits for the last real token of each row only during the
-prefill. Prompts are right-padded: the prefill sets each row's cache index to its length
-(model.py), the layout t5x's decoding uses too.
+
+The unrolled step runs the model's own LayerNorm and Mlp modules on each layer's weights; only
+the attention is written out here (`_attention`), because its cache is laid out
+[batch, heads, slots, head_dim] (the model's is [batch, slots, heads, head_dim]): both
+attention dots then read the cache as it lies. With the model's layout XLA on CPU transposed
+the whole key and value cache of every layer at every step (a profile of polylm_mid at batch 8:
+about a fifth of the step). The unrolled path also computes logits for the last real token of
+each row only during the prefill. Prompts are right-padded: the prefill sets each row's cache
+index to its length (as model.py does), the layout t5x's decoding uses too.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -22,7 +30,18 @@ import jax
 import jax.numpy as jnp
 
 from polylm_jax.config import PolyLMConfig
-from polylm_jax.model import BATCH, EMBED, LENGTH, VOCAB, Block, PolyLM, init_cache
+
+from polylm_jax.model import (
+  BATCH,
+  EMBED,
+  HEADS,
+  KV,
+  LENGTH,
+  Mlp,
+  PolyLM,
+  init_cache,
+  output_logits,
+)
 
 LAYER_LOOPS = ("unrolled", "scan")
 
@@ -55,12 +74,18 @@ class DecodeStack:
   # -- cache ------------------------------------------------------------------------------
 
   def init_cache(self, batch: int) -> Any:
-    cache = init_cache(self.config, batch)
+    """Unrolled: per layer key/value [batch, heads, slots, head_dim] (compute dtype); one
+    segment id per slot [batch, slots] and one write index per row [batch] for all layers."""
     if not self.unrolled:
-      return cache
-    return [
-      jax.tree.map(lambda x, i=i: x[i], cache["layers"]) for i in range(self.config.num_layers)
-    ]
+      return init_cache(self.config, batch)
+    cfg = self.config
+    kv = (batch, cfg.num_heads, cfg.max_len, cfg.head_dim)
+    zeros = lambda: jnp.zeros(kv, jnp.dtype(cfg.dtype))
+    return dict(
+      layers=[dict(key=zeros(), value=zeros()) for _ in range(cfg.num_layers)],
+      segment_ids=jnp.zeros((batch, cfg.max_len), jnp.int32),
+      index=jnp.zeros((batch,), jnp.int32),
+    )
 
   def take_rows(self, cache: Any, rows: jax.Array) -> Any:
     """Reorders / selects batch rows of the cache (beam search)."""
@@ -101,25 +126,27 @@ class DecodeStack:
         logits = logits[:, -1] if last is None else _take_column(logits, last)
       return logits, variables["cache"]
     cfg, p = self.config, self.params
-    dtype = jnp.dtype(cfg.dtype)
-    residual_dtype = jnp.float32 if cfg.residual_fp32 else dtype
+    residual_dtype = jnp.float32 if cfg.residual_fp32 else jnp.dtype(cfg.dtype)
     x = jnp.take(p["wte"], tokens, axis=0) + jnp.take(p["wpe"], positions, axis=0)
     x = nn.with_logical_constraint(x.astype(residual_dtype), (BATCH, LENGTH, EMBED))
-    new_cache = []
-    for layer, layer_cache in zip(self.layers, cache):
-      (x, _), variables = Block(cfg, decode=True).apply(
-        {"params": layer, "cache": layer_cache}, x, segment_ids, lengths, mutable=["cache"]
-      )
-      new_cache.append(variables["cache"])
+    start, t = cache["index"], tokens.shape[1]
+    write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis=0))
+    seg_cache = write(cache["segment_ids"], segment_ids.astype(jnp.int32), start)
+    # Query slot q sees the slots <= q of its own segment (as model.py's Attention).
+    q_slots = start[:, None] + jnp.arange(t)
+    mask = (jnp.arange(cfg.max_len)[None, None, :] <= q_slots[:, :, None]) & (
+      segment_ids[:, :, None] == seg_cache[:, None, :]
+    )
+    new_layers = []
+    for layer, kv in zip(self.layers, cache["layers"]):
+      x, kv = _block(cfg, layer, kv, x, start, mask)
+      new_layers.append(kv)
+    end = start + t if lengths is None else lengths.astype(jnp.int32)
+    new_cache = dict(layers=new_layers, segment_ids=seg_cache, index=end)
     if last_only:
       x = x[:, -1:] if last is None else _take_column(x, last)[:, None]
-    h = nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype)
-    ).apply({"params": p["ln_f"]}, x)
-    logits = jnp.einsum(
-      "btd,vd->btv", h.astype(dtype), p["wte"].astype(dtype), preferred_element_type=jnp.float32
-    )
-    logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
+    h = _layer_norm(cfg, p["ln_f"], x).astype(jnp.dtype(cfg.dtype))
+    logits = output_logits(h, p["wte"], cfg)
     return (logits[:, -1] if last_only else logits), new_cache
 
   def prefill(
@@ -128,6 +155,53 @@ class DecodeStack:
     """Fills a new cache with the right-padded prompts (`lengths` [B] real tokens each);
     logits after each row's last token. Each row then decodes from its own length."""
     return self(self.init_cache(tokens.shape[0]), tokens, positions, segment_ids, lengths=lengths)
+
+
+def _layer_norm(cfg: PolyLMConfig, params: Any, x: jax.Array) -> jax.Array:
+  """model.py's LayerNorm (fp32, with bias) on given weights."""
+  ln = nn.LayerNorm(
+    epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype)
+  )
+  return ln.apply({"params": params}, x)
+
+
+def _block(cfg: PolyLMConfig, p: Any, kv: Any, x: jax.Array, start: jax.Array, mask: jax.Array):
+  """model.py's Block on one layer's weights, with this module's cache layout."""
+  dtype = jnp.dtype(cfg.dtype)
+  h = _layer_norm(cfg, p["ln_1"], x).astype(dtype)
+  attn, kv = _attention(cfg, p["attn"], kv, h, start, mask)
+  x = x + attn.astype(x.dtype)
+  h = _layer_norm(cfg, p["ln_2"], x).astype(dtype)
+  x = x + Mlp(cfg).apply({"params": p["mlp"]}, h).astype(x.dtype)
+  return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED)), kv
+
+
+def _attention(cfg: PolyLMConfig, p: Any, kv: Any, x: jax.Array, start: jax.Array, mask):
+  """model.py's Attention in decode mode, the cache laid out [batch, heads, slots, head_dim]:
+  writes this call's keys/values at each row's `start`, attends under `mask` [B, T, slots]."""
+  dtype = jnp.dtype(cfg.dtype)
+  qkv = jnp.einsum("btd,dnhk->btnhk", x, p["qkv_kernel"].astype(dtype))
+  qkv = qkv + p["qkv_bias"].astype(dtype)
+  q = nn.with_logical_constraint(qkv[:, :, 0], (BATCH, LENGTH, HEADS, KV))
+  to_cache = lambda a: nn.with_logical_constraint(
+    a.transpose(0, 2, 1, 3), (BATCH, HEADS, LENGTH, KV)
+  )
+  write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis=1))
+  keys = write(kv["key"], to_cache(qkv[:, :, 1]), start)
+  values = write(kv["value"], to_cache(qkv[:, :, 2]), start)
+  logits = jnp.einsum(
+    "bqhk,bhsk->bhqs",
+    q * (1.0 / math.sqrt(cfg.head_dim)),
+    keys,
+    preferred_element_type=jnp.float32,
+  )
+  logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  out = nn.with_logical_constraint(
+    jnp.einsum("bhqs,bhsk->bqhk", probs, values), (BATCH, LENGTH, HEADS, KV)
+  )
+  y = jnp.einsum("bthk,hkd->btd", out, p["out_kernel"].astype(dtype)) + p["out_bias"].astype(dtype)
+  return nn.with_logical_constraint(y, (BATCH, LENGTH, EMBED)), dict(key=keys, value=values)
 
 
 def _take_column(x: jax.Array, column: jax.Array) -> jax.Array:
