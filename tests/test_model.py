@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from polylm_jax.config import count_params, get_config
-from polylm_jax.model import PolyLM, abstract_params, init_cache, init_params
+from polylm_jax.model import PolyLM, abstract_params, init_cache, init_params, output_logits
 
 CFG = get_config("polylm_tiny")
 
@@ -211,3 +211,16 @@ def test_right_padded_prefill_with_per_row_lengths_then_default_positions(params
   for r, n in enumerate(lengths):
     full = _apply(params, rows[r][None])[0]
     np.testing.assert_allclose(np.stack(per_row[r]), full[n - 1 : n - 1 + new], atol=1e-5)
+
+
+def test_return_hidden_then_output_logits_equals_logits(params):
+  """The loss and the scorer apply the output layer themselves (to chunks or gathered rows)."""
+  tokens = _tokens((2, 8))
+  for cfg in (CFG, CFG.replace(dtype="bfloat16")):
+    hidden = _apply(params, tokens, cfg=cfg, return_hidden=True)
+    assert hidden.shape == (2, 8, CFG.d_model) and hidden.dtype == jnp.dtype(cfg.dtype)
+    logits = output_logits(hidden, params["wte"], cfg)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(_apply(params, tokens, cfg=cfg)))
+    rows = output_logits(hidden[:, 3], params["wte"], cfg)  # gathered positions: [B, V]
+    np.testing.assert_allclose(np.asarray(rows), np.asarray(logits[:, 3]), rtol=1e-6, atol=1e-6)

@@ -308,3 +308,110 @@ def test_abstract_train_state_matches_real_one(params):
     assert a.sharding == s
   assert abstract.step.sharding.is_fully_replicated
   assert not abstract.opt_state[1][0].mu["wte"].sharding.is_fully_replicated
+
+
+# The chunked loss (loss_chunk_tokens > 0) against the whole-logits path (0). Batches of 4
+# rows, so 20 tokens per chunk is 5 positions: T = 13 is padded to 15, T = 16 takes 4.
+CHUNK_CASES = [
+  dict(t=13, chunk=20),
+  dict(t=16, chunk=20, z_loss=1e-3),
+  dict(t=16, chunk=8, label_smoothing=0.1, z_loss=1e-2),
+]
+
+
+def _loss_and_grads(params, batch, chunk, **kw):
+  def f(p, w):
+    return ts.loss_fn(p, dict(batch, loss_weights=w), config=CFG, loss_chunk_tokens=chunk, **kw)
+
+  return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(params, batch["loss_weights"])
+
+
+@pytest.mark.parametrize(
+  "case", CHUNK_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items())
+)
+def test_chunked_loss_matches_whole_logits(params, case):
+  """Loss, every aux sum (per language included), and the gradients with respect to the
+  params and the loss weights, within fp32 tolerance; a quarter of the weights are 0."""
+  kw = {k: v for k, v in case.items() if k not in ("t", "chunk")}
+  batch = make_batch(b=4, t=case["t"])
+  (l0, a0), (g0, gw0) = _loss_and_grads(params, batch, 0, **kw)
+  (l1, a1), (g1, gw1) = _loss_and_grads(params, batch, case["chunk"], **kw)
+  np.testing.assert_allclose(float(l1), float(l0), rtol=2e-6)
+  for k in a0:
+    np.testing.assert_allclose(np.asarray(a1[k]), np.asarray(a0[k]), rtol=2e-6, atol=1e-6)
+  scale = lambda g: float(jnp.max(jnp.abs(g)))  # noqa: E731
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale(b)), g1, g0
+  )
+  np.testing.assert_allclose(np.asarray(gw1), np.asarray(gw0), rtol=1e-5, atol=1e-7)
+  # Negative control: the gradient moves far more than the tolerance under another batch.
+  (_, _), (g_other, _) = _loss_and_grads(params, make_batch(seed=1, b=4, t=case["t"]), 0, **kw)
+  assert float(jnp.max(jnp.abs(g_other["wte"] - g0["wte"]))) > 1e-3 * scale(g0["wte"])
+
+
+def test_chunk_length_and_bad_setting(params):
+  assert ts.chunk_length(2048, 1, 512) == 512
+  assert ts.chunk_length(2048, 3, 2048) == 512  # 682 -> the divisor 512
+  assert ts.chunk_length(13, 4, 20) == 5  # no divisor near 5: padded to 15
+  assert ts.chunk_length(16, 4, 4096) == 16
+  assert ts.chunk_length(16, 64, 8) == 1
+  with pytest.raises(ValueError, match="loss_chunk_tokens"):
+    ts.loss_fn(params, make_batch(), config=CFG, loss_chunk_tokens=-1)
+
+
+def test_chunked_train_and_eval_steps_match_whole_logits(params):
+  """Microbatches (2) with chunks vs one whole-logits batch: same metrics and update."""
+  batch = make_batch(b=8)
+  state = ts.init_train_state(params, SMOOTH_OPT)
+  s0, m0 = _step_fn(1, SMOOTH_OPT, loss_chunk_tokens=0, z_loss=1e-3)(state, batch)
+  s1, m1 = _step_fn(2, SMOOTH_OPT, loss_chunk_tokens=16, z_loss=1e-3)(state, batch)
+  for k in ("loss", "cross_entropy", "z_loss", "grad_norm", "lang_nll_sum", "lang_tokens"):
+    np.testing.assert_allclose(np.asarray(m1[k]), np.asarray(m0[k]), rtol=1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1.params, s0.params
+  )
+  e0 = ts.eval_step(params, batch, CFG, loss_chunk_tokens=0)
+  e1 = jax.jit(functools.partial(ts.eval_step, config=CFG, loss_chunk_tokens=24))(params, batch)
+  for k in e0:
+    np.testing.assert_allclose(np.asarray(e1[k]), np.asarray(e0[k]), rtol=2e-6)
+
+
+def test_chunked_loss_on_a_mesh_matches_one_device(params):
+  """Chunk length follows the rows per device: 16 rows over data=2 x fsdp=2 are 4 per device,
+  so 16 tokens is 4 positions (4 chunks), vocabulary split over tensor=2."""
+  batch = make_batch(b=16)
+  grad = lambda chunk: jax.value_and_grad(  # noqa: E731
+    functools.partial(ts.loss_fn, config=CFG, loss_chunk_tokens=chunk), has_aux=True
+  )
+  (l0, a0), g0 = jax.jit(grad(0))(params, batch)
+  mesh = make_mesh(data=2, fsdp=2, tensor=2)
+  shardings = ts.train_state_shardings(CFG, OPT, mesh).params
+  with use_mesh(mesh):
+    assert ts._rows_per_device(16) == 4
+    sharded = jax.jit(grad(16), in_shardings=(shardings, batch_sharding(mesh)))
+    (l1, a1), g1 = sharded(jax.device_put(params, shardings), batch)
+  np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(a1["lang_nll_sum"]), np.asarray(a0["lang_nll_sum"]), rtol=1e-5
+  )
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+  assert not g1["wte"].sharding.is_fully_replicated
+
+
+def test_chunked_loss_shrinks_compiled_temporaries():
+  """XLA's buffer assignment of the whole step: with a vocabulary large next to the model,
+  the [tokens, vocab] fp32 logits dominate, and chunks of 64 tokens remove most of them."""
+  cfg = CFG.replace(vocab_size=16384)
+  abstract = ts.abstract_train_state(cfg, OPT)
+  batch = {k: jax.ShapeDtypeStruct((8, 64), jnp.int32) for k in ts.BATCH_INT_FIELDS}
+  batch["loss_weights"] = jax.ShapeDtypeStruct((8, 64), jnp.float32)
+
+  def temp_bytes(chunk):
+    step = functools.partial(ts.train_step, config=cfg, optimizer=OPT, loss_chunk_tokens=chunk)
+    mem = jax.jit(step, donate_argnums=0).lower(abstract, batch).compile().memory_analysis()
+    return mem.temp_size_in_bytes
+
+  logits_bytes = 8 * 64 * 16384 * 4  # 32 MiB
+  whole, chunked = temp_bytes(0), temp_bytes(64)
+  assert whole > 2 * logits_bytes  # the logits and their gradient
+  assert whole - chunked > 1.5 * logits_bytes, (whole, chunked)

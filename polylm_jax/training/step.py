@@ -19,6 +19,7 @@ k microbatches give the full batch's gradient exactly (up to float summation ord
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Mapping
 
 import flax
@@ -41,9 +42,9 @@ Batch = Mapping[str, Array]
 NUM_LANGUAGES = 18  # SPEC section 4
 # The streams' batch layout (batch_stream.BATCH_FIELDS): every field but loss_weights is int32.
 BATCH_INT_FIELDS = tuple(k for k in BATCH_FIELDS if k != "loss_weights")
-# Sequence positions per chunk of the output layer + loss (0: all at once). One chunk's fp32
-# logits are [rows per device, LOSS_CHUNK, vocab]: 1 GiB for a row of 256k pieces in fp32.
-LOSS_CHUNK = 1024
+# Tokens per device in one chunk of the output layer + loss (0: all at once). A chunk's fp32
+# logits, their softmax and gradient take about 10 bytes x vocab per token: 2.5 GiB at 256k.
+LOSS_CHUNK_TOKENS = 1024
 
 
 @flax.struct.dataclass
@@ -158,11 +159,29 @@ def _per_token_losses(
   return loss, (nll, z_term)
 
 
-def _chunk_positions(hidden: Array, chunk: int, *fields: Array) -> tuple[Array, ...]:
-  """[B, T, ...] -> [n, B, c, ...] with c = min(chunk, T); the tail is zero-padded (a padded
-  position has weight 0). Chunks run along the sequence, so every data shard keeps its rows."""
+def _rows_per_device(rows: int) -> int:
+  """Batch rows one device holds under the active mesh and logical rules (all without one)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = nn.logical_to_mesh_axes(("batch",))[0]
+  if mesh.empty or axes is None:
+    return rows
+  axes = (axes,) if isinstance(axes, str) else axes
+  shards = math.prod(mesh.shape[a] for a in axes)
+  return max(1, rows // shards)
+
+
+def chunk_length(length: int, rows_per_device: int, chunk_tokens: int) -> int:
+  """Sequence positions per chunk: about chunk_tokens per device. A divisor of `length` when
+  one is at least half that (2048 -> powers of two), else the rest is padded."""
+  target = max(1, min(length, chunk_tokens // rows_per_device))
+  divisor = max(d for d in range(1, target + 1) if length % d == 0)
+  return divisor if 2 * divisor >= target else target
+
+
+def _chunk_positions(hidden: Array, c: int, *fields: Array) -> tuple[Array, ...]:
+  """[B, T, ...] -> [n, B, c, ...]; the tail is zero-padded (a padded position has weight
+  0). Chunks run along the sequence, so every data shard keeps its own rows."""
   t = hidden.shape[1]
-  c = min(chunk, t)
   pad = -t % c
   out = []
   for x in (hidden,) + fields:
@@ -186,14 +205,15 @@ def chunked_loss_sum(
   weights: Array,
   *,
   config: PolyLMConfig,
-  chunk: int,
+  chunk_tokens: int,
   z_loss: float = 0.0,
   label_smoothing: float = 0.0,
 ) -> tuple[Array, Array, Array]:
   """(sum_t w_t loss_t, per-token nll [B, T], per-token z_term [B, T]) from the final hidden
-  states [B, T, D] and the tied embedding, `chunk` sequence positions at a time.
+  states [B, T, D] and the tied embedding, about `chunk_tokens` tokens per device at a time
+  (`chunk_length` positions of every row).
 
-  The [B, chunk, V] fp32 logits of one chunk are the largest temporary: the whole [B, T, V]
+  The [B, c, V] fp32 logits of one chunk are the largest temporary: the whole [B, T, V]
   never exists. Under differentiation the forward pass also forms, chunk by chunk, the
   gradient of the weighted sum with respect to the hidden states and `wte` (the fused
   linear cross entropy of Liger / Apple's cut-cross-entropy, without its kernel): the
@@ -203,6 +223,7 @@ def chunked_loss_sum(
   """
   dtype = jnp.dtype(config.dtype)
   t = hidden.shape[1]
+  chunk = chunk_length(t, _rows_per_device(hidden.shape[0]), chunk_tokens)
   terms = functools.partial(_per_token_losses, z_loss=z_loss, label_smoothing=label_smoothing)
 
   def forward(h, wte, targets, weights):
@@ -257,7 +278,7 @@ def loss_fn(
   label_smoothing: float = 0.0,
   num_languages: int = NUM_LANGUAGES,
   normalizer: Array | float | None = None,
-  loss_chunk: int = LOSS_CHUNK,
+  loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
 ) -> tuple[Array, dict[str, Array]]:
   """Weighted loss sum / normalizer (default: the batch's weight sum) and summed aux metrics.
 
@@ -265,11 +286,11 @@ def loss_fn(
   lang_nll_sum [num_languages], lang_weight_sum [num_languages]. Tokens whose `langs` is
   outside 0..num_languages-1 count in the totals only.
 
-  loss_chunk > 0: the output layer and the loss run `loss_chunk` sequence positions at a time
-  (`chunked_loss_sum`); 0: over the whole [B, T, vocab] logits at once (the reference path).
+  loss_chunk_tokens > 0: the output layer and the loss run about that many tokens per device at
+  a time (`chunked_loss_sum`); 0: over the whole [B, T, vocab] logits at once (the reference).
   """
-  if loss_chunk < 0:
-    raise ValueError(f"loss_chunk must be >= 0 (0: unchunked), got {loss_chunk}")
+  if loss_chunk_tokens < 0:
+    raise ValueError(f"loss_chunk_tokens must be >= 0 (0: unchunked), got {loss_chunk_tokens}")
   hidden = PolyLM(config).apply(
     {"params": params},
     batch["inputs"],
@@ -278,14 +299,14 @@ def loss_fn(
     return_hidden=True,
   )
   weights = batch["loss_weights"].astype(jnp.float32)
-  if loss_chunk:
+  if loss_chunk_tokens:
     loss_sum, nll, z_term = chunked_loss_sum(
       hidden,
       params["wte"],
       batch["targets"],
       weights,
       config=config,
-      chunk=loss_chunk,
+      chunk_tokens=loss_chunk_tokens,
       z_loss=z_loss,
       label_smoothing=label_smoothing,
     )
@@ -338,7 +359,7 @@ def compute_gradients(
   z_loss: float = 0.0,
   label_smoothing: float = 0.0,
   num_languages: int = NUM_LANGUAGES,
-  loss_chunk: int = LOSS_CHUNK,
+  loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
 ) -> tuple[Array, Any, dict[str, Array]]:
   """(mean loss, fp32 grads of it, summed aux) over the whole batch, in microbatches."""
   check_batch(batch, num_microbatches)
@@ -351,7 +372,7 @@ def compute_gradients(
       label_smoothing=label_smoothing,
       num_languages=num_languages,
       normalizer=normalizer,
-      loss_chunk=loss_chunk,
+      loss_chunk_tokens=loss_chunk_tokens,
     ),
     has_aux=True,
   )
@@ -396,7 +417,7 @@ def train_step(
   z_loss: float = 0.0,
   label_smoothing: float = 0.0,
   num_languages: int = NUM_LANGUAGES,
-  loss_chunk: int = LOSS_CHUNK,
+  loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
 ) -> tuple[TrainState, dict[str, Array]]:
   """One update (or a skipped one if loss or gradients are non-finite).
 
@@ -413,7 +434,7 @@ def train_step(
     z_loss=z_loss,
     label_smoothing=label_smoothing,
     num_languages=num_languages,
-    loss_chunk=loss_chunk,
+    loss_chunk_tokens=loss_chunk_tokens,
   )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -458,12 +479,14 @@ def eval_step(
   config: PolyLMConfig,
   *,
   num_languages: int = NUM_LANGUAGES,
-  loss_chunk: int = LOSS_CHUNK,
+  loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
 ) -> dict[str, Array]:
   """Summed cross entropy and token counts, overall and per language (sum across batches,
   then divide: mean loss = nll_sum / tokens, perplexity = exp of it)."""
   check_batch(batch)
-  _, aux = loss_fn(params, batch, config=config, num_languages=num_languages, loss_chunk=loss_chunk)
+  _, aux = loss_fn(
+    params, batch, config=config, num_languages=num_languages, loss_chunk_tokens=loss_chunk_tokens
+  )
   return {
     "nll_sum": aux["nll_sum"],
     "tokens": aux["weight_sum"],
