@@ -18,6 +18,7 @@ import jax
 import optax
 
 from polylm_jax import optim, partitioning
+from polylm_jax.training.step import LOSS_CHUNK_TOKENS
 
 NONFINITE_ACTIONS = ("rollback", "stop", "continue")
 
@@ -175,11 +176,15 @@ class OptimizerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-  """Terms of the objective. dropout_rate is here only to refuse it: PolyLM has no dropout."""
+  """Terms of the objective. dropout_rate is here only to refuse it: PolyLM has no dropout.
+  chunk_tokens: the output layer and loss run on about this many tokens per device at a time,
+  so the [tokens, vocab] fp32 logits never exist whole (0: all at once; same loss either way).
+  """
 
   z_loss: float = 0.0
   label_smoothing: float = 0.0
   dropout_rate: float = 0.0
+  chunk_tokens: int = LOSS_CHUNK_TOKENS
 
   def __post_init__(self):
     if self.dropout_rate != 0:
@@ -191,6 +196,10 @@ class LossSpec:
       raise ValueError(f"Z_LOSS must be >= 0, got {self.z_loss}")
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"LABEL_SMOOTHING must be in [0, 1), got {self.label_smoothing}")
+    if self.chunk_tokens < 0:
+      raise ValueError(
+        f"LossSpec.chunk_tokens must be >= 0 (0: unchunked), got {self.chunk_tokens}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
