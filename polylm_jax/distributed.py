@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -27,6 +27,9 @@ def maybe_initialize(mode: str = "auto") -> bool:
   (with $JAX_NUM_PROCESSES and $JAX_PROCESS_ID), Slurm (SLURM_NTASKS > 1), Open MPI
   (OMPI_COMM_WORLD_SIZE > 1) or a multi-host Cloud TPU slice (TPU_WORKER_HOSTNAMES with
   several hosts). 'on' always initialises (JAX detects the cluster), 'off' never.
+  $POLYLM_JAX_HEARTBEAT_SECONDS sets JAX's heartbeat timeout (heartbeat_seconds). Once
+  initialised, an uncaught exception ends the process at once after its traceback, as in
+  fail_fast, so its peers fail in their next collective instead of waiting for it.
   """
   if mode not in ("auto", "on", "off"):
     raise ValueError(f"--distributed must be auto, on or off, got {mode!r}")
@@ -65,7 +68,7 @@ def maybe_initialize(mode: str = "auto") -> bool:
 HEARTBEAT_VAR = "POLYLM_JAX_HEARTBEAT_SECONDS"
 
 
-def heartbeat_seconds(env: dict[str, str] | Any) -> int | None:
+def heartbeat_seconds(env: Mapping[str, str]) -> int | None:
   """$POLYLM_JAX_HEARTBEAT_SECONDS: after how long without a heartbeat the coordination
   service declares a process dead and stops the others (JAX's default, 100 s, when unset).
 

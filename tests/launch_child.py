@@ -35,6 +35,7 @@ def _parse(argv):
   p.add_argument("--sleep", action="store_true", help="then sleep (not in a collective)")
   p.add_argument("--trap", action="store_true", help="SIGTERM: print and exit 143")
   p.add_argument("--exchange", action="store_true", help="print distributed.* results")
+  p.add_argument("--no_fail_fast", action="store_true", help="without distributed.fail_fast")
   return p.parse_args(argv)
 
 
@@ -48,6 +49,9 @@ def main(argv) -> None:
   distributed.maybe_initialize("auto")
   if args.trap:  # after it: JAX's preemption notifier takes SIGTERM over when it starts
     signal.signal(signal.SIGTERM, _trap)
+  if args.no_fail_fast:
+    _work(args)
+    return
   with distributed.fail_fast():
     _work(args)
 
