@@ -56,10 +56,10 @@ def maybe_initialize(mode: str = "auto") -> bool:
   jax.distributed.initialize(**kwargs)
   previous_hook = sys.excepthook
 
-  def leave_after_traceback(*exc_info):  # an uncaught exception: see _leave
-    previous_hook(*exc_info)
+  def leave_after_traceback(kind, value, tb):  # an uncaught exception: see _leave
+    previous_hook(kind, value, tb)
     if jax.distributed.is_initialized():
-      _leave(1)
+      _leave(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
   sys.excepthook = leave_after_traceback
   return True
@@ -103,9 +103,12 @@ def fail_fast() -> Iterator[None]:
   """Around a binary's work: in a multi-process job, a failure (an exception, or
   sys.exit with a non-zero status, e.g. a one-line configuration error) ends this process at
   once, with its message, instead of at the shutdown barrier minutes later (see _leave).
-  A single process, or a clean exit, leaves as usual."""
+  A single process, a clean exit, or Ctrl-C (KeyboardInterrupt: every process gets it, and
+  the binary's own handler runs) leaves as usual."""
   try:
     yield
+  except KeyboardInterrupt:
+    raise
   except SystemExit as e:
     if jax.distributed.is_initialized() and e.code not in (None, 0):
       if not isinstance(e.code, int):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import pathlib
 import re
 import sys
@@ -111,3 +112,39 @@ def test_exchanges_across_two_real_processes(monkeypatch):
     "any_none": False,
   }
   assert all(json.loads(v) == expected for v in found.values())
+
+
+def test_a_failing_process_and_its_peer_leave_at_once_without_a_launcher():
+  """Process 1 exits 3 inside fail_fast while process 0 waits for it in a collective: both
+  are gone in seconds (JAX alone would keep process 1 at its shutdown barrier for 300 s)."""
+  import socket
+  import subprocess
+  import time
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  root = pathlib.Path(__file__).resolve().parents[1]
+  procs = []
+  for i in range(2):
+    env = dict(
+      os.environ,
+      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+      JAX_NUM_PROCESSES="2",
+      JAX_PROCESS_ID=str(i),
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
+    cmd = [sys.executable, "-m", "tests.launch_child", "--exit=3", "--on=1", "--hang"]
+    procs.append(
+      subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+      )
+    )
+  try:
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  failed_at = float(re.search(r"failing at (\S+)", logs[1]).group(1))
+  assert [p.returncode for p in procs] == [1, 3], logs[0]
+  assert time.time() - failed_at < 10
