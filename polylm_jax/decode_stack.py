@@ -54,11 +54,16 @@ def check_layer_loop(layer_loop: str) -> str:
 
 def prepare_params(config: PolyLMConfig, params: Any, layer_loop: str) -> Any:
   """The params as the stack reads them: position table cut to the cache length and, when
-  unrolled, the layer weights as a list. Idempotent, so streams prepare once (jitted) and
-  pass the result to every chunk."""
+  unrolled, the layer weights as a list. Idempotent, so callers split the layers once
+  (`decoding.prepare`) and pass the result to every jitted call."""
   layers = params["layers"]
   if layer_loop == "unrolled" and not isinstance(layers, list):
     layers = [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(config.num_layers)]
+  if layer_loop == "scan" and isinstance(layers, list):
+    raise ValueError(
+      "layer_loop='scan' needs the stacked layer weights; these params were prepared for "
+      "'unrolled' (decoding.prepare): pass the original params or use layer_loop='unrolled'"
+    )
   return {**params, "wpe": params["wpe"][: config.max_len], "layers": layers}
 
 

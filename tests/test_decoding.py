@@ -81,6 +81,20 @@ def test_layer_loops_generate_the_same(params):
     decoding.generate(CFG, params, PROMPTS, 6, layer_loop="fast")
 
 
+def test_prepared_params_generate_the_same(params):
+  prepared = decoding.prepare(CFG, params)
+  assert isinstance(prepared["layers"], list) and len(prepared["layers"]) == CFG.num_layers
+  for settings in (dict(), decoding.DEMO_BEAM):
+    assert decoding.generate(CFG, prepared, PROMPTS, 6, **settings) == decoding.generate(
+      CFG, params, PROMPTS, 6, **settings
+    )
+  assert list(decoding.generate_stream(CFG, prepared, PROMPTS[1], 6)) == [
+    [t] for t in decoding.generate(CFG, params, PROMPTS[1:2], 6)[0]
+  ]
+  with pytest.raises(ValueError, match="needs the stacked layer weights"):
+    decoding.generate(CFG, prepared, PROMPTS, 6, layer_loop="scan")
+
+
 def test_greedy_matches_step_by_step_argmax(params):
   out = decoding.generate(CFG, params, PROMPTS, 6)
   for prompt, new in zip(PROMPTS, out):
@@ -367,6 +381,10 @@ def test_sharded_generate_equals_unsharded(params):
   for settings in (dict(), dict(preset="sampling", seed=5), decoding.DEMO_BEAM):
     ref = decoding.generate(CFG, params, PROMPTS, 8, **settings)
     assert decoding.generate(CFG, params, PROMPTS, 8, mesh=mesh, **settings) == ref, settings
+  prepared = decoding.prepare(CFG, params, mesh=mesh)
+  assert decoding.generate(CFG, prepared, PROMPTS, 8, mesh=mesh) == decoding.generate(
+    CFG, params, PROMPTS, 8
+  )
   s = decoding.score(CFG, params, [[5, 6], [7]], [[8], [9, 10]], mesh=mesh)
   np.testing.assert_allclose(
     s.total, decoding.score(CFG, params, [[5, 6], [7]], [[8], [9, 10]]).total, rtol=1e-5
