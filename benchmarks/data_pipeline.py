@@ -1,185 +1,276 @@
-"""Data pipeline speed on one CPU core: packed tokens/s vs raw SentencePiece, and resume cost.
+"""Data pipeline speed: packed tokens/s vs raw SentencePiece, first batch, threads, resume;
+the base commit's stream (--base, a git worktree) beside this tree's, same recipe, one run.
 
-  1. cold: packed tokens/s of the stage-1 recipe read through seqio (files -> tokenize ->
-     eos -> token-share scheduling -> packing), unit caches off. The sample corpus is too
-     small for that (opening a seqio pipeline costs more than reading a sample file), so
-     each language's sample text is copied --copies times into `polylm_{lang}_bench` tasks
-     and mixed with the stage-1 recipe (30% non-English, T = 1; no bitext).
-  2. raw: SentencePiece `encode` (C++, one thread) on exactly the same lines: the limit.
-  3. warm: the registered `polylm_pretrain_stage1` over the sample corpus once its units are
-     in memory: the cost of scheduling and packing alone.
-  4. resume: restore() + the first batch, from states saved after 1x and 10x --resume_steps
-     steps (consumed from memory, fast), with the unit caches emptied and off, as in a new
-     process: the restore re-opens the seqio pipelines and skips inside one unit. Beside it,
-     a fresh stream's first batch under the same conditions; the three are interleaved.
-Every figure is the median of --repeats runs (min and max shown).
+Each side runs in its own process (the tree's `polylm_jax` first on PYTHONPATH), pinned to
+--cpus, unit caches off:
+  cold     packed tokens/s of the stage-1 recipe (30% non-English, T = 1, no bitext) over
+           `polylm_{lang}_bench` tasks, each language's sample text copied --copies times (the
+           sample corpus alone is too small to time reading); this tree reads in chunks then
+           (no file tokenized whole up front), also with --workers SentencePiece threads (on
+           as many cores).
+  first    the first batch of a fresh stream (it opens all 18 sources), and the threads the
+           process holds then, per open source.
+  shards   --shards streams of one process, shard v of V (the trainer's data shards), each
+           over the sample corpus recipe polylm_pretrain_stage1: build + first batch of all.
+  warm     polylm_pretrain_stage1 once its units are in memory: scheduling + packing alone.
+  resume   restore() + first batch from states after 1x and 10x --resume_steps steps, caches
+           emptied as in a new process.
+raw SentencePiece encode of exactly the cold lines (+ eos), one thread and --workers threads,
+is the limit. Every figure is the median of --repeats runs (min-max shown).
 
-  python benchmarks/data_pipeline.py
-  python benchmarks/data_pipeline.py --copies 10 --repeats 3 --resume_steps 10
+  git worktree add /tmp/base 420f6b0
+  python benchmarks/data_pipeline.py --base /tmp/base
+  python benchmarks/data_pipeline.py --base /tmp/base --copies 2 --repeats 1 --batches 2 \\
+      --resume_steps 2 --shards 2        # a quick check that it runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["POLYLM_JAX_UNIT_DISK_CACHE"] = "0"  # measure the pipeline, not the cache
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = ("cold", "first", "shards", "warm", "resume")
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--base", default="", help="a worktree of the base commit (the 'before')")
   p.add_argument("--seq_len", type=int, default=2048)
   p.add_argument("--batch_size", type=int, default=8)
-  p.add_argument("--batches", type=int, default=12, help="batches timed per cold run")
+  p.add_argument("--batches", type=int, default=40, help="batches timed per cold run")
   p.add_argument("--warm_batches", type=int, default=50)
   p.add_argument("--copies", type=int, default=30, help="copies of each sample file")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--resume_steps", type=int, default=20, help="the 1x of the resume test")
-  p.add_argument("--cpu", type=int, default=0, help="the one core to run on")
-  p.add_argument(
-    "--parts", default="cold,raw,warm,resume", help="comma-separated subset of cold,raw,warm,resume"
-  )
+  p.add_argument("--shards", type=int, default=8, help="streams of one process (data shards)")
+  p.add_argument("--workers", type=int, default=2, help="SentencePiece threads (and cores)")
+  p.add_argument("--cpu", type=int, default=0, help="the first core to run on")
+  p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+  p.add_argument("--side", default="", help=argparse.SUPPRESS)  # internal: one side, as JSON
+  p.add_argument("--corpus", default="", help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
 
 def summary(xs, unit, scale=1.0):
+  if not xs:
+    return "-"
   xs = [x * scale for x in xs]
-  return (
-    f"median {statistics.median(xs):,.0f} {unit} "
-    f"(min {min(xs):,.0f}, max {max(xs):,.0f}, n={len(xs)})"
-  )
+  return f"{statistics.median(xs):,.0f} {unit} ({min(xs):,.0f}-{max(xs):,.0f})"
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  sys.stdout.reconfigure(line_buffering=True)
-  if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {args.cpu})
-  import sentencepiece as spm  # TF sizes its thread pools from the affinity mask
+def write_corpus(directory: str, copies: int) -> list[str]:
+  """Each language's sample lines, `copies` times, in directory/{lang}.txt."""
+  from polylm_jax.paths import SAMPLE_CORPUS_DIR
 
-  import tasks
-  from polylm_jax import readers, stream, tokenizer
-  from polylm_jax import vocab as vocab_lib
-  from tasks import mixtures
-
-  tmp = tempfile.mkdtemp(prefix="polylm_bench_")
-  lines_all: list[str] = []
-  for code in mixtures.sync_languages()[:18]:
+  langs = sorted(p.stem for p in (SAMPLE_CORPUS_DIR / "documents").glob("*.txt"))
+  lines_all = []
+  for code in langs:
     text = []
     for kind in ("parallel", "documents"):
-      path = tokenizer.SAMPLE_CORPUS_DIR / kind / f"{code}.txt"
-      text += [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-    lines = text * args.copies
-    out = os.path.join(tmp, f"{code}.txt")
-    with open(out, "w", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
-    lines_all += lines
-    tasks.register_text_task(code, "bench", out)
-  recipe = mixtures.StageRecipe(0.3, mono={"bench": 1.0})
-  mixtures.register_stage("bench_stage1", recipe, mixtures.sync_languages()[:18])
-  print(
-    f"# one core (cpu {args.cpu}); corpus: 18 languages x {args.copies} copies of the "
-    f"sample text, {len(lines_all):,} lines; rows {args.batch_size} x {args.seq_len}"
-  )
+      path = SAMPLE_CORPUS_DIR / kind / f"{code}.txt"
+      text += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with open(os.path.join(directory, f"{code}.txt"), "w", encoding="utf-8") as f:
+      f.write("\n".join(text * copies) + "\n")
+    lines_all += text * copies
+  return lines_all
 
-  readers.UNIT_CACHE.max_tokens = 0  # cold: every unit read through seqio
+
+def _threads() -> int:
+  return len(os.listdir("/proc/self/task"))
+
+
+def measure(args) -> dict:
+  """One side's figures (runs in the side's own process)."""
+  import inspect
+
+  import tasks
+  from polylm_jax import readers, stream
+  from tasks import mixtures
+
+  langs = sorted(f[:-4] for f in os.listdir(args.corpus))
+  for code in langs:
+    tasks.register_text_task(code, "bench", os.path.join(args.corpus, f"{code}.txt"))
+  mixtures.register_stage("bench_stage1", mixtures.StageRecipe(0.3, mono={"bench": 1.0}), langs)
   plan = stream.plan_stage(mixtures.mixing.get_stage_mixture("bench_stage1"))
-  packed, first = [], []
-  for r in range(args.repeats if "cold" in args.parts else 0):
-    s = stream.PackedStream(
-      [plan], seq_len=args.seq_len, batch_size=args.batch_size, seed=r, name="bench_stage1"
-    )
-    t0 = time.perf_counter()
-    s.next()  # opens the seqio pipelines of all 18 tasks
-    t1 = time.perf_counter()
-    for _ in range(args.batches):
-      s.next()
-    t2 = time.perf_counter()
-    first.append(t1 - t0)
-    packed.append(args.batches * args.batch_size * args.seq_len / (t2 - t1))
-    del s
-  if packed:
-    print(f"packed stage-1 tokens/s (seqio read + tokenize + pack): {summary(packed, 'tok/s')}")
-    print(f"  first batch of a fresh stream (opens 18 pipelines): {summary(first, 'ms', 1e3)}")
+  has_workers = "workers" in inspect.signature(stream.PackedStream).parameters
+  parts, out = args.parts.split(","), {"fast": has_workers}
 
-  if "raw" in args.parts:
-    vocab = vocab_lib.get_vocabulary()  # the one the tasks use
-    sp = spm.SentencePieceProcessor(model_file=vocab.sentencepiece_model_file)
-    raw = []
-    for _ in range(args.repeats):
+  def clear():
+    readers.UNIT_CACHE.clear()
+    if has_workers:
+      from polylm_jax import text_units
+
+      text_units.FILE_TOKENS.clear()
+
+  def packed(seed, workers=1, **kw):
+    if has_workers:
+      kw["workers"] = workers
+    return stream.PackedStream(
+      [plan], seq_len=args.seq_len, batch_size=args.batch_size, seed=seed, name="b", **kw
+    )
+
+  def cold(workers):
+    rates, firsts, threads = [], [], []
+    for r in range(args.repeats):
+      clear()
+      before = _threads()
+      s = packed(r, workers)
       t0 = time.perf_counter()
-      ids = sp.encode(lines_all, num_threads=1)
-      raw.append(sum(len(x) + 1 for x in ids) / (time.perf_counter() - t0))
-    print(
-      f"raw SentencePiece encode tokens/s, same lines (+eos): {summary(raw, 'tok/s')}"
-      f"  [vocab {vocab.vocab_size}]"
-    )
+      s.next()
+      t1 = time.perf_counter()
+      threads.append((_threads() - before) / len(plan.tasks))
+      for _ in range(args.batches):
+        s.next()
+      rates.append(args.batches * args.batch_size * args.seq_len / (time.perf_counter() - t1))
+      firsts.append(t1 - t0)
+      del s
+    return rates, firsts, threads
 
-  if "warm" in args.parts:
-    readers.UNIT_CACHE.max_tokens = 1 << 24
-    warm = []
+  readers.UNIT_CACHE.max_tokens = 0  # cold: no unit served from memory
+  if has_workers:  # nor a file tokenized whole at opening: only what is read, in chunks
+    from polylm_jax import text_units
+
+    text_units.EAGER_BYTES = 0
+  if "cold" in parts or "first" in parts:
+    out["cold"], out["first"], out["threads"] = cold(1)
+    if has_workers and args.workers > 1:
+      os.sched_setaffinity(0, set(range(args.cpu, args.cpu + args.workers)))
+      out["cold_workers"], out["first_workers"], _ = cold(args.workers)
+      os.sched_setaffinity(0, {args.cpu})
+  readers.UNIT_CACHE.max_tokens = 1 << 24
+  if has_workers:
+    text_units.EAGER_BYTES = 2 << 20
+  if "shards" in parts:
+    times = []
+    for _ in range(args.repeats):
+      clear()
+      t0 = time.perf_counter()
+      for v in range(args.shards):
+        stream.build_stream("polylm_pretrain_stage1", args.seq_len, args.batch_size,
+                            shard_index=v, num_shards=args.shards).next()  # fmt: skip
+      times.append(time.perf_counter() - t0)
+    out["shards"] = times
+  if "warm" in parts:
     s = stream.build_stream("polylm_pretrain_stage1", args.seq_len, args.batch_size, seed=1)
     for _ in range(20):  # every sample unit read once, then served from memory
       s.next()
+    out["warm"] = []
     for _ in range(args.repeats):
       t0 = time.perf_counter()
       for _ in range(args.warm_batches):
         s.next()
-      warm.append(args.warm_batches * args.batch_size * args.seq_len / (time.perf_counter() - t0))
-    del s
-    print(f"warm polylm_pretrain_stage1 tokens/s (scheduling + packing): {summary(warm, 'tok/s')}")
+      out["warm"].append(
+        args.warm_batches * args.batch_size * args.seq_len / (time.perf_counter() - t0)
+      )
+  if "resume" in parts:
+    out.update(resume(args, packed, clear))
+  return out
 
-  if "resume" in args.parts:
 
-    def cold_first_batch(state=None, seed=0):
-      readers.UNIT_CACHE.clear()  # resume cold, as a new process would
+def resume(args, packed, clear) -> dict:
+  from polylm_jax import readers
+
+  states = {}
+  for mult in (1, 10):
+    readers.UNIT_CACHE.max_tokens = 1 << 24  # consume fast, from memory
+    s = packed(100)
+    for _ in range(args.resume_steps * mult):
+      s.next()
+    states[mult] = s.state()
+  out = {"resume_1": [], "resume_10": []}
+  for _ in range(args.repeats):  # interleaved, so load changes hit both alike
+    for mult in (1, 10):
+      clear()
       readers.UNIT_CACHE.max_tokens = 0
-      fresh = stream.PackedStream(
-        [plan], seq_len=args.seq_len, batch_size=args.batch_size, seed=seed, name="bench_stage1"
-      )
+      fresh = packed(100)
       t0 = time.perf_counter()
-      if state is not None:
-        fresh.restore(state)
+      fresh.restore(states[mult])
       fresh.next()
-      return time.perf_counter() - t0
+      out[f"resume_{mult}"].append(time.perf_counter() - t0)
+  return out
 
-    results = {0: []}
-    states = {}
-    for mult in (1, 10):
-      results[mult], states[mult] = [], []
-      for r in range(args.repeats):
-        readers.UNIT_CACHE.max_tokens = 1 << 24  # consume fast, from memory
-        s = stream.PackedStream(
-          [plan],
-          seq_len=args.seq_len,
-          batch_size=args.batch_size,
-          seed=100 + r,
-          name="bench_stage1",
-        )
-        for _ in range(args.resume_steps * mult):
-          s.next()
-        states[mult].append(s.state())
-        del s  # close its seqio iterators
-    for r in range(args.repeats):  # interleaved, so load changes hit all three alike
-      results[0].append(cold_first_batch(seed=100 + r))
-      for mult in (1, 10):
-        results[mult].append(cold_first_batch(states[mult][r], seed=100 + r))
-    print(f"first batch of a fresh stream, caches off: {summary(results[0], 'ms', 1e3)}")
-    for mult in (1, 10):
-      steps = args.resume_steps * mult
-      epochs = max(p[0] for p in states[mult][-1]["sources"].values())
-      print(
-        f"resume after {steps} steps ({mult}x, {steps * args.batch_size * args.seq_len:,}"
-        f" tokens, sources up to epoch {epochs}): restore + first batch "
-        f"{summary(results[mult], 'ms', 1e3)}"
-      )
-    ratio = statistics.median(results[10]) / statistics.median(results[1])
-    print(f"resume cost 10x / 1x: {ratio:.2f}")
+
+def run_side(args, tree: str, corpus: str) -> dict:
+  env = dict(os.environ, PYTHONPATH=tree, TF_CPP_MIN_LOG_LEVEL="3")
+  env["POLYLM_JAX_UNIT_DISK_CACHE"] = "0"  # measure the pipeline, not the cache
+  keep = ("seq_len", "batch_size", "batches", "warm_batches", "repeats", "resume_steps",
+          "shards", "workers", "cpu", "parts")  # fmt: skip
+  argv = [f"--{k}={getattr(args, k)}" for k in keep]
+  cmd = [sys.executable, os.path.abspath(__file__), *argv, "--side", tree, "--corpus", corpus]
+  done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
+  if done.returncode:
+    sys.exit(f"{tree}: the benchmark side failed:\n{done.stderr[-3000:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def raw_sentencepiece(args, lines) -> dict:
+  import sentencepiece as spm
+
+  from polylm_jax import vocab as vocab_lib
+
+  sp = spm.SentencePieceProcessor(model_file=vocab_lib.get_vocabulary().sentencepiece_model_file)
+  out = {}
+  for workers in sorted({1, args.workers}):
+    os.sched_setaffinity(0, set(range(args.cpu, args.cpu + workers)))
+    out[workers] = []
+    for _ in range(args.repeats):
+      t0 = time.perf_counter()
+      ids = sp.encode(lines, num_threads=workers)
+      out[workers].append(sum(len(x) + 1 for x in ids) / (time.perf_counter() - t0))
+  os.sched_setaffinity(0, {args.cpu})
+  return out
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  os.sched_setaffinity(0, {args.cpu})  # before TensorFlow sizes its pools
+  if args.side:
+    print(json.dumps(measure(args)))
+    return 0
+  sys.stdout.reconfigure(line_buffering=True)
+  corpus = tempfile.mkdtemp(prefix="polylm_bench_")
+  lines = write_corpus(corpus, args.copies)
+  sides = [("before", args.base)] if args.base else []
+  sides.append(("after", REPO))
+  got = {name: run_side(args, tree, corpus) for name, tree in sides}
+  raw = raw_sentencepiece(args, lines)
+  print(
+    f"# core {args.cpu} (+{args.workers - 1} for workers); 18 languages x {args.copies} copies "
+    f"of the sample text, {len(lines):,} lines; rows {args.batch_size} x {args.seq_len}; "
+    f"median (min-max) of {args.repeats}"
+  )
+  rows = [
+    ("packed stage-1 tokens/s, one core", "cold", "tok/s", 1.0),
+    (f"packed stage-1 tokens/s, workers {args.workers}", "cold_workers", "tok/s", 1.0),
+    ("first batch of a fresh stream (18 sources)", "first", "ms", 1e3),
+    (f"first batch, workers {args.workers}", "first_workers", "ms", 1e3),
+    ("threads per open source", "threads", "", 1.0),
+    (f"{args.shards} shard streams of one process: build + first batch", "shards", "ms", 1e3),
+    ("warm stage-1 tokens/s (scheduling + packing)", "warm", "tok/s", 1.0),
+    (f"restore + first batch after {args.resume_steps} steps", "resume_1", "ms", 1e3),
+    (f"restore + first batch after {10 * args.resume_steps} steps", "resume_10", "ms", 1e3),
+  ]
+  width = max(len(r[0]) for r in rows) + 2
+  print(f"{'':{width}}" + "".join(f"{name:>32}" for name, _ in sides))
+  for label, key, unit, scale in rows:
+    cells = [summary(got[name].get(key, []), unit, scale) for name, _ in sides]
+    if any(c != "-" for c in cells):
+      print(f"{label:{width}}" + "".join(f"{c:>32}" for c in cells))
+  for workers, rates in raw.items():
+    print(
+      f"{f'raw SentencePiece encode tokens/s, {workers} thread(s)':{width}}{summary(rates, 'tok/s'):>32}"
+    )
+  one = statistics.median(raw[1])
+  for name, _ in sides:
+    if got[name].get("cold"):
+      print(f"{name}: packed / raw on one core = {statistics.median(got[name]['cold']) / one:.0%}")
   return 0
 
 

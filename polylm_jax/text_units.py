@@ -31,8 +31,8 @@ import seqio
 
 FEATURE = "targets"
 Records = list  # list[Optional[bytes]]: one file's records; None = dropped by the task
-EAGER_BYTES = 8 << 20  # units of files up to this size are tokenized whole
-CHUNK_RECORDS = 4096  # records per SentencePiece call in a larger unit
+EAGER_BYTES = 2 << 20  # units of files up to this size are tokenized whole
+CHUNK_RECORDS = 1024  # records per SentencePiece call in a larger unit (the first: 1/32)
 
 
 class RecordError(ValueError):
@@ -288,7 +288,9 @@ class TextUnit:
       if start < len(self):
         yield vals[splits[start] :], splits[start:] - splits[start]
       return
-    for a in range(start, len(self), self._chunk):
-      sel = slice(a, a + self._chunk)
+    a, size = start, max(1, self._chunk // 32)  # small first: a fresh stream starts fast
+    while a < len(self):
+      sel = slice(a, a + size)
+      a, size = a + size, min(2 * size, self._chunk)
       texts = [self._records[f][r] for f, r in zip(self._order_f[sel], self._order_r[sel])]
       yield encode(self._sp, texts, self._eos, self._workers)
