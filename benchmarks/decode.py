@@ -9,6 +9,11 @@ checks that both sides produced the same tokens.
 
   python benchmarks/decode.py                   # polylm_mid shape, prompt 32, 64 new tokens
   python benchmarks/decode.py --runs 5 --new_tokens 32 --beams 4
+  python benchmarks/decode.py --base /tmp/base  # also the code of another checkout: before/after
+
+With --base (a checkout of an earlier commit, e.g. `git worktree add /tmp/base 420f6b0`) its
+`decoding.generate` runs in the same process too, alternating with the other two, so the
+before and after figures come from the same minutes of the same machine.
 
 GPU (--gpu): polylm_1_7b-shaped random weights in bf16 on one GPU, the project only:
 tokens/s at batch 1 and 8, and at batch 1 the fraction of the memory-bandwidth bound
@@ -46,6 +51,14 @@ def parse_args(argv=None):
     choices=["unrolled", "scan"],
     help="how decoding goes over the layers (polylm_jax/decode_stack.py)",
   )
+  p.add_argument("--base", default=None, help="checkout of an earlier commit: before vs after")
+  p.add_argument(
+    "--prepare",
+    type=int,
+    default=1,
+    help="1: split the layer weights once (decoding.prepare, as a server holds the model, "
+    "like the loaded torch model); 0: pass the stacked params to every generate call",
+  )
   p.add_argument("--gpu", action="store_true", help="polylm_1_7b bf16 on one GPU, project only")
   p.add_argument("--gpu_config", default="polylm_1_7b", help="preset shape in --gpu mode")
   p.add_argument(
@@ -77,6 +90,11 @@ def run_cpu(a) -> None:
   from polylm_jax.config import describe, get_config
   from polylm_jax.model import init_params
 
+  base = None
+  if a.base:
+    import base_tree
+
+    base = base_tree.load(a.base, "polylm_jax.decoding")
   torch.set_num_threads(a.threads)
   config = get_config(a.config)
   print(
@@ -88,6 +106,12 @@ def run_cpu(a) -> None:
   with tempfile.TemporaryDirectory() as d:
     hf.export_hf(config, jax.device_get(params), d)
     model = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
+  ours_params = params
+  if a.prepare and a.layer_loop == "unrolled":
+    ours_params = jax.block_until_ready(decoding.prepare(config, params))
+    print("polylm_jax: layer weights split once (decoding.prepare)")
+  if base is not None:
+    print(f"before: {a.base} (its polylm_jax.decoding, stacked params to every call)")
   rng = np.random.RandomState(0)
   settings = dict(eos_id=-1) if a.beams == 1 else dict(eos_id=-1, num_beams=a.beams)
 
@@ -95,9 +119,13 @@ def run_cpu(a) -> None:
     prompts = rng.randint(3, config.vocab_size, (batch, a.prompt_len))
     ids = torch.tensor(prompts)
     mask = torch.ones_like(ids)
-
-    def ours():
-      return decoding.generate(
+    sides = {
+      "polylm_jax": lambda: decoding.generate(
+        config, ours_params, prompts.tolist(), a.new_tokens, layer_loop=a.layer_loop, **settings
+      )
+    }
+    if base is not None:
+      sides["before"] = lambda: base.generate(
         config, params, prompts.tolist(), a.new_tokens, layer_loop=a.layer_loop, **settings
       )
 
@@ -115,23 +143,28 @@ def run_cpu(a) -> None:
         )
       return out[:, a.prompt_len :].tolist()
 
-    same = ours() == theirs()  # warm-up (compiles) and a correctness check
-    times = {"polylm_jax": [], "transformers": []}
+    sides["transformers"] = theirs
+    ref = theirs()  # warm-up (compiles) and a correctness check
+    same = {name: fn() == ref for name, fn in sides.items() if name != "transformers"}
+    times = {name: [] for name in sides}
     for _ in range(a.runs):
-      for name, fn in (("polylm_jax", ours), ("transformers", theirs)):
+      for name, fn in sides.items():
         t0 = time.perf_counter()
         fn()
         times[name].append(time.perf_counter() - t0)
     tokens = batch * a.new_tokens
-    ours_s, theirs_s = _stats(times["polylm_jax"], tokens), _stats(times["transformers"], tokens)
-    print(f"\nbatch {batch}: {a.runs} runs each, same tokens: {same}")
-    print(_fmt("polylm_jax", ours_s))
-    print(_fmt("transformers", theirs_s))
-    ratios = sorted(t / o for o, t in zip(times["polylm_jax"], times["transformers"]))
-    print(
-      f"ratio        {ours_s[0] / theirs_s[0]:10.2f}x  (median of medians; per-run pairs "
-      f"{ratios[0]:.2f}-{ratios[-1]:.2f}x)"
-    )
+    stats = {name: _stats(ts, tokens) for name, ts in times.items()}
+    print(f"\nbatch {batch}: {a.runs} runs each, same tokens as transformers: {same}")
+    for name in sides:
+      print(_fmt(name, stats[name]))
+    for name in [n for n in sides if n != "transformers"]:
+      ratios = sorted(t / o for o, t in zip(times[name], times["transformers"]))
+      print(
+        f"{name + ' / hf':<16} {stats[name][0] / stats['transformers'][0]:6.2f}x  (median of "
+        f"medians; per-run pairs {ratios[0]:.2f}-{ratios[-1]:.2f}x)"
+      )
+    if base is not None:
+      print(f"after / before   {stats['polylm_jax'][0] / stats['before'][0]:6.2f}x")
 
 
 def run_gpu(a) -> None:
