@@ -231,7 +231,7 @@ def run_inference(
     print_fn = _quiet
   # A bad file fails before the model is loaded (on every process when it fails on one).
   records = host_shares.agree(lambda: _precheck(prompts, output_dir, writer))
-  config, params, vocab, device_mesh = checkpoint.load(mesh)
+  config, params, vocab, device_mesh = host_shares.agree(lambda: checkpoint.load(mesh))
   records = host_shares.agree(lambda: read_prompts(prompts, vocab, records))
   truncated = fit_prompts(config, records, max_new_tokens, prompts.truncate_prompts)
   if truncated:

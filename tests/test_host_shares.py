@@ -60,7 +60,7 @@ def _child() -> None:
 def test_two_processes_share_batches_and_errors():
   from test_infer_multiprocess import finish, start  # not in the children: they need no model
 
-  (rc0, out0, err0), (rc1, out1, err1) = finish(start(__file__, ["child"], processes=2))
+  (rc0, out0, err0), (rc1, out1, err1) = finish(start(__file__, ["child"], 2, launcher=False))
   assert rc0 == 0 and rc1 == 0, (err0[-2000:], err1[-2000:])
   r0, r1 = (json.loads(out.strip().splitlines()[-1]) for out in (out0, out1))
   assert r0["values"] == r1["values"] == [0, 10, 20, 30, 40, 50, 60]

@@ -51,7 +51,7 @@ def evaluate_checkpoint(
   if not writer:
     print_fn = _quiet
   specs = host_shares.agree(lambda: _precheck(benchmark, output_dir, writer))
-  config, params, vocab, device_mesh = checkpoint.load(mesh)
+  config, params, vocab, device_mesh = host_shares.agree(lambda: checkpoint.load(mesh))
   print_fn(f"evaluating {checkpoint.path} on {len(specs)} tasks")
   settings = dict(
     max_examples=benchmark.max_examples,
