@@ -202,7 +202,8 @@ def _stop(children: list[_Child], grace_seconds: float) -> None:
 
 def _supervise(children: list[_Child], grace_seconds: float, console: _Console) -> int:
   """Waits for every child; stops the rest when one fails; returns the exit status."""
-  forwarded: list[int] = []
+  forwarded: list[int] = []  # signals passed on; the loop reports them (no lock in a handler)
+  told = 0
 
   def forward(signum, frame):  # noqa: ARG001
     forwarded.append(signum)
@@ -215,6 +216,9 @@ def _supervise(children: list[_Child], grace_seconds: float, console: _Console) 
       previous[signum] = signal.signal(signum, forward)
   try:
     while True:
+      for signum in forwarded[told:]:
+        console.say(f"{signal.Signals(signum).name}: passed on to every process")
+        told += 1
       failed = [c for c in children if c.proc.poll() not in (None, 0)]
       if failed:
         first = min(failed, key=lambda c: c.index)

@@ -6,8 +6,8 @@
 It starts jax.distributed through polylm_jax.distributed.maybe_initialize (as the binaries
 do), prints what it sees, does one process_allgather, then optionally misbehaves on process
 `--on`: exits with a status, SIGKILLs itself, or every process waits forever in a collective
-(the peers of a dead process must not). `--trap` turns SIGTERM into a printed line and exit
-143, like the trainer's save-and-stop.
+(the peers of a dead process must not). `--trap` turns SIGTERM and SIGINT into a printed
+line and exit 143 or 130, like the trainer's save-and-stop.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _parse(argv):
   p.add_argument("--on", type=int, default=1, help="which process misbehaves")
   p.add_argument("--hang", action="store_true", help="then wait forever in a collective")
   p.add_argument("--sleep", action="store_true", help="then sleep (not in a collective)")
-  p.add_argument("--trap", action="store_true", help="SIGTERM: print and exit 143")
+  p.add_argument("--trap", action="store_true", help="SIGTERM/INT: print, exit 143/130")
   p.add_argument("--exchange", action="store_true", help="print distributed.* results")
   p.add_argument("--no_fail_fast", action="store_true", help="without distributed.fail_fast")
   return p.parse_args(argv)
@@ -41,7 +41,7 @@ def _parse(argv):
 
 def _trap(signum, frame):  # noqa: ARG001
   print(f"got {signal.Signals(signum).name}", flush=True)
-  sys.exit(143)
+  sys.exit(128 + signum)
 
 
 def main(argv) -> None:
@@ -49,6 +49,7 @@ def main(argv) -> None:
   distributed.maybe_initialize("auto")
   if args.trap:  # after it: JAX's preemption notifier takes SIGTERM over when it starts
     signal.signal(signal.SIGTERM, _trap)
+    signal.signal(signal.SIGINT, _trap)
   if args.no_fail_fast:
     _work(args)
     return

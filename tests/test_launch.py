@@ -164,7 +164,9 @@ def test_launch_one_failing_process_stops_the_job_at_once(in_root, how, expected
   assert gone(seen[0]["pid"]) and gone(seen[1]["pid"])
 
 
-def test_launch_passes_sigterm_on_to_every_process(in_root):
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_launch_passes_signals_on_to_every_process(in_root, signum, status):
+  name = signal.Signals(signum).name
   p = subprocess.Popen(
     [sys.executable, "-m", "polylm_jax.launch", "--processes=2", "--devices_per_process=1"]
     + [f"--module={CHILD}", "--", "--trap", "--sleep"],
@@ -178,11 +180,12 @@ def test_launch_passes_sigterm_on_to_every_process(in_root):
       line = p.stdout.readline()
       assert line, "launcher ended early: " + "".join(lines) + p.stderr.read()
       lines.append(line)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(signum)
     out, err = p.communicate(timeout=30)
   finally:
     p.kill()
   out = "".join(lines) + out
-  assert "[0] got SIGTERM" in out and "[1] got SIGTERM" in out, out + err
-  assert p.returncode == 143
+  assert f"[0] got {name}" in out and f"[1] got {name}" in out, out + err
+  assert f"launch: {name}: passed on to every process" in err.splitlines()
+  assert p.returncode == status
   assert all(gone(r["pid"]) for r in reports(out).values())
