@@ -3,12 +3,21 @@
 Same architecture and work on both sides: GPT-2 blocks (gelu_new, biases, tied embeddings),
 fp32, full-vocab cross entropy, clipping at 1.0, AdamW with betas 0.9/0.95 and the same
 weight-decay mask. The JAX side is the project's real step (`polylm_jax.training.step`: jitted,
-state donated, with the non-finite guard and per-language metrics). Both run in this one
-process, alternating step by step, after warm-up; OMP_WAIT_POLICY=PASSIVE keeps PyTorch's
-OpenMP threads from spinning while JAX runs (SPEC section 9).
+state donated, with the non-finite guard and per-language metrics). Both sides run in one
+process, alternating step by step after warm-up (compilation and first steps excluded);
+OMP_WAIT_POLICY=PASSIVE keeps PyTorch's OpenMP threads from spinning while JAX runs (SPEC
+section 9). Both get the same CPUs: --cpus N pins the process to N of them before JAX and
+PyTorch start (XLA sizes its thread pool from the affinity) and gives PyTorch N threads.
 
-  python benchmarks/train_step.py                  # 6 layers, d 512, vocab 32000, 4 x 512
-  python benchmarks/train_step.py --steps 20 --layers 2
+--runs N (default 3) repeats the whole comparison in N fresh processes, one after another, and
+prints each run's median (min-max) side by side, then the median over runs of each side's
+median and of the ratio, with the runs' min-max. --base_tree DIR adds the JAX step of the
+polylm_jax package in DIR (e.g. `git worktree add /tmp/base 420f6b0`) as "jax_base", built in
+the same process, so the library's before and after alternate with PyTorch step by step.
+
+  python benchmarks/train_step.py                  # 6 layers, d 512, vocab 32000, 4 x 512, 3 runs
+  python benchmarks/train_step.py --base_tree /tmp/base --runs 3
+  python benchmarks/train_step.py --steps 20 --layers 2 --runs 1
 """
 
 from __future__ import annotations
@@ -47,14 +56,41 @@ def parse_args(argv=None):
     help="also time a minimal JAX step (loss, grad, optax update; no guard, no "
     "metrics) to measure what the project step's extras cost",
   )
-  return p.parse_args(argv)
+  p.add_argument("--runs", type=int, default=3, help="fresh processes, one after another")
+  p.add_argument("--cpus", type=int, default=0, help="CPUs for both sides (0: all available)")
+  p.add_argument("--base_tree", default="", help="also time the polylm_jax step found in DIR")
+  p.add_argument("--json", action="store_true", help="one run, results as a JSON line (internal)")
+  a = p.parse_args(argv)
+  if a.runs < 1 or a.steps < 1 or a.cpus < 0:
+    p.error("--runs and --steps must be >= 1, --cpus >= 0")
+  if a.base_tree and not os.path.isfile(os.path.join(a.base_tree, "polylm_jax", "__init__.py")):
+    p.error(f"--base_tree: {a.base_tree} has no polylm_jax/__init__.py")
+  return a
+
+
+def pin_cpus(n: int) -> int:
+  """Pins this process to its first n allowed CPUs (0: all); returns how many it has."""
+  cpus = sorted(os.sched_getaffinity(0))
+  if n:
+    if n > len(cpus):
+      raise SystemExit(f"--cpus={n}: only {len(cpus)} CPUs are available to this process")
+    os.sched_setaffinity(0, cpus[:n])
+  return len(os.sched_getaffinity(0))
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None and ARGS.xla_flags:
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ARGS.xla_flags).strip()
+if ARGS is not None:  # before JAX and PyTorch start their thread pools
+  if ARGS.xla_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ARGS.xla_flags).strip()
+  if ARGS.runs == 1 or ARGS.json:
+    pin_cpus(ARGS.cpus)
 
-import functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import contextlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import functools
+import importlib
+import json
+import subprocess
+import types
 
 import jax
 import jax.numpy as jnp
@@ -67,10 +103,40 @@ from polylm_jax.config import PolyLMConfig
 from polylm_jax.model import PolyLM, init_params
 
 LR, WD, BETAS, EPS, CLIP = 6e-5, 1e-4, (0.9, 0.95), 1e-8, 1.0
+THIS_TREE = types.SimpleNamespace(
+  optim=optim, ts=ts, PolyLMConfig=PolyLMConfig, init_params=init_params
+)
 
 
-def make_config(a) -> PolyLMConfig:
-  return PolyLMConfig(
+@contextlib.contextmanager
+def polylm_from(tree: str):
+  """Imports the polylm_jax package of another checkout for the duration of the block (its
+  functions keep working after it); this tree's modules are back afterwards."""
+  root = os.path.abspath(tree)
+  mine = {k: m for k, m in sys.modules.items() if k.split(".")[0] == "polylm_jax"}
+  for k in mine:
+    del sys.modules[k]
+  sys.path.insert(0, root)
+  try:
+    pkg = importlib.import_module("polylm_jax")
+    if not os.path.abspath(pkg.__file__).startswith(root + os.sep):
+      raise SystemExit(f"--base_tree: imported {pkg.__file__}, not the package in {root}")
+    config = importlib.import_module("polylm_jax.config")
+    yield types.SimpleNamespace(
+      optim=importlib.import_module("polylm_jax.optim"),
+      ts=importlib.import_module("polylm_jax.training.step"),
+      PolyLMConfig=config.PolyLMConfig,
+      init_params=importlib.import_module("polylm_jax.model").init_params,
+    )
+  finally:
+    sys.path.remove(root)
+    for k in [k for k in sys.modules if k.split(".")[0] == "polylm_jax"]:
+      del sys.modules[k]
+    sys.modules.update(mine)
+
+
+def make_config(a, config_cls=PolyLMConfig) -> PolyLMConfig:
+  return config_cls(
     vocab_size=a.vocab,
     num_layers=a.layers,
     d_model=a.d_model,
@@ -82,11 +148,13 @@ def make_config(a) -> PolyLMConfig:
   )
 
 
-def jax_side(cfg: PolyLMConfig, tokens: np.ndarray, compiler_options: dict | None = None):
+def jax_side(cfg, tokens: np.ndarray, compiler_options: dict | None = None, tree=THIS_TREE):
+  """The project's step (of `tree`: this checkout or --base_tree's), compiled ahead."""
+  optim, ts = tree.optim, tree.ts  # pylint: disable=redefined-outer-name
   optimizer = optim.make_optimizer(
     LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WD, clip_norm=CLIP
   )
-  state = ts.init_train_state(init_params(cfg, jax.random.key(0)), optimizer)
+  state = ts.init_train_state(tree.init_params(cfg, jax.random.key(0)), optimizer)
   b, t = tokens.shape[0], tokens.shape[1] - 1
   batch = {
     "inputs": tokens[:, :-1],
@@ -120,8 +188,8 @@ def jax_lean_side(cfg: PolyLMConfig, tokens: np.ndarray):
   inputs, targets = jnp.asarray(tokens[:, :-1], jnp.int32), jnp.asarray(tokens[:, 1:], jnp.int32)
 
   def loss(p):
-    logits = PolyLM(cfg).apply({"params": p}, inputs)
-    return jnp.mean(ts.cross_entropy(logits, targets)[0])
+    logits = PolyLM(cfg).apply({"params": p}, inputs).astype(jnp.float32)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(p, o):
@@ -160,6 +228,7 @@ def torch_side(cfg: PolyLMConfig, tokens: np.ndarray):
     bos_token_id=cfg.eos_id,
     eos_token_id=cfg.eos_id,
   )
+  torch.set_num_threads(len(os.sched_getaffinity(0)))  # the CPUs XLA's pool gets
   model = GPT2LMHeadModel(hf).train()
   decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith("bias")]
   no_decay = [
@@ -191,55 +260,55 @@ def torch_side(cfg: PolyLMConfig, tokens: np.ndarray):
   )
 
 
-def summary(name: str, times: list[float], tokens_per_step: int) -> dict:
+def summary(times: list[float], tokens_per_step: int) -> dict:
   tps = [tokens_per_step / s for s in times]
-  out = {
+  return {
     "median": statistics.median(tps),
     "min": min(tps),
     "max": max(tps),
     "step_s": statistics.median(times),
+    "steps": len(times),
   }
-  print(
-    f"{name:8s} tokens/s median {out['median']:8.0f}  min {out['min']:8.0f}  "
-    f"max {out['max']:8.0f}   (median step {out['step_s']:.3f} s, {len(times)} steps)"
-  )
-  return out
 
 
-def main(a) -> int:
+def run_once(a, log=print) -> dict:
+  """One comparison in this process: {side: tokens/s summary}, plus "info" lines."""
   cfg = make_config(a)
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (a.batch, a.seq + 1))
-  tokens_per_step = a.batch * a.seq
-  sides = {}
+  sides, info = {}, []
+
+  def add(name: str, build) -> None:
+    start = time.perf_counter()
+    sides[name] = build()
+    sides[name]()
+    info.append(f"{name}: first step incl. compile {time.perf_counter() - start:.1f} s")
+
   if a.only in ("both", "jax"):
-    start = time.perf_counter()
-    sides["jax"] = jax_side(cfg, tokens)
-    sides["jax"]()
-    print(
-      f"jax {jax.__version__}: first step incl. compile {time.perf_counter() - start:.1f} s; "
-      f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
-    )
-  if a.ab_option and a.only in ("both", "jax"):
-    name, _, value = a.ab_option.partition("=")
-    value = {"true": True, "false": False}.get(value.lower(), value)
-    start = time.perf_counter()
-    sides["jax+opt"] = jax_side(cfg, tokens, {name: value})
-    sides["jax+opt"]()
-    print(f"jax+opt ({name}={value}): first step incl. compile {time.perf_counter() - start:.1f} s")
-  if a.with_lean and a.only in ("both", "jax"):
-    start = time.perf_counter()
-    sides["jax_lean"] = jax_lean_side(cfg, tokens)
-    sides["jax_lean"]()
-    print(f"jax_lean: first step incl. compile {time.perf_counter() - start:.1f} s")
+    add("jax", lambda: jax_side(cfg, tokens))
+    if a.base_tree:
+      with polylm_from(a.base_tree) as base:
+        add("jax_base", lambda: jax_side(make_config(a, base.PolyLMConfig), tokens, tree=base))
+    if a.ab_option:
+      name, _, value = a.ab_option.partition("=")
+      value = {"true": True, "false": False}.get(value.lower(), value)
+      add("jax+opt", lambda: jax_side(cfg, tokens, {name: value}))
+      info[-1] += f" ({name}={value})"
+    if a.with_lean:
+      add("jax_lean", lambda: jax_lean_side(cfg, tokens))
   if a.only in ("both", "torch"):
     sides["torch"], desc = torch_side(cfg, tokens)
-    print(desc)
-  print(
-    f"config: {cfg.num_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} heads, "
-    f"vocab {cfg.vocab_size}, seq {a.seq}, batch {a.batch}, fp32"
+    info.append(desc)
+  cpus = len(os.sched_getaffinity(0))
+  info.append(
+    f"jax {jax.__version__} on {cpus} CPUs (XLA's pool follows the affinity); "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; config: {cfg.num_layers} layers, "
+    f"d_model {cfg.d_model}, {cfg.num_heads} heads, vocab {cfg.vocab_size}, seq {a.seq}, "
+    f"batch {a.batch}, fp32"
   )
   losses = {k: [run() for _ in range(a.warmup)][-1] for k, run in sides.items()}
-  print("after warm-up, loss: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+  info.append("after warm-up, loss: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+  for line in info:
+    log(line)
   times = {k: [] for k in sides}
   for i in range(a.steps):
     order = list(sides) if i % 2 == 0 else list(reversed(sides))
@@ -247,13 +316,79 @@ def main(a) -> int:
       t0 = time.perf_counter()
       sides[k]()
       times[k].append(time.perf_counter() - t0)
-  res = {k: summary(k, v, tokens_per_step) for k, v in times.items()}
-  if "torch" in res:
-    for k in res:
-      if k != "torch":
-        print(
-          f"ratio {k}/torch (median tokens/s): {res[k]['median'] / res['torch']['median']:.2f}x"
-        )
+  return {k: summary(v, a.batch * a.seq) for k, v in times.items()}
+
+
+def _cell(r: dict) -> str:
+  return f"{r['median']:8.0f} ({r['min']:.0f}-{r['max']:.0f})"
+
+
+def report(runs: list[dict], log=print) -> dict:
+  """Each run's line (median (min-max) tokens/s per side, ratio to torch), then the median
+  over runs of each side's median and of each ratio, with the runs' range."""
+  sides = list(runs[0])
+  ratios = [k for k in sides if k != "torch" and "torch" in sides]
+  log(
+    "run  "
+    + "  ".join(f"{k + ' tok/s':>24s}" for k in sides)
+    + "".join(f"  {k + '/torch':>14s}" for k in ratios)
+  )
+  per_run = {k: [r[k]["median"] for r in runs] for k in sides}
+  per_ratio = {k: [r[k]["median"] / r["torch"]["median"] for r in runs] for k in ratios}
+  for i, r in enumerate(runs):
+    log(
+      f"{i + 1:<4d} "
+      + "  ".join(f"{_cell(r[k]):>24s}" for k in sides)
+      + "".join(f"  {per_ratio[k][i]:13.2f}x" for k in ratios)
+    )
+  out = {}
+  for k, v in list(per_run.items()) + [(f"{k}/torch", v) for k, v in per_ratio.items()]:
+    out[k] = {"median": statistics.median(v), "min": min(v), "max": max(v)}
+  log(
+    f"median of {len(runs)} runs: "
+    + "; ".join(
+      f"{k} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f}x)"
+      if "/" in k
+      else f"{k} {v['median']:.0f} tok/s ({v['min']:.0f}-{v['max']:.0f})"
+      for k, v in out.items()
+    )
+  )
+  return out
+
+
+def _child_argv(argv: list[str]) -> list[str]:
+  """argv without --runs (either form), for one run per child process."""
+  out, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+    elif arg == "--runs":
+      skip = True
+    elif not arg.startswith("--runs="):
+      out.append(arg)
+  return out + ["--runs=1", "--json"]
+
+
+def main(a, argv: list[str] | None = None) -> int:
+  if a.json or a.runs == 1:
+    res = run_once(a, log=(lambda line: print(line, file=sys.stderr)) if a.json else print)
+    if a.json:
+      print(json.dumps(res))
+    else:
+      report([res])
+    return 0
+  argv = sys.argv[1:] if argv is None else argv
+  runs = []
+  for i in range(a.runs):
+    cmd = [sys.executable, os.path.abspath(__file__), *_child_argv(argv)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+      raise SystemExit(f"run {i + 1} failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
+    if i == 0:
+      print(out.stderr.strip())
+    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"run {i + 1}/{a.runs} done", flush=True)
+  report(runs)
   return 0
 
 
