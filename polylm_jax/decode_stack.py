@@ -37,6 +37,7 @@ from polylm_jax.model import (
   HEADS,
   KV,
   LENGTH,
+  VOCAB,
   Mlp,
   PolyLM,
   init_cache,
@@ -151,7 +152,13 @@ class DecodeStack:
     if last_only:
       x = x[:, -1:] if last is None else _take_column(x, last)[:, None]
     h = _layer_norm(cfg, p["ln_f"], x).astype(jnp.dtype(cfg.dtype))
-    logits = output_logits(h, p["wte"], cfg)
+    if "wte_t" in p:  # decoding's prepared params: [d_model, vocab], read along rows
+      logits = jnp.einsum(
+        "btd,dv->btv", h, p["wte_t"].astype(h.dtype), preferred_element_type=jnp.float32
+      )
+      logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
+    else:
+      logits = output_logits(h, p["wte"], cfg)
     return (logits[:, -1] if last_only else logits), new_cache
 
   def prefill(
