@@ -1,4 +1,5 @@
-"""The trainer's periodic eval also runs benchmark tasks when `benchmark_tasks` is set."""
+"""Benchmarks and training: the trainer's periodic eval also runs benchmark tasks when
+`benchmark_tasks` is set; benchmarks/train_step.py (the JAX step vs PyTorch) runs and reports."""
 
 import json
 import os
@@ -55,3 +56,64 @@ def test_unknown_benchmark_task_fails_before_compute(tmp_path):
   with pytest.raises(ValueError, match="unknown task or mixture 'polylm_eval_nope'"):
     _train(tmp_path, benchmark_tasks="polylm_eval_nope")
   assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+# -- benchmarks/train_step.py (JAX step vs PyTorch) ------------------------------------------
+
+_TRAIN_STEP = os.path.join(
+  os.path.dirname(os.path.dirname(__file__)), "benchmarks", "train_step.py"
+)
+TINY_STEP = "--layers=1 --d_model=32 --heads=2 --vocab=128 --seq=16 --batch=2 --steps=2 --warmup=1"
+
+
+def _train_step_module():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("train_step_benchmark", _TRAIN_STEP)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_times_this_tree_and_a_base_tree_against_torch():
+  bench = _train_step_module()
+  repo = os.path.dirname(os.path.dirname(__file__))
+  lines = []
+  a = bench.parse_args(TINY_STEP.split() + ["--runs=1", f"--base_tree={repo}"])
+  res = bench.run_once(a, log=lines.append)
+  assert set(res) == {"jax", "jax_base", "torch"}
+  assert all(r["steps"] == 2 and r["min"] <= r["median"] <= r["max"] for r in res.values())
+  loss = next(line for line in lines if line.startswith("after warm-up, loss"))
+  assert loss.count("jax ") == 1 and "jax_base " in loss and "torch " in loss
+  assert any("threads" in line and line.startswith("torch ") for line in lines)
+  from polylm_jax.training import step  # this tree's modules are back in place
+
+  assert step is bench.ts and os.path.dirname(step.__file__).startswith(repo)
+
+
+def test_train_step_report_puts_runs_side_by_side_with_the_median_over_runs():
+  bench = _train_step_module()
+  run = lambda j, t: {
+    "jax": {"median": j, "min": j - 1, "max": j + 1},
+    "torch": {"median": t, "min": t - 1, "max": t + 1},
+  }
+  lines = []
+  out = bench.report([run(120, 100), run(90, 100), run(150, 100)], log=lines.append)
+  assert out["jax/torch"] == {"median": 1.2, "min": 0.9, "max": 1.5}
+  assert out["torch"]["median"] == 100
+  assert len(lines) == 5 and lines[1].startswith("1 ") and lines[1].rstrip().endswith("1.20x")
+  assert lines[-1].startswith("median of 3 runs: jax 120 tok/s (90-150); torch 100 tok/s")
+  assert "jax/torch 1.20x (0.90-1.50x)" in lines[-1]
+
+
+def test_train_step_child_runs_drop_runs_and_bad_flags_fail():
+  bench = _train_step_module()
+  assert bench._child_argv(["--runs", "3", "--steps=4", "--runs=2"]) == [
+    "--steps=4",
+    "--runs=1",
+    "--json",
+  ]
+  for bad in (["--runs=0"], ["--base_tree=/nonexistent"]):
+    with pytest.raises(SystemExit):
+      bench.parse_args(bad)
