@@ -145,6 +145,29 @@ class _Lane:
     return 0 if self.doc is None else len(self.doc[2]) - self.off
 
 
+class _Pieces:
+  """A batch's tokens as pieces of documents: tokens, language, whether the piece ends its
+  document (or segment); flat arrays are built once per batch, not per document."""
+
+  def __init__(self):
+    self.toks: list[np.ndarray] = []
+    self.langs: list[int] = []
+    self.ends: list[bool] = []
+
+  def add(self, toks: np.ndarray, lang: int, end: bool) -> None:
+    self.toks.append(toks)
+    self.langs.append(lang)
+    self.ends.append(end)
+
+  def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lens = np.fromiter(map(len, self.toks), np.int64, len(self.toks))
+    toks = np.concatenate(self.toks).astype(np.int32, copy=False)
+    langs = np.repeat(np.array(self.langs, np.int32), lens)
+    ends = np.zeros(len(toks), bool)
+    ends[np.cumsum(lens)[np.array(self.ends, bool)] - 1] = True
+    return toks, langs, ends
+
+
 class PackedStream(BatchStream):
   """Packed training batches for one host; see the module docstring for the contract."""
 
@@ -264,20 +287,16 @@ class PackedStream(BatchStream):
       lane.doc, lane.off = (plan.tasks[i], plan.langs[i], tokens, pos), 0
     return lane.remaining()
 
-  def _take(self, lane: _Lane, n: int, out: tuple[list, list, list]) -> None:
-    """Append the lane's next n tokens, their languages and end-of-document flags to out."""
+  def _take(self, lane: _Lane, n: int, out: _Pieces) -> None:
+    """Append the lane's next n tokens to out, as pieces of documents."""
     while n > 0:
       k = min(n, self._doc_left(lane))
       _, lang, doc, _ = lane.doc
-      out[0].append(doc[lane.off : lane.off + k])
-      out[1].append(np.full(k, lang, np.int32))
-      e = np.zeros(k, bool)
       lane.off += k
-      e[-1] = lane.off == len(doc)
-      out[2].append(e)
+      out.add(doc[lane.off - k : lane.off], lang, lane.off == len(doc))
       n -= k
 
-  def _take_block(self, lane: _Lane, target: int, out: tuple[list, list, list]) -> int:
+  def _take_block(self, lane: _Lane, target: int, out: _Pieces) -> int:
     """About `target` tokens, ending at the document end nearest it within the slack, if any."""
     lo, hi = max(0, target - self._slack), min(self.batch_size * self.seq_len, target + self._slack)
     taken = 0
@@ -303,26 +322,23 @@ class PackedStream(BatchStream):
     N = B * T
     k = self.step - self.boundaries[stage]
     order = self._lanes if k % 2 == 0 else self._lanes[::-1]
-    out: tuple[list, list, list] = ([], [], [])
+    out = _Pieces()
     if self._carry is None:
       self._take(order[0], 1, out)  # the stream's first token is an input only
     else:
-      out[0].append(np.array([self._carry[0]], np.int32))
-      out[1].append(np.array([self._carry[1]], np.int32))
-      out[2].append(np.array([bool(self._carry[2])]))
+      out.add(np.array([self._carry[0]], np.int32), self._carry[1], bool(self._carry[2]))
     first = N
     if len(order) == 2:
       quota = mixing.lane_quota(k, N, self._lane0_share, self._lanes[0].tokens)
       first = self._take_block(order[0], quota if order[0] is self._lanes[0] else N - quota, out)
       if 0 < first < N:
-        out[2][-1][-1] = True  # the lane changes: a new segment (already one at a document end)
+        out.ends[-1] = True  # the lane changes: a new segment (already one at a document end)
       self._take(order[1], N - first, out)
       order[1].tokens += N - first
     else:
       self._take(order[0], N, out)
     order[0].tokens += first
-    toks = np.concatenate(out[0]).astype(np.int32)
-    langs, ends = np.concatenate(out[1]), np.concatenate(out[2])
+    toks, langs, ends = out.arrays()
     self._carry = (int(toks[-1]), int(langs[-1]), int(ends[-1]))
     self.step += 1
     return pack_rows(toks, langs, ends, B, T, self.segment_aware)
