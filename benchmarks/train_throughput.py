@@ -1,7 +1,7 @@
 """Training throughput (tokens/s) and MFU of the trainer's jitted step.
 
   .venv/bin/python benchmarks/train_throughput.py          # CPU: 2 configs x {1, 8} devices
-  .venv/bin/python benchmarks/train_throughput.py --gpu    # polylm_1_7b, seq 2048, bf16, 1 GPU
+  .venv/bin/python benchmarks/train_throughput.py --config polylm_mid --batch 8 --seq 128
 
 The step is the one `polylm_jax.train` runs (`prepare.make_step_functions`: jax.jit with
 shardings, state donated, fp32 gradient accumulation over microbatches, non-finite guard),
@@ -15,13 +15,8 @@ device and on 8 host devices (a data=8 mesh over the same 2 cores: it shows the 
 overhead, not a speed-up). Each setting runs in its own process (XLA_FLAGS must be set before
 JAX starts).
 
-GPU (--gpu): polylm_1_7b at seq 2048, bf16 compute with fp32 params/residual/softmax/grads,
-one device. Memory: fp32 params + Adam moments + fp32 gradient accumulator are about 28 GB;
-fp32 logits are 2 GB per sequence (256k vocab), so a microbatch of 4 sequences with full
-rematerialisation of each layer (only layer inputs kept) fits an 80 GB H100 with room to
-spare; 4 microbatches make a 16 x 2048 = 32k-token step. `--remat dots` keeps matmul outputs
-(less recompute, more memory), `--attention cudnn` uses the fused kernel. One short command:
-compile (about a minute) + 3 warm-up + 10 timed steps stays well under 5 minutes.
+GPU: polylm_1_7b at seq 2048 in bf16 is `bash benchmarks/gpu_check.sh` (training MFU with
+xla and cudnn attention, decode speed, peak memory; a dry run without a GPU).
 """
 
 from __future__ import annotations
@@ -42,7 +37,6 @@ CPU_CASES = (("polylm_small", 8, 256), ("polylm_mid", 8, 128))
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--gpu", action="store_true", help="polylm_1_7b at seq 2048 in bf16 on 1 GPU")
   p.add_argument("--config", help="one case: a preset name (with --batch, --seq, --devices)")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=256)
@@ -54,12 +48,6 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--json", action="store_true", help="print one JSON line (used internally)")
-  p.add_argument(
-    "--dry_run",
-    action="store_true",
-    help="with --gpu: trace and lower the GPU step on abstract inputs (any machine; "
-    "no compile, no run)",
-  )
   return p.parse_args(argv)
 
 
@@ -140,40 +128,6 @@ def run_case(
   }
 
 
-def dry_run(
-  name: str, batch: int, seq: int, num_microbatches: int, dtype: str, remat: str, attention: str
-) -> None:
-  """Lowers the step for one device on ShapeDtypeStructs: checks the GPU settings trace."""
-  import jax
-  from polylm_jax import config as config_lib, optim, partitioning
-  from polylm_jax.training import prepare
-  from polylm_jax.training import step as step_lib
-
-  cfg = config_lib.get_config(name, dtype=dtype, remat_policy=remat, attention_impl=attention)
-  mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
-  schedule = optim.learning_rate_schedule(6e-5, 6e-6, 2000, 608_000)
-  optimizer = optim.make_optimizer(schedule)
-  fns = prepare.make_step_functions(
-    cfg, mesh, optimizer, schedule, num_microbatches=num_microbatches
-  )
-  state = step_lib.abstract_train_state(cfg, optimizer, fns.state_shardings)
-  batch_structs = {
-    k: jax.ShapeDtypeStruct(
-      (batch, seq), "float32" if k == "loss_weights" else "int32", sharding=fns.batch_shardings[k]
-    )
-    for k in step_lib.BATCH_FIELDS
-  }
-  with partitioning.use_mesh(mesh):
-    lowered = fns.train_step.lower(state, batch_structs)
-  del lowered  # tracing and lowering succeeded: the settings are consistent
-  n = config_lib.count_params(cfg)
-  print(
-    f"lowered the {name} step ({batch} x {seq}, {num_microbatches} microbatches, {dtype}, "
-    f"remat {remat}, attention {attention}): {config_lib.flops_per_token(cfg, seq):.3e} "
-    f"model FLOPs/token; params + Adam moments + fp32 grads {16 * n / 2**30:.1f} GiB"
-  )
-
-
 def _line(r: dict) -> str:
   mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
   return (
@@ -221,34 +175,6 @@ def main(argv=None) -> None:
       args.steps,
     )
     print(json.dumps(r))
-    return
-  if args.gpu:
-    import jax
-
-    micro = args.num_microbatches if args.num_microbatches > 1 else 4
-    batch = args.batch if args.batch != 8 else 16
-    remat = args.remat if args.remat != "none" else "full"
-    if args.dry_run:
-      dry_run("polylm_1_7b", batch, 2048, micro, "bfloat16", remat, args.attention)
-      return
-    if jax.devices()[0].platform != "gpu":
-      sys.exit(f"--gpu: no GPU visible to JAX (devices: {jax.devices()})")
-    r = run_case(
-      "polylm_1_7b",
-      batch,
-      2048,
-      micro,
-      "bfloat16",
-      remat,
-      args.attention,
-      max(args.warmup, 3),
-      args.steps,
-    )
-    print(
-      f"polylm_1_7b, seq 2048, bf16, remat {remat}, {micro} microbatches of "
-      f"{batch // micro}: peak {r['peak_source']}"
-    )
-    print(_line(r))
     return
   if args.config:
     print(_line(_subprocess_case(args.config, args.batch, args.seq, args.devices, args)))
