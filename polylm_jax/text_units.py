@@ -19,6 +19,7 @@ that several streams of a process read (one per data shard) share that work.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import itertools
@@ -288,9 +289,38 @@ class TextUnit:
       if start < len(self):
         yield vals[splits[start] :], splits[start:] - splits[start]
       return
+    batches = (self._texts(sel) for sel in self._slices(start))
+    if self._workers <= 1:
+      for texts in batches:
+        yield encode(self._sp, texts, self._eos)
+      return
+    # workers > 1: the next chunks are tokenized in the shared pool while this one is packed
+    pool, pending = _pool(self._workers), collections.deque()
+    for texts in itertools.islice(batches, self._workers):
+      pending.append(pool.submit(encode, self._sp, texts, self._eos))
+    while pending:
+      done = pending.popleft().result()
+      for texts in itertools.islice(batches, 1):
+        pending.append(pool.submit(encode, self._sp, texts, self._eos))
+      yield done
+
+  def _slices(self, start: int) -> Iterator[slice]:
     a, size = start, max(1, self._chunk // 32)  # small first: a fresh stream starts fast
     while a < len(self):
-      sel = slice(a, a + size)
+      yield slice(a, a + size)
       a, size = a + size, min(2 * size, self._chunk)
-      texts = [self._records[f][r] for f, r in zip(self._order_f[sel], self._order_r[sel])]
-      yield encode(self._sp, texts, self._eos, self._workers)
+
+  def _texts(self, sel: slice) -> list[bytes]:
+    return [self._records[f][r] for f, r in zip(self._order_f[sel], self._order_r[sel])]
+
+
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+  """The process's tokenizing threads for `workers` (SentencePiece releases the GIL)."""
+  with _POOLS_LOCK:
+    if workers not in _POOLS:
+      _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(workers, "polylm-tokenize")
+    return _POOLS[workers]

@@ -488,3 +488,24 @@ def test_fast_read_resume_is_exact(eager, monkeypatch):
     resumed = stream.build_stream(name, **recipe)
     resumed.restore(state)
     assert [_crc(resumed.next()) for _ in range(40 - step)] == crcs[step:], step
+
+
+def test_fast_read_workers_give_the_same_batches(monkeypatch):
+  """Chunks tokenized ahead by a pool of `workers` threads: the same batches, and the pool is
+  the only threads they add."""
+  import threading
+
+  import tasks  # noqa: F401
+  from polylm_jax import text_units
+
+  monkeypatch.setattr(text_units, "EAGER_BYTES", 0)
+  monkeypatch.setattr(text_units, "CHUNK_RECORDS", 6)
+  stages, bounds = stream.resolve("polylm_pretrain_stage1")
+  got = {}
+  for workers in (1, 3):
+    _fresh_caches()
+    s = stream.PackedStream(stages, bounds, seq_len=64, batch_size=2, workers=workers, name="w")
+    got[workers] = [_crc(s.next()) for _ in range(30)]
+  assert got[1] == got[3]
+  pool = [t for t in threading.enumerate() if t.name.startswith("polylm-tokenize")]
+  assert 1 <= len(pool) <= 3
