@@ -115,3 +115,14 @@ def test_failed_part_is_one_line():
   lines = gpu_check.format_train({"attention": "cudnn", "error": "boom"}, dry=False, seq=2048)
   assert lines == ["train cudnn: FAILED: boom"]
   assert gpu_check.format_decode({"error": "x"}, dry=True) == ["decode: FAILED: x"]
+
+
+@pytest.mark.slow
+def test_a_part_runs_in_its_own_process_and_answers_one_json_line():
+  argv = [*TINY, "--decode_batches=1", "--runs=1", "--new_tokens=4", "--hbm_bandwidth=1e11"]
+  res = gpu_check._subprocess_part("decode", argv, timeout=600)
+  assert "error" not in res, res
+  assert res["batches"]["1"]["tokens_per_s"]["median"] > 0 and res["part_s"] > 0
+  assert gpu_check._subprocess_part("decode", argv, timeout=0.01) == {
+    "error": "timed out after 0 s (--budget_s)"
+  }
