@@ -44,10 +44,11 @@ def test_dry_run_compiles_every_part_and_prints_the_plan(dry_run):
   assert xla["compiled_for"] == "cpu" and xla["compiled_peak_bytes"] > 0
   assert (xla["remat"], xla["micro_batch"]) == gpu_check.TRAIN_PLAN["xla"][0]
   assert "train cudnn: remat none, micro-batch 4 x 64 (1 microbatches): lowered for CUDA" in text
-  for batch in ("1", "8"):  # JSON keys
+  for batch in ("1", "8"):  # JSON keys; which jitted functions generate calls is decoding's
     compiled = saved["results"]["decode"]["batches"][batch]["compiled"]
-    assert [c["fn"] for c in compiled] == ["decoding._generate_sample"]
-  assert "  batch 8: compiled decoding._generate_sample" in text
+    assert compiled and all(c["fn"].startswith(("decoding.", "decode_stack.")) for c in compiled)
+    assert max(c["peak_bytes"] for c in compiled) > 0
+  assert "  batch 8: compiled decoding." in text
 
 
 @pytest.mark.slow
