@@ -152,7 +152,7 @@ def _emit(s: DecodeSettings, state, logits):
     keys = _row_keys(state["key"], state["row_ids"], step)
     token = jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
   else:
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    token = logits_processors.argmax(logits)
   token = jnp.where(state["done"], eos, token)
   new = dict(
     state,
@@ -599,7 +599,7 @@ def _score_batch(params, tokens, segments, rows, cols, targets, valid, *, config
     h, targets = args
     logits = output_logits(h, params["wte"], config)  # [chunk, vocab] fp32
     lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[:, None], -1)[:, 0]
-    return lp, jnp.argmax(logits, -1) == targets
+    return lp, logits_processors.argmax(logits) == targets
 
   if h.shape[0] <= chunk:
     token_lp, hit = chunk_scores((h, targets))

@@ -18,6 +18,16 @@ def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: Any) -
   return jnp.where(seen, penalised, logits)
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+  """jnp.argmax over the last axis (first index of the maximum, NaN counting as the maximum)
+  as two plain reductions: XLA on CPU runs the (value, index) pair reduction of jnp.argmax
+  4-6x slower (at batch 8 over 32k logits about 1 ms of a 10 ms decode step)."""
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  hit = (logits == top) | jnp.isnan(logits)
+  return jnp.min(jnp.where(hit, iota, logits.shape[-1]), axis=-1)
+
+
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
   """Keeps the k largest logits (ties with the k-th included), the rest -inf."""
   k = min(k, logits.shape[-1])

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polylm_jax import decode_stack, decoding, partitioning
+from polylm_jax import decode_stack, decoding, logits_processors, partitioning
 from polylm_jax.config import get_config
 from polylm_jax.model import PolyLM, init_params
 
@@ -250,6 +250,15 @@ def test_processors_match_numpy_reference():
   np.testing.assert_allclose(
     decoding.process_logits(j(logits), j(seen), greedy), np_repetition(logits, seen, 1.3), rtol=1e-6
   )
+
+
+def test_argmax_equals_jnp_argmax_with_ties_infs_and_nans():
+  rng = np.random.RandomState(1)
+  x = rng.randint(-3, 4, (64, 40)).astype(np.float32)  # many ties
+  x[1], x[2, 5], x[3, [7, 9]], x[4, :] = -np.inf, np.inf, np.nan, -np.inf
+  got = np.asarray(logits_processors.argmax(jnp.asarray(x)))
+  np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(x), -1)))
+  assert got[3] == 7 and got[4] == 0
 
 
 def test_sampling_frequencies_follow_processed_distribution():
