@@ -137,7 +137,7 @@ def measure(args) -> dict:
   if has_workers:  # nor a file tokenized whole at opening: only what is read, in chunks
     from polylm_jax import text_units
 
-    text_units.EAGER_BYTES = 0
+    eager, text_units.EAGER_BYTES = text_units.EAGER_BYTES, 0
   if "cold" in parts or "first" in parts:
     out["cold"], out["first"], out["threads"] = cold(1)
     if has_workers and args.workers > 1:
@@ -146,7 +146,7 @@ def measure(args) -> dict:
       os.sched_setaffinity(0, {args.cpu})
   readers.UNIT_CACHE.max_tokens = 1 << 24
   if has_workers:
-    text_units.EAGER_BYTES = 2 << 20
+    text_units.EAGER_BYTES = eager
   if "shards" in parts:
     times = []
     for _ in range(args.repeats):

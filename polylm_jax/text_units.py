@@ -32,7 +32,7 @@ import seqio
 
 FEATURE = "targets"
 Records = list  # list[Optional[bytes]]: one file's records; None = dropped by the task
-EAGER_BYTES = 2 << 20  # units of files up to this size are tokenized whole
+EAGER_BYTES = 256 << 10  # units of files up to this size are tokenized whole
 CHUNK_RECORDS = 1024  # records per SentencePiece call in a larger unit (the first: 1/32)
 
 
