@@ -68,6 +68,7 @@ DRY_RUN_CUDNN_VERSION = 91000  # what the dry run's lowering assumes (cuDNN 9.10
 FIT_MARGIN = 0.95  # a plan fits when its compiled peak is under this share of the limit
 GIB = 2**30
 TARGET_MFU = 0.55  # issue 13's goal
+PART_RESERVE_S = 60.0  # of --budget_s, kept for each part not yet run
 _CHILD_ENV = dict(os.environ)  # the parts' processes get the caller's environment
 
 
@@ -561,11 +562,11 @@ def main(argv: list[str] | None = None, print_fn: Callable[..., None] = print) -
       print_fn(f"plan: train {attention}: the first that fits of: {tries}")
   results: dict[str, Any] = {}
   start = time.perf_counter()
-  for part in parts:
+  for i, part in enumerate(parts):
     if dry:
       results[part] = run_part(part, a, dry=True)
-    else:
-      left = a.budget_s - (time.perf_counter() - start)
+    else:  # each later part keeps PART_RESERVE_S of the budget
+      left = a.budget_s - (time.perf_counter() - start) - PART_RESERVE_S * (len(parts) - i - 1)
       results[part] = (
         _subprocess_part(part, argv, left) if left > 20 else {"error": "no budget left"}
       )
