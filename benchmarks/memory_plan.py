@@ -193,8 +193,9 @@ MAX_BATCH_SEARCHES = "polylm_1_7b@devices=1,data=1;polylm_13b@fsdp=8"
 
 def largest_batch(total_at, limit: float, cap: int = 512) -> tuple[int, dict[int, float]]:
   """Largest b in [1, cap] with total_at(b) <= limit (0 if even 1 does not fit), assuming the
-  total grows with b. One compile per probe: a straight line through b = 1 and 2 gives the
-  first guess, then steps of doubling size bracket the edge and a bisection closes it."""
+  total grows with b. One compile per probe: until the edge is bracketed, a straight line
+  through the last two fitting sizes picks the next (at most 4x the last); then a line
+  through the bracket, its neighbour above, and bisection when that does not close it."""
   seen: dict[int, float] = {}
 
   def fits(b: int) -> bool:
@@ -202,22 +203,27 @@ def largest_batch(total_at, limit: float, cap: int = 512) -> tuple[int, dict[int
       seen[b] = total_at(b)
     return seen[b] <= limit
 
+  def line_guess(a: int, b: int) -> int:
+    slope = (seen[b] - seen[a]) / (b - a)
+    return b + int((limit - seen[b]) // slope) if slope > 0 else 2 * b
+
   if not fits(1):
     return 0, seen
-  if not fits(2):
-    return 1, seen
-  slope = max(seen[2] - seen[1], 1.0)
-  guess = int(min(cap, max(2, 1 + (limit - seen[1]) // slope)))
-  lo, hi, step = 2, cap + 1, 1
-  b = guess
-  while lo + 1 < hi:
-    if fits(b):
-      lo, b = b, b + step
+  lo, hi, prev = 1, cap + 1, None
+  while hi - lo > 1:
+    if hi > cap:  # not bracketed yet
+      b = 2 * lo if prev is None else line_guess(prev, lo)
+      b = min(max(b, lo + 1), 4 * lo, cap)
     else:
-      hi, b = b, b - step
-    step *= 2
-    if not lo < b < hi:
-      b = (lo + hi) // 2
+      b = min(max(line_guess(lo, hi), lo + 1), hi - 1)
+      if b in seen or (b + 1 < hi and b + 1 in seen):
+        b = (lo + hi) // 2
+    if fits(b):
+      prev, lo = lo, b
+      if hi <= cap and lo + 1 < hi and not fits(lo + 1):
+        hi = lo + 1
+    else:
+      hi = b
   return lo, seen
 
 
