@@ -1,16 +1,19 @@
 """Fast-path plans (polylm_jax.text_units) for the tasks tasks/ registers over local text.
 
 Two shapes qualify, checked object by object, and are reproduced exactly:
-- mono: a `sources.LocalFileSource` of format "text" -> `registry._to_targets` -> tokenize ->
-  append_eos_after_trim -> `sources.assert_nonempty` (`register_text_task`, the sample corpus);
-- bitext: a `sources.AlignedTextSource` -> `registry.render_bitext` -> the same tail
-  (`register_sample_bitext`).
+- mono: a `sources.LocalFileSource` of format text, JSONL or TSV -> `registry._to_targets` ->
+  tokenize -> append_eos_after_trim -> `sources.assert_nonempty` (`register_text_task`, the
+  sample corpus);
+- bitext: a `sources.AlignedTextSource` (`register_sample_bitext`), or a JSONL/TSV
+  `LocalFileSource` of src/tgt (`register_bitext_files_task`) -> `registry.render_bitext` ->
+  the same tail.
 The records are what those sources and preprocessors yield, computed in Python: tf.data's
 TextLineDataset lines (split at "\\n", every "\\r" dropped), a byte order mark opening a file
-dropped, invalid UTF-8 an error naming file and line, blank lines dropped, the holdout split,
-the strip, the bitext rendering with TensorFlow's own hash. Any other task (other formats,
-preprocessors or source classes) keeps the seqio pipeline. tests/test_sources.py checks both
-paths give the same documents on awkward files.
+dropped, invalid UTF-8 an error naming file and line, blank lines dropped; JSONL/TSV through the
+source's own parser and on_error policy; the holdout split, the strip, the bitext rendering
+with TensorFlow's own hash. Any other task (TFRecord, TFDS, other preprocessors or source
+classes) keeps the seqio pipeline. tests/test_sources.py checks both paths give the same
+documents on awkward files.
 """
 
 from __future__ import annotations
@@ -77,20 +80,34 @@ def _holdout(source, split: str) -> Optional[int]:
   return source._holdout_every if split in ("train", "validation") else None
 
 
+def _python_records(source, path: str, split: str, holdout: Optional[int]) -> list[dict]:
+  """A JSONL/TSV file's records as the source yields them (its own parser, its on_error)."""
+  try:
+    records = [record for _, record in source._python_records(path)]
+  except sources.MalformedLine as e:
+    raise text_units.RecordError(str(e)) from None
+  return [r for r, keep in zip(records, _held(len(records), split, holdout)) if keep]
+
+
+_PYTHON_FORMATS = ("jsonl", "tsv")
+
+
 def mono_plan(task: seqio.Task, split: str) -> Optional[text_units.TextPlan]:
   head, source = _head(task), task.source
   if (
     head is None
     or head.func is not registry._to_targets
     or type(source) is not sources.LocalFileSource
-    or source._fmt != "text"
+    or source._fmt not in ("text", *_PYTHON_FORMATS)
     or set(head.keywords) - {"lang", "text_key"}
-    or head.keywords.get("text_key", "text") != source._fields[0]
+    or head.keywords.get("text_key", "text") not in source.output_keys
   ):
     return None
-  holdout = _holdout(source, split)
+  holdout, key = _holdout(source, split), head.keywords.get("text_key", "text")
 
-  def read(path: str) -> list[bytes]:
+  def read(path: str) -> list[Optional[bytes]]:
+    if source._fmt in _PYTHON_FORMATS:  # _to_targets: strip, drop the empty
+      return [r[key].strip() or None for r in _python_records(source, path, split, holdout)]
     lines = [line.strip() for line in _lines(path)]
     lines = [line for line in lines if line]
     return [line for line, keep in zip(lines, _held(len(lines), split, holdout)) if keep]
@@ -119,20 +136,56 @@ def _variants(render: functools.partial) -> list[list]:
   return out
 
 
+def _render(variants: list[list], pairs: list) -> list[Optional[bytes]]:
+  """render_bitext of stripped (src, tgt) pairs; None for a pair with an empty side."""
+  pairs = [p if p[0] and p[1] else None for p in pairs]
+  live = [p for p in pairs if p is not None]
+  if len(variants) == 1 or not live:
+    picks = iter([0] * len(live))
+  else:
+    joined = tf.constant([s + b"\t" + t for s, t in live], tf.string)
+    picks = iter((tf.strings.to_hash_bucket_fast(joined, 1 << 30).numpy() % len(variants)).tolist())
+  out = []
+  for pair in pairs:
+    if pair is None:
+      out.append(None)
+      continue
+    v = variants[next(picks)]
+    out.append(b"".join(x.encode() if isinstance(x, str) else pair[x[0] == "tgt"] for x in v))
+  return out
+
+
 def bitext_plan(task: seqio.Task, split: str) -> Optional[text_units.TextPlan]:
   head, source = _head(task), task.source
+  aligned = type(source) is sources.AlignedTextSource
+  files = type(source) is sources.LocalFileSource and source._fmt in _PYTHON_FORMATS
   if (
     head is None
     or head.func is not registry.render_bitext
-    or type(source) is not sources.AlignedTextSource
+    or not (aligned or files)
     or set(head.keywords) - {"src_lang", "tgt_lang", "templates", "direction"}
     or split not in source.splits
+    or (files and sorted(source.output_keys) != ["src", "tgt"])
   ):
     return None
   variants = _variants(head)
+  if files:
+    holdout = _holdout(source, split)
+
+    def read_files(path: str) -> list[Optional[bytes]]:
+      records = _python_records(source, path, split, holdout)
+      return _render(variants, [(r["src"].strip(), r["tgt"].strip()) for r in records])
+
+    return text_units.TextPlan(
+      tuple(source.list_shards(split)),
+      read_files,
+      source._cycle_length,
+      source._block_length,
+      f"bitext|{source!r}|{split}|{holdout}|{head!r}",
+    )
   holdout = source._holdout_every
 
-  def read(_: str) -> list[bytes]:
+  def read(_: str) -> list[Optional[bytes]]:
     where = f"source {source._name or repr(source)} split {split!r}"
     src, tgt = (sources.resolve_files(f, where)[0] for f in (source._src_file, source._tgt_file))
     n_src, n_tgt = sources._count_lines(src), sources._count_lines(tgt)
@@ -144,16 +197,7 @@ def bitext_plan(task: seqio.Task, split: str) -> Optional[text_units.TextPlan]:
     pairs = zip(_lines(src), _lines(tgt))
     held = _held(n_src, split, holdout)
     pairs = [(s.strip(), t.strip()) for (s, t), keep in zip(pairs, held) if keep]
-    pairs = [p for p in pairs if p[0] and p[1]]
-    if len(variants) == 1:
-      pick = [0] * len(pairs)
-    else:
-      joined = tf.constant([s + b"\t" + t for s, t in pairs], tf.string)
-      pick = (tf.strings.to_hash_bucket_fast(joined, 1 << 30).numpy() % len(variants)).tolist()
-    return [
-      b"".join(part.encode() if isinstance(part, str) else pair[part[0] == "tgt"] for part in v)
-      for pair, v in zip(pairs, (variants[k] for k in pick))
-    ]
+    return [r for r in _render(variants, pairs) if r is not None]  # the source drops blanks
 
   sig = "|".join(text_units.file_sig(f) for f in (source._src_file, source._tgt_file))
   return text_units.TextPlan(

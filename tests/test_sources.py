@@ -296,19 +296,49 @@ def test_fast_path_gives_seqio_documents_for_aligned_bitext(tmp_path, monkeypatc
       assert want and _docs(name, split, shard) == want, (split, shard)
 
 
+def test_fast_path_gives_seqio_documents_for_jsonl_and_tsv(tmp_path, monkeypatch):
+  """JSONL (blank texts, malformed lines skipped) and TSV bitext, several files, sharded."""
+  from tasks import registry
+
+  monkeypatch.setenv("POLYLM_JAX_UNIT_DISK_CACHE", "0")
+  d = tmp_path / "j"
+  d.mkdir()
+  texts = ["Haus", "  ", "maison \r", "房子", "not json", "", "дом\tx", "σπίτι "]
+  for f in range(3):
+    lines = [json.dumps({"t": t}) if t != "not json" else t for t in texts[f:] + texts[:f]]
+    (d / f"{f}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  mono = registry.register_text_task(
+    "de", "jsonfast", str(d / "*.jsonl"), fmt="jsonl", text_key="t", on_error="skip",
+    holdout_every=3,
+  )  # fmt: skip
+  for i, pair in enumerate([("Hallo", "Hello"), ("", "x"), (" Ja ", "Yes"), ("Nein", " ")]):
+    (d / f"{i}.tsv").write_text("\n".join("\t".join(pair) for _ in range(i + 2)) + "\n")
+  templates = ["{src_text} = {tgt_text}", "{tgt_code}: {tgt_text} / {src_text}"]
+  bitext = registry.register_bitext_files_task(
+    "de", "en", "tsvfast", str(d / "*.tsv"), templates=templates
+  )
+  for name, split, shard in [
+    (mono, "train", (0, 1)),
+    (mono, "validation", (1, 2)),
+    (mono, "train", (1, 5)),
+    (bitext, "train", (0, 1)),
+    (bitext, "train", (1, 6)),
+  ]:
+    want = _docs(name, split, shard, fast=False)
+    assert want and _docs(name, split, shard) == want, (name, split, shard)
+
+
 def test_fast_path_only_for_tasks_it_can_vouch_for(tmp_path):
   from polylm_jax import text_units
   from tasks import registry
 
   path = _write(tmp_path / "a.txt", "eins\nzwei\n")
   plain = registry.register_text_task("de", "plaintest", path)
-  assert text_units.plan_for(seqio.get_mixture_or_task(plain), "train") is not None
+  jsonl = _write(tmp_path / "a.jsonl", '{"t": "x"}\n')
+  jsonl = registry.register_text_task("de", "jsonltest", jsonl, fmt="jsonl", text_key="t")
+  for name in (plain, jsonl):
+    assert text_units.plan_for(seqio.get_mixture_or_task(name), "train") is not None
   upper = lambda ds: ds.map(lambda ex: {"text": tf.strings.upper(ex["text"])})  # noqa: E731
-  other = [
-    registry.register_mono_task("de", "pretest", sources.LocalFileSource({"train": path}), [upper]),
-    registry.register_text_task(
-      "de", "jsonltest", _write(tmp_path / "a.jsonl", '{"t": "x"}\n'), fmt="jsonl", text_key="t"
-    ),
-  ]
-  for name in other:
-    assert text_units.plan_for(seqio.get_mixture_or_task(name), "train") is None, name
+  source = sources.LocalFileSource({"train": path})
+  other = registry.register_mono_task("de", "pretest", source, [upper])
+  assert text_units.plan_for(seqio.get_mixture_or_task(other), "train") is None
