@@ -65,7 +65,7 @@ def evaluate_checkpoint(
   if jax.process_count() == 1:
     results = evaluation.evaluate(config, params, vocab, specs, **settings)
   else:
-    results = _evaluate_shares(config, params, vocab, specs, settings)
+    results = evaluate_shares(config, params, vocab, specs, settings)
   if writer:
     report_lib.write_report(results, output_dir, plot=plot)
     gin_utils.write_operative_config(output_dir)  # the gin settings of this run, if any
@@ -87,10 +87,13 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
   """print_fn of processes other than 0: one summary per run."""
 
 
-def _evaluate_shares(
+def evaluate_shares(
   config, params, vocab, specs: Sequence[evaluation.TaskSpec], settings: dict[str, Any]
 ) -> evaluation.EvalResults:
-  """This process's share of every task, evaluated; then all shares gathered and merged."""
+  """This process's share of every task, evaluated; then all shares gathered and merged.
+
+  `params` must be whole on this process's devices (settings["mesh"] spans them); the
+  trainer's periodic benchmarks call this too, with its params gathered to every host."""
   count, me = jax.process_count(), jax.process_index()
 
   def local() -> dict[str, Any]:

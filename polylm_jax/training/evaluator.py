@@ -1,8 +1,9 @@
 """The trainer's evaluator: held-out loss per language, plus benchmark tasks if asked for.
 
 Held-out batches are read once and kept (the same batches at every eval, so evals compare).
-Benchmark tasks go through `evaluation.evaluate` (the eval binary's loop) on one host; the
-report lands in MODEL_DIR/benchmark/<step> and the scores in the eval metrics.
+Benchmark tasks go through `evaluation.evaluate` (the eval binary's loop; on several
+processes each scores a share of the examples, as the eval binary does); the report lands in
+MODEL_DIR/benchmark/<step> and the scores in the eval metrics.
 """
 
 from __future__ import annotations
@@ -20,16 +21,11 @@ from polylm_jax.training.settings import EvalSpec
 from polylm_jax.training.prepare import to_global
 
 
-def resolve_benchmarks(spec: EvalSpec, num_hosts: int) -> list[Any]:
+def resolve_benchmarks(spec: EvalSpec) -> list[Any]:
   """The benchmark tasks of `spec` (unknown names fail here, before any compute). Names need
   the task library (tasks.benchmark, imported by the binary) to have registered them."""
   if not spec.benchmark_tasks:
     return []
-  if num_hosts > 1:
-    raise ValueError(
-      "EvalSpec.benchmark_tasks runs on one host only; evaluate multi-host runs "
-      "with python -m polylm_jax.eval"
-    )
   # Lazy: evaluation loads seqio and TensorFlow (vocabularies); a finished run reports
   # without them, and runs without benchmark tasks never need it.
   from polylm_jax import evaluation
@@ -105,21 +101,42 @@ class Evaluator:
 
     config, vocab, mesh = self.model
     t0 = time.perf_counter()
-    r = evaluation.evaluate(
-      config,
-      params,
-      vocab,
-      self.benchmark_names,
+    settings = dict(
       max_examples=self.spec.benchmark_max_examples,
       batch_size=self.spec.benchmark_batch_size,
+      max_new_tokens=None,
+      decode_settings=None,
       mesh=mesh,
+      prefix_eos=True,
+      bleu_tokenizers=None,
     )
+    if jax.process_count() == 1:
+      r = evaluation.evaluate(config, params, vocab, self.benchmark_names, **settings)
+    else:  # every process scores its share of the examples with the whole model, as eval does
+      r = _evaluate_on_every_process(config, params, vocab, self.benchmark_names, settings)
     scores = r.summary(prefix="benchmark")
     self.out.write("eval", step, scores)
-    report = report_lib.write_report(r, os.path.join(self.model_dir, "benchmark", str(step)))
+    where = os.path.join(self.model_dir, "benchmark", str(step))
+    if jax.process_index() == 0:
+      where = report_lib.write_report(r, where)["markdown"]
     self.out.log(
       f"benchmark step {step} ({time.perf_counter() - t0:.1f}s): "
       + ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in scores.items())
-      + f" -> {report['markdown']}"
+      + f" -> {where}"
     )
     return scores
+
+
+def _evaluate_on_every_process(config, params, vocab, specs, settings):
+  """Benchmarks of a multi-process run: the params gathered whole to every process, each
+  scoring its share of the examples on its own devices (evaluation.checkpoint.evaluate_shares,
+  the eval binary's way); all processes get the same results. The gather costs one copy of
+  the params in host memory per process, once per benchmark eval."""
+  from jax.experimental import multihost_utils
+
+  from polylm_jax import partitioning
+  from polylm_jax.evaluation import checkpoint as eval_checkpoint
+
+  whole = multihost_utils.process_allgather(params, tiled=True)
+  local = partitioning.make_mesh(-1, 1, 1, devices=jax.local_devices())
+  return eval_checkpoint.evaluate_shares(config, whole, vocab, specs, {**settings, "mesh": local})

@@ -297,7 +297,7 @@ def train(
   )  # fmt: skip
   jax_mesh = mesh.build(devices)
   num_hosts = jax.process_count()
-  benchmark_names = resolve_benchmarks(eval, num_hosts)
+  benchmark_names = resolve_benchmarks(eval)
   check_batch_layout(data.batch_size, jax_mesh, mesh.num_microbatches, num_hosts)
   check_shardable(model_config, jax_mesh)
   out = metrics_lib.MetricsWriter(s.model_dir, is_chief=jax.process_index() == 0, print_fn=print_fn)
