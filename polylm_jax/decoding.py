@@ -3,7 +3,10 @@
 One jitted function per call shape runs the whole generation: a prefill of the right-padded
 prompts (padding has segment id 0; each row's cache index then moves to its own length, the
 layout t5x's decoding uses too), then a `lax.while_loop` of cached one-token steps that exits
-as soon as every row has emitted eos or `max_new_tokens` is reached.
+as soon as every row has emitted eos or `max_new_tokens` is reached. No host sync inside; the
+greedy path does only an argmax. Speed (profiled; docs/inference.md "Speed"): the layer weights
+are split once per call or once for good (`prepare`), the step's cache is laid out for the
+attention dots (decode_stack), and the output layer and argmax use CPU-friendly forms.
 
 Semantics follow transformers' `generate` so that results can be compared token for token:
 logits processors run in HF's order (repetition penalty, temperature, top-k, top-p), and
