@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.machinery
 import os
+import queue
 import re
 import shutil
 import signal
@@ -200,6 +201,21 @@ def _stop(children: list[_Child], grace_seconds: float) -> None:
     c.proc.wait()
 
 
+def _wait_in_order(children: list[_Child]) -> queue.Queue:
+  """A queue that receives each child as it exits, in the order they exit: a thread per
+  child waits for it, so the process that failed first is told from the peers it took down
+  a few milliseconds later (one poll of all would see both)."""
+  done: queue.Queue = queue.Queue()
+
+  def wait(c: _Child) -> None:
+    c.proc.wait()
+    done.put(c)
+
+  for c in children:
+    threading.Thread(target=wait, args=(c,), daemon=True).start()
+  return done
+
+
 def _supervise(children: list[_Child], grace_seconds: float, console: _Console) -> int:
   """Waits for every child; stops the rest when one fails; returns the exit status."""
   forwarded: list[int] = []  # signals passed on; the loop reports them (no lock in a handler)
@@ -214,23 +230,25 @@ def _supervise(children: list[_Child], grace_seconds: float, console: _Console) 
   if threading.current_thread() is threading.main_thread():
     for signum in (signal.SIGINT, signal.SIGTERM):
       previous[signum] = signal.signal(signum, forward)
+  done, ended, first = _wait_in_order(children), [], None
   try:
-    while True:
+    while len(ended) < len(children):
       for signum in forwarded[told:]:
         console.say(f"{signal.Signals(signum).name}: passed on to every process")
         told += 1
-      failed = [c for c in children if c.proc.poll() not in (None, 0)]
-      if failed:
-        first = min(failed, key=lambda c: c.index)
-        running = [c for c in children if c.proc.poll() is None]
-        if not forwarded or not running:
-          tail = "; stopping the other processes" if running else ""
-          console.say(f"{describe(first)}{tail}")
-          _stop(running, grace_seconds)
-          return exit_status(first.proc.returncode)
-      elif all(c.proc.poll() == 0 for c in children):
-        return 0
-      time.sleep(POLL_SECONDS)
+      try:
+        ended.append(done.get(timeout=POLL_SECONDS))
+      except queue.Empty:
+        continue
+      if first is None and ended[-1].proc.returncode != 0:
+        first = ended[-1]
+      running = [c for c in children if c not in ended]
+      if first is not None and (not forwarded or not running):
+        tail = "; stopping the other processes" if running else ""
+        console.say(f"{describe(first)}{tail}")
+        _stop(running, grace_seconds)
+        return exit_status(first.proc.returncode)
+    return 0
   finally:
     for signum, handler in previous.items():
       signal.signal(signum, handler)

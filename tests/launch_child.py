@@ -46,6 +46,7 @@ def _trap(signum, frame):  # noqa: ARG001
 
 def main(argv) -> None:
   args = _parse(argv)
+  print(f"started {os.getpid()}", flush=True)
   distributed.maybe_initialize("auto")
   if args.trap:  # after it: JAX's preemption notifier takes SIGTERM over when it starts
     signal.signal(signal.SIGTERM, _trap)
