@@ -441,12 +441,16 @@ def build_stream(
   train_steps: Optional[int] = None,
   segment_aware: bool = False,
   split: str = "train",
+  workers: int = 1,
+  threads_per_source: int = 2,
 ) -> PackedStream:
   """The trainer's entry point (batch_stream.DataModule): MIXTURE_OR_TASK_NAME -> a per-host
-  PackedStream with the default lane and reader settings (build a PackedStream to set those).
+  PackedStream with the default lane settings (build a PackedStream to set those).
 
   batch_size is per host (see per_host_batch_size); train_steps places the curriculum's
-  stage boundaries (needed only when a stage starts at a fraction of training).
+  stage boundaries (needed only when a stage starts at a fraction of training). workers:
+  SentencePiece threads of the fast read path (readers.SourceReader); threads_per_source: the
+  tf.data pool of a source read through seqio. Neither changes the batches.
   """
   stages, boundaries = resolve(name, train_steps, split)
   return PackedStream(
@@ -460,6 +464,8 @@ def build_stream(
     segment_aware=segment_aware,
     split=split,
     name=name,
+    workers=workers,
+    threads_per_source=threads_per_source,
   )
 
 
