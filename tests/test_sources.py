@@ -342,3 +342,16 @@ def test_fast_path_only_for_tasks_it_can_vouch_for(tmp_path):
   source = sources.LocalFileSource({"train": path})
   other = registry.register_mono_task("de", "pretest", source, [upper])
   assert text_units.plan_for(seqio.get_mixture_or_task(other), "train") is None
+
+
+def test_files_read_in_parallel_or_one_after_another_give_one_order(tmp_path):
+  pattern = _awkward_files(tmp_path / "d")
+  orders = [
+    _texts(
+      sources.LocalFileSource(
+        {"train": pattern}, cycle_length=3, block_length=2, parallel_files=parallel
+      ).get_dataset("train", shuffle=False)
+    )
+    for parallel in (None, tf.data.AUTOTUNE)
+  ]
+  assert orders[0] and orders[0] == orders[1]
