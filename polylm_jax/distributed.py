@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 
+from polylm_jax import logs
+
 
 def maybe_initialize(mode: str = "auto") -> bool:
   """Calls jax.distributed.initialize() for multi-process runs; returns whether it did.
@@ -95,6 +97,8 @@ def _leave(code: int) -> None:
   for stream in (sys.stdout, sys.stderr):
     with contextlib.suppress(Exception):
       stream.flush()
+  with contextlib.suppress(Exception):
+    logs.close()  # the quiet console's stderr pipe holds the message until then
   os._exit(code)
 
 

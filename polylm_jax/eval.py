@@ -78,7 +78,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"unexpected arguments {argv[1:]} (gin settings go in --gin.KEY=VALUE)")
   distributed.maybe_initialize(flags.FLAGS.distributed)
-  gin_utils.call_configured(gin_evaluate, "evaluate")
+  with distributed.fail_fast():  # one process's error ends the job now, not at a timeout
+    gin_utils.call_configured(gin_evaluate, "evaluate")
 
 
 def _define_flags() -> None:

@@ -40,6 +40,9 @@ from typing import IO, Mapping, Sequence
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DEVICE_COUNT_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S*")
 POLL_SECONDS = 0.05
+CPU_COLLECTIVE_TIMEOUT_SECONDS = 600
+# Gloo (CPU collectives) prints one line per process each time it connects a group, on stdout.
+_NOISE = re.compile(rb"^\[Gloo\] Rank \d+ is connected to ")
 
 
 def check_module(module: str, env: Mapping[str, str]) -> None:
@@ -111,6 +114,11 @@ def child_env(
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[index * devices : (index + 1) * devices])
   else:
     flags = _DEVICE_COUNT_FLAG.sub("", base.get("XLA_FLAGS", "")).split()
+    if not any(f.startswith("--xla_cpu_collective_timeout_seconds") for f in flags):
+      # Gloo gives up on a collective after 30 s: a peer that is only slow (a busy machine,
+      # process 0 writing a report) is not a dead one, and this launcher stops the job when
+      # a process really dies.
+      flags.append(f"--xla_cpu_collective_timeout_seconds={CPU_COLLECTIVE_TIMEOUT_SECONDS}")
     env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
   return env
 
@@ -135,7 +143,8 @@ class _Console:
 def _pipe_lines(src: IO[bytes], dst: IO[str], prefix: str, console: _Console) -> None:
   """Copies a child's `src` to `dst` line by line, each line whole and prefixed."""
   for raw in iter(src.readline, b""):
-    console.write(dst, prefix + raw.decode("utf-8", errors="replace"))
+    if not _NOISE.match(raw):
+      console.write(dst, prefix + raw.decode("utf-8", errors="replace"))
   src.close()
 
 

@@ -143,6 +143,14 @@ def setup(verbosity: int | None = None) -> None:
       pass
 
 
+def close() -> None:
+  """Flushes and closes the stderr filter (if `setup` installed one), so that what was
+  written so far reaches the real stderr: before an `os._exit`, which runs no exit handler."""
+  stderr_filter = _state.pop("stderr", None)
+  if isinstance(stderr_filter, StderrFilter):
+    stderr_filter.close()
+
+
 def verbosity_from_absl() -> int | None:
   """The --verbosity the user gave on the command line, or None."""
   from absl import flags

@@ -63,7 +63,8 @@ def main(argv: Sequence[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
   distributed.maybe_initialize(flags.FLAGS.distributed)
   try:
-    result = gin_utils.call_configured(_train, "train", errors=(NonFiniteError,))
+    with distributed.fail_fast():  # one process's error ends the job now, not at a timeout
+      result = gin_utils.call_configured(_train, "train", errors=(NonFiniteError,))
   except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: nothing new was saved
     print("interrupted: rerun the same command to resume from the last checkpoint", flush=True)
     sys.exit(130)

@@ -64,7 +64,9 @@ def gone(pid: int) -> bool:
 def test_launch_cpu_env_replaces_the_device_count_and_keeps_other_xla_flags():
   base = {"XLA_FLAGS": "--xla_foo=1 --xla_force_host_platform_device_count=8", "HOME": "/h"}
   env = launch.child_env(base, 1, 2, 3, 4567, gpus=[])
-  assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=3"
+  assert env["XLA_FLAGS"] == (
+    "--xla_foo=1 --xla_cpu_collective_timeout_seconds=600 --xla_force_host_platform_device_count=3"
+  )
   assert env["JAX_COORDINATOR_ADDRESS"] == "127.0.0.1:4567"
   assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("2", "1")
   assert env["JAX_LOCAL_DEVICE_IDS"] == "0,1,2"
@@ -195,3 +197,11 @@ def test_launch_passes_signals_on_to_every_process(in_root, signum, status):
   assert f"launch: {name}: passed on to every process" in err.splitlines()
   assert p.returncode == status
   assert sorted(pids(out)) == [0, 1] and all(gone(pid) for pid in pids(out).values())
+
+
+def test_gloo_connection_lines_are_dropped():
+  out = io.StringIO()
+  console = launch._Console(out, io.StringIO())
+  src = io.BytesIO(b"[Gloo] Rank 0 is connected to 1 peer ranks. Expected : 1\nstep 1\n")
+  launch._pipe_lines(src, out, "[0] ", console)
+  assert out.getvalue() == "[0] step 1\n"

@@ -50,6 +50,8 @@ def test_a_short_run_derives_its_schedule_and_reaches_the_peak():
     (lambda: DataSpec("", {"targets": 8}), "MIXTURE_OR_TASK_NAME"),
     (lambda: DataSpec("m", batch_size=0), "BATCH_SIZE must be > 0"),
     (lambda: DataSpec("m", task_modules="tasks.mixtures"), "must be a list"),
+    (lambda: DataSpec("m", batch_size=8, data_shards=3), "data_shards=3 must be a positive div"),
+    (lambda: DataSpec("m", read_workers=0), "read_workers must be >= 1"),
     (lambda: EvalSpec(period=-1), "EvalSpec.period"),
     (lambda: EvalSpec(steps=0), "EvalSpec.steps"),
     (lambda: NonFinitePolicy(action="ignore"), "nonfinite_policy"),

@@ -50,6 +50,9 @@ class DataSpec:
   # The global batch is this many data shards (polylm_jax/data_shards.py), whatever the
   # process count; None: the count the run's checkpoint has, or the process count at its start.
   data_shards: int | None = None
+  # Tokenizer threads of each pre-training stream's readers (polylm_jax/readers.py); the
+  # batches are the same for any value.
+  read_workers: int = 1
 
   def __post_init__(self):
     if not self.mixture_or_task_name:
@@ -73,6 +76,8 @@ class DataSpec:
         f"DataSpec.data_shards={self.data_shards} must be a positive divisor of "
         f"BATCH_SIZE={self.batch_size}"
       )
+    if self.read_workers < 1:
+      raise ValueError(f"DataSpec.read_workers must be >= 1, got {self.read_workers}")
     object.__setattr__(self, "task_feature_lengths", dict(self.task_feature_lengths))
     _tuple(self, "task_modules")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -360,9 +361,16 @@ def _save_tokenizer(vocab: Any, model_dir: str) -> None:
 
 def _build_data(s: _Settings, lay: data_shards.Layout, train_steps: int) -> _Data:
   module = _data_module(s.data)
+  extra = {}
+  if s.data.read_workers != 1:
+    if "workers" not in inspect.signature(module.build_stream).parameters:
+      raise ValueError(
+        f"DataSpec.read_workers applies to pre-training streams; {module.__name__} has none"
+      )
+    extra["workers"] = s.data.read_workers
   stream = data_shards.build(
     module, s.data.mixture_or_task_name, s.data.seq_len, lay, seed=s.random_seed,
-    train_steps=train_steps, segment_aware=s.data.segment_aware,
+    train_steps=train_steps, segment_aware=s.data.segment_aware, **extra,
   )  # fmt: skip
   vocab, vocab_id = _task_vocabulary(stream, s.config)
   eval_langs = module.eval_tasks(s.data.mixture_or_task_name) if s.eval.period else {}
