@@ -92,7 +92,8 @@ class DataModule(Protocol):
     segment_aware: bool = False,
     split: str = "train",
   ) -> BatchStream:
-    """MIXTURE_OR_TASK_NAME -> this host's stream; batch_size is per host."""
+    """MIXTURE_OR_TASK_NAME -> one data shard's stream (polylm_jax/data_shards.py makes a
+    process's rows from its shards); batch_size is the shard's rows."""
     raise NotImplementedError
 
   def eval_tasks(self, name: str, split: str = "validation") -> dict[str, tuple[str, ...]]:
@@ -113,18 +114,6 @@ class DataModule(Protocol):
   ) -> Iterator[Batch]:
     """Finite batches of `tasks` read once; padding at loss weight 0."""
     raise NotImplementedError
-
-  def per_host_batch_size(self, global_batch_size: int, num_hosts: int) -> int:
-    raise NotImplementedError
-
-
-def per_host_batch_size(global_batch_size: int, num_hosts: int) -> int:
-  """BATCH_SIZE split over hosts; a clear error when it does not divide."""
-  if global_batch_size <= 0 or num_hosts <= 0 or global_batch_size % num_hosts:
-    raise ValueError(
-      f"BATCH_SIZE={global_batch_size} must be a positive multiple of the host count {num_hosts}"
-    )
-  return global_batch_size // num_hosts
 
 
 def check_layout(seq_len: int, batch_size: int, shard_index: int = 0, num_shards: int = 1) -> None:

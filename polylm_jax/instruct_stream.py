@@ -44,7 +44,6 @@ from polylm_jax.batch_stream import (
   check_rates,
   checked_state,
   exactly,
-  per_host_batch_size,  # noqa: F401  (the trainer's data API: batch_stream.DataModule)
 )
 
 STATE_VERSION = 1
@@ -444,7 +443,7 @@ build_stream = build_instruction_stream
 
 
 def data_module(mixture_or_task_name: str) -> DataModule:
-  """The module whose build_stream / eval_tasks / eval_batches / per_host_batch_size serve
+  """The module whose build_stream / eval_tasks / eval_batches serve
   `mixture_or_task_name`: this one for instruction data, polylm_jax.stream otherwise."""
   return sys.modules[__name__] if is_instruction_data(mixture_or_task_name) else stream_lib
 

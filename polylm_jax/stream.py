@@ -58,7 +58,6 @@ from polylm_jax.batch_stream import (
   check_rates,
   checked_state,
   exactly,
-  per_host_batch_size,  # noqa: F401  (the trainer's data API: batch_stream.DataModule)
 )
 from polylm_jax.readers import (
   DISK_CACHE,  # noqa: F401  (re-exported)
@@ -447,8 +446,9 @@ def build_stream(
   """The trainer's entry point (batch_stream.DataModule): MIXTURE_OR_TASK_NAME -> a per-host
   PackedStream with the default lane settings (build a PackedStream to set those).
 
-  batch_size is per host (see per_host_batch_size); train_steps places the curriculum's
-  stage boundaries (needed only when a stage starts at a fraction of training). workers:
+  batch_size is the stream's rows (one data shard, see data_shards.py); train_steps places
+  the curriculum's stage boundaries (needed only when a stage starts at a fraction of
+  training). workers:
   SentencePiece threads of the fast read path (readers.SourceReader); threads_per_source: the
   tf.data pool of a source read through seqio. Neither changes the batches.
   """

@@ -44,7 +44,7 @@ def _params(fn, drop_self=False):
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_module_satisfies_the_data_protocol(module):
   assert isinstance(module, batch_stream.DataModule)
-  for fn_name in ("build_stream", "eval_tasks", "eval_batches", "per_host_batch_size"):
+  for fn_name in ("build_stream", "eval_tasks", "eval_batches"):
     want = _params(getattr(batch_stream.DataModule, fn_name), drop_self=True)
     have = {p.name: p for p in _params(getattr(module, fn_name))}
     where = f"{module.__name__}.{fn_name}"
@@ -59,7 +59,7 @@ def test_module_satisfies_the_data_protocol(module):
 
 def test_a_module_missing_a_function_is_not_a_data_module():
   class Partial:
-    build_stream = eval_tasks = eval_batches = staticmethod(lambda *a: None)
+    build_stream = eval_tasks = staticmethod(lambda *a: None)
 
   assert not isinstance(Partial(), batch_stream.DataModule)
 
@@ -68,7 +68,7 @@ def test_a_module_missing_a_function_is_not_a_data_module():
 def test_trainer_calls_work_on_both_and_resume_exactly(names, module):
   name = names[module]
   assert instruct_stream.data_module(name) is module
-  host_batch = module.per_host_batch_size(2 * B, 2)
+  host_batch = B  # one of 2 data shards of a 2 * B batch
   kw = dict(seed=5, shard_index=0, num_shards=2, train_steps=10, segment_aware=False)
   s = module.build_stream(name, T, host_batch, **kw)  # what trainer._build_data passes
   assert isinstance(s, batch_stream.BatchStream)
@@ -140,8 +140,6 @@ def test_eval_batches_cut_and_padded_the_same_way(names, module):
 def test_shared_helpers():
   with pytest.raises(ValueError, match="batch_size must be a positive int, got True"):
     batch_stream.check_layout(8, True)
-  with pytest.raises(ValueError, match="BATCH_SIZE=6 must be a positive multiple of the host"):
-    batch_stream.per_host_batch_size(6, 4)
   assert batch_stream.check_rates("m", ["a", "b", "c"], [1, 0, 3]) == (["a", "c"], [1.0, 3.0])
   with pytest.raises(ValueError, match=r"^mixture 'x': rates must be >= 0 .*'b': nan"):
     batch_stream.check_rates("mixture 'x'", ["a", "b"], [1, float("nan")])

@@ -263,9 +263,6 @@ def test_bad_input_errors(tasks):
     _stream(names, seq_len=0)
   with pytest.raises(ValueError, match="batch_size"):
     _stream(names, batch_size=-1)
-  with pytest.raises(ValueError, match="BATCH_SIZE=10"):
-    stream.per_host_batch_size(10, 4)
-  assert stream.per_host_batch_size(8, 4) == 2
   with pytest.raises(ValueError, match="polylm_xx_nope"):
     stream.build_stream("polylm_xx_nope", 8, 2)
   with pytest.raises(ValueError, match="no split 'validation'"):
