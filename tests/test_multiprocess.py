@@ -177,6 +177,7 @@ def test_two_processes_train_like_one(one_by_four, two_by_two):
   _assert_params_close(one_by_four, two_by_two[0], 1e-5)
   out = two_by_two[1]
   assert "[0] step 12: checkpoint" in out and "[1] step" not in out  # process 0 reports
+  assert "[Gloo]" not in out
 
 
 def _keep_only(src, dst, step):
