@@ -272,3 +272,20 @@ def test_one_process_killed_during_a_commit_stops_the_other_and_is_never_restore
   assert not [p for p in ckpt_dir.iterdir() if "tmp" in p.name]
   assert _losses(model_dir) == _losses(two_by_two[0])
   _assert_params_close(two_by_two[0], model_dir, 0)
+
+
+def test_the_readme_command_runs_the_demo_on_two_processes(setup, tmp_path):
+  """README's multi-process command (a short demo: the sample corpus, eval, checkpoint and
+  the greedy samples, which process 0 makes alone with the params gathered)."""
+  d, env = setup
+  env = {**env, "PYTHONPATH": str(REPO)}
+  command = [
+    sys.executable, "-m", "polylm_jax.launch", "--processes=2", "--devices_per_process=2",
+    "--", "--gin_file=gin/demo.gin", f'--gin.MODEL_DIR="{tmp_path / "demo"}"',
+    "--gin.DataSpec.data_shards=4", "--gin.TRAIN_STEPS=2", "--gin.EvalSpec.period=2",
+    "--gin.ReportSpec.sample_max_new_tokens=2",
+  ]  # fmt: skip
+  proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "[0] greedy continuations:" in proc.stdout
+  assert "[1] " not in proc.stdout  # process 1 prints nothing

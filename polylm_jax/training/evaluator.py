@@ -18,7 +18,7 @@ import numpy as np
 from polylm_jax.training import metrics as metrics_lib
 from polylm_jax.config import PolyLMConfig
 from polylm_jax.training.settings import EvalSpec
-from polylm_jax.training.prepare import to_global
+from polylm_jax.training.prepare import to_global, whole_on_this_process
 
 
 def resolve_benchmarks(spec: EvalSpec) -> list[Any]:
@@ -132,11 +132,7 @@ def _evaluate_on_every_process(config, params, vocab, specs, settings):
   scoring its share of the examples on its own devices (evaluation.checkpoint.evaluate_shares,
   the eval binary's way); all processes get the same results. The gather costs one copy of
   the params in host memory per process, once per benchmark eval."""
-  from jax.experimental import multihost_utils
-
-  from polylm_jax import partitioning
   from polylm_jax.evaluation import checkpoint as eval_checkpoint
 
-  whole = multihost_utils.process_allgather(params, tiled=True)
-  local = partitioning.make_mesh(-1, 1, 1, devices=jax.local_devices())
+  whole, local = whole_on_this_process(params)
   return eval_checkpoint.evaluate_shares(config, whole, vocab, specs, {**settings, "mesh": local})

@@ -96,6 +96,18 @@ def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedShar
   }
 
 
+def whole_on_this_process(params: Any) -> tuple[Any, jax.sharding.Mesh]:
+  """(params, mesh) for work one process does alone (greedy samples, benchmark shares): in a
+  multi-process run the sharded params gathered whole to host memory (a collective: every
+  process calls it) and a mesh of this process's devices; else the params on all devices."""
+  if jax.process_count() == 1:
+    return params, partitioning.make_mesh(-1, 1, 1)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  whole = multihost_utils.process_allgather(params, tiled=True)
+  return whole, partitioning.make_mesh(-1, 1, 1, devices=jax.local_devices())
+
+
 # -- the jitted functions -----------------------------------------------------------------------
 
 

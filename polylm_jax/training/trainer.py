@@ -60,6 +60,7 @@ from polylm_jax.training.prepare import (
   fingerprint,
   make_step_functions,
   to_global,
+  whole_on_this_process,
 )
 
 
@@ -546,9 +547,13 @@ def _start_and_loop(s, d, fns, checkpointer, counters, benchmark_names, out, jax
     final_report(out, manager.directory, manager.all_steps(), evals.last, d.languages)
     if s.report.sample_prompts:
       r = s.report
-      print_samples(
-        out, s.config, state.params, d.vocab, r.sample_prompts, r.sample_max_new_tokens, jax_mesh
-      )
+      params, mesh = state.params, jax_mesh
+      if jax.process_count() > 1:  # process 0 generates alone, on its own devices
+        params, mesh = whole_on_this_process(state.params)
+      if jax.process_index() == 0:
+        print_samples(
+          out, s.config, params, d.vocab, r.sample_prompts, r.sample_max_new_tokens, mesh
+        )
   return TrainResult(
     step=step, state=state, losses=reporter.losses, eval=evals.last, model_dir=s.model_dir,
     checkpoint_dir=manager.directory, preempted=bool(stop), rollbacks=counters.rollbacks,
