@@ -227,28 +227,33 @@ def chunked_loss_sum(
   terms = functools.partial(_per_token_losses, z_loss=z_loss, label_smoothing=label_smoothing)
 
   def forward(h, wte, targets, weights):
+    w_compute = wte.astype(dtype)  # cast (and gathered, under fsdp) once, not per chunk
+
     def body(_, xs):
       h_c, tgt_c, w_c = xs
-      loss, (nll, z_term) = terms(output_logits(h_c, wte, config), tgt_c)
+      loss, (nll, z_term) = terms(output_logits(h_c, w_compute, config), tgt_c)
       return None, (jnp.sum(loss * w_c), nll, z_term)
 
     _, (sums, nll, z_term) = jax.lax.scan(body, None, _chunk_positions(h, chunk, targets, weights))
     return jnp.sum(sums), _unchunk(nll, t), _unchunk(z_term, t)
 
   def forward_with_grads(h, wte, targets, weights):
-    w_compute = wte.astype(dtype)
-
     def body(d_wte, xs):
       h_c, tgt_c, w_c = xs
-      logits = output_logits(h_c, wte, config)
+      # Tied to the chunk, so XLA casts (and under fsdp gathers) the embedding per chunk rather
+      # than hoisting it out of the loop, where it would stay live beside this chunk's `part`.
+      w_compute, h_c = jax.lax.optimization_barrier((wte.astype(dtype), h_c))
+      logits = output_logits(h_c, w_compute, config)
       loss, vjp, (nll, z_term) = jax.vjp(lambda lg: terms(lg, tgt_c), logits, has_aux=True)
       (d_logits,) = vjp(w_c.astype(jnp.float32))
       d_logits = nn.with_logical_constraint(d_logits.astype(dtype), ("batch", "length", "vocab"))
       d_h = jnp.einsum("bcv,vd->bcd", d_logits, w_compute, preferred_element_type=jnp.float32)
-      d_wte = d_wte + jnp.einsum(
-        "bcv,bcd->vd", d_logits, h_c.astype(dtype), preferred_element_type=jnp.float32
-      )
-      d_wte = nn.with_logical_constraint(d_wte, ("vocab", "embed"))
+      # This chunk's share in the compute dtype (as the unchunked backward forms it), reduced
+      # over the batch shards to wte's sharding first: an fp32 [vocab, embed] partial sum per
+      # device would cost 4 bytes x the whole tied embedding under fsdp. Sums over chunks: fp32.
+      part = jnp.einsum("bcv,bcd->vd", d_logits, h_c.astype(dtype), preferred_element_type=dtype)
+      part = nn.with_logical_constraint(part, ("vocab", "embed"))
+      d_wte = nn.with_logical_constraint(d_wte + part.astype(jnp.float32), ("vocab", "embed"))
       return d_wte, (jnp.sum(loss * w_c), nll, z_term, d_h.astype(h_c.dtype), loss)
 
     xs = _chunk_positions(h, chunk, targets, weights)
