@@ -45,6 +45,7 @@ def test_a_short_run_derives_its_schedule_and_reaches_the_peak():
     (lambda: MeshSpec(fsdp=0), "MeshSpec.fsdp"),
     (lambda: LossSpec(dropout_rate=0.1), "DROPOUT_RATE=0.1"),
     (lambda: LossSpec(label_smoothing=1.0), "LABEL_SMOOTHING"),
+    (lambda: LossSpec(chunk_tokens=-1), "chunk_tokens"),
     (lambda: DataSpec("m", use_cached_tasks=True), "USE_CACHED_TASKS"),
     (lambda: DataSpec("m", {"inputs": 8, "targets": 8}), "decoder-only"),
     (lambda: DataSpec("", {"targets": 8}), "MIXTURE_OR_TASK_NAME"),

@@ -135,6 +135,7 @@ def make_step_functions(
   z_loss: float = 0.0,
   label_smoothing: float = 0.0,
   num_languages: int = step_lib.NUM_LANGUAGES,
+  loss_chunk_tokens: int = step_lib.LOSS_CHUNK_TOKENS,
 ) -> StepFunctions:
   """jax.jit with in/out shardings (pjit's successor) and the state donated to the step."""
   state_sh = step_lib.train_state_shardings(config, optimizer, mesh)
@@ -158,13 +159,19 @@ def make_step_functions(
       z_loss=z_loss,
       label_smoothing=label_smoothing,
       num_languages=num_languages,
+      loss_chunk_tokens=loss_chunk_tokens,
     ),
     in_shardings=(state_sh, batch_sh),
     out_shardings=(state_sh, replicated),
     donate_argnums=(0,),
   )
   eval_step = jax.jit(
-    functools.partial(step_lib.eval_step, config=config, num_languages=num_languages),
+    functools.partial(
+      step_lib.eval_step,
+      config=config,
+      num_languages=num_languages,
+      loss_chunk_tokens=loss_chunk_tokens,
+    ),
     in_shardings=(state_sh.params, batch_sh),
     out_shardings=replicated,
   )

@@ -490,6 +490,7 @@ def _train(s: _Settings, jax_mesh, manager, benchmark_names, out) -> TrainResult
   fns = make_step_functions(
     s.config, jax_mesh, tx, schedule, num_microbatches=s.mesh.num_microbatches,
     z_loss=s.loss.z_loss, label_smoothing=s.loss.label_smoothing,
+    loss_chunk_tokens=s.loss.chunk_tokens,
     num_languages=len(d.languages),
   )  # fmt: skip
   checkpointer = Checkpointer(
