@@ -128,6 +128,20 @@ def fail_fast() -> Iterator[None]:
     raise
 
 
+def define_flag(extra: str = "") -> None:
+  """The binaries' --distributed flag (absl), once per process."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  if "distributed" not in flags.FLAGS:
+    flags.DEFINE_enum(
+      "distributed",
+      "auto",
+      ["auto", "on", "off"],
+      "jax.distributed.initialize(): auto = when the environment names a multi-process job "
+      f"(see polylm_jax.distributed.maybe_initialize){extra}.",
+    )
+
+
 def _gather(array: np.ndarray) -> np.ndarray:
   """[process_count, *array.shape]: every process's `array`, in process order."""
   if jax.process_count() == 1:

@@ -61,14 +61,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-  if "distributed" not in flags.FLAGS:
-    flags.DEFINE_enum(
-      "distributed",
-      "auto",
-      ["auto", "on", "off"],
-      "jax.distributed.initialize(): auto = when the environment names a multi-process job "
-      "(see polylm_jax.distributed.maybe_initialize); each process scores its share.",
-    )
+  distributed.define_flag("; each process scores its share")
 
 
 if __name__ == "__main__":
