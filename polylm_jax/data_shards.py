@@ -92,14 +92,15 @@ def layout(total: int, batch_size: int, start: int, stop: int) -> Layout:
   """The shards covering rows [start, stop) of a batch of `batch_size` rows in `total` shards."""
   if batch_size % total:
     raise TopologyError(
-      f"BATCH_SIZE={batch_size} is not a multiple of DataSpec.data_shards={total}"
+      f"BATCH_SIZE={batch_size} is not a multiple of the data shards ({total}; "
+      "DataSpec.data_shards, else the checkpoint's or the process count)"
     )
   per = batch_size // total
   if start % per or stop % per:
     raise TopologyError(
       f"this process holds batch rows [{start}, {stop}), which do not fall on data shard "
       f"boundaries ({per} rows each of {total} shards): use a process count that divides "
-      f"DataSpec.data_shards={total}"
+      f"the data shards ({total})"
     )
   return Layout(total, start // per, (stop - start) // per, per)
 

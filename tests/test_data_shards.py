@@ -103,7 +103,9 @@ def test_resolve_count():
 
 def test_layout_checks():
   assert list(data_shards.layout(4, 8, 4, 8).shards) == [2, 3]
-  with pytest.raises(data_shards.TopologyError, match="not a multiple of DataSpec.data_shards"):
+  with pytest.raises(
+    data_shards.TopologyError, match=r"not a multiple of the data shards \(3; DataSpec.data_shards"
+  ):
     data_shards.layout(3, 8, 0, 8)
   with pytest.raises(data_shards.TopologyError, match="do not fall on data shard boundaries"):
     data_shards.layout(2, 8, 0, 2)

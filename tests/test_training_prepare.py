@@ -15,7 +15,7 @@ def test_check_batch_layout_names_the_numbers():
   prepare.check_batch_layout(16, mesh, 2, 1)
   with pytest.raises(
     ValueError,
-    match=r"8 data shards \(mesh data=2 x fsdp=4\) x "
+    match=r"microbatches: 8 \(mesh data=2 x fsdp=4\) x "
     r"num_microbatches=3 = 24",
   ):
     prepare.check_batch_layout(16, mesh, 3, 1)

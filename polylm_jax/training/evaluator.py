@@ -131,7 +131,8 @@ def _evaluate_on_every_process(config, params, vocab, specs, settings):
   """Benchmarks of a multi-process run: the params gathered whole to every process, each
   scoring its share of the examples on its own devices (evaluation.checkpoint.evaluate_shares,
   the eval binary's way); all processes get the same results. The gather costs one copy of
-  the params in host memory per process, once per benchmark eval."""
+  the params in host memory per process and one sharded over its devices, once per eval
+  (prepare.whole_on_this_process)."""
   from polylm_jax.evaluation import checkpoint as eval_checkpoint
 
   whole, local = whole_on_this_process(params)

@@ -74,8 +74,8 @@ def check_batch_layout(
     )
   if batch_size % (dp * num_microbatches):
     raise ValueError(
-      f"BATCH_SIZE={batch_size} is not divisible by the data shards times the microbatches: "
-      f"{dp} data shards (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}) x "
+      f"BATCH_SIZE={batch_size} is not divisible by the data-parallel devices times the "
+      f"microbatches: {dp} (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}) x "
       f"num_microbatches={num_microbatches} = {dp * num_microbatches}"
     )
 
@@ -99,13 +99,15 @@ def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedShar
 def whole_on_this_process(params: Any) -> tuple[Any, jax.sharding.Mesh]:
   """(params, mesh) for work one process does alone (greedy samples, benchmark shares): in a
   multi-process run the sharded params gathered whole to host memory (a collective: every
-  process calls it) and a mesh of this process's devices; else the params on all devices."""
+  process calls it; one leaf at a time passes whole through each device) and an fsdp mesh of
+  this process's devices, so that the copy placed there is sharded, not one per device;
+  with one process, the params as they are on all devices."""
   if jax.process_count() == 1:
     return params, partitioning.make_mesh(-1, 1, 1)
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
 
   whole = multihost_utils.process_allgather(params, tiled=True)
-  return whole, partitioning.make_mesh(-1, 1, 1, devices=jax.local_devices())
+  return whole, partitioning.make_mesh(1, -1, 1, devices=jax.local_devices())
 
 
 # -- the jitted functions -----------------------------------------------------------------------

@@ -211,7 +211,8 @@ class LossSpec:
 class EvalSpec:
   """Held-out loss per language every `period` steps (0: never) and at the end.
 
-  steps: batches per language (None: all held-out data, one host only). benchmark_tasks:
+  steps: batches per language (None: all held-out data; on several processes the data
+  shards that end first are padded with weight-0 batches). benchmark_tasks:
   benchmark task or mixture names (tasks/benchmark.py), comma-separated, run at every eval
   as well; their data: $POLYLM_EVAL_DATA_DIR or tasks.benchmark.configure(data_dir=...).
   """

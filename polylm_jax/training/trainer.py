@@ -77,6 +77,8 @@ class TrainResult:
   stop_signal: str | None = None  # 'SIGTERM' or 'SIGINT' when preempted
 
 
+STOP_CHECK_EVERY = 8  # steps between the processes' agreements on a stop signal
+
 # -- periodic work and signals -------------------------------------------------------------------
 
 
@@ -174,6 +176,7 @@ class _Run:
   save_at_end: bool
   multi_host: bool
   debug_batches: tuple[int, ...]
+  crc_rows: int  # the rows of data shard 0
   stream_state: dict = dataclasses.field(default_factory=dict)
 
   def next_batch(self) -> tuple[dict, dict]:
@@ -182,17 +185,23 @@ class _Run:
     host_batch = self.stream.next()
     self.stream_state = self.stream.state()
     nan_weights(host_batch, index, self.debug_batches)
-    info = {"stage": stage, "batch": index, "batch_crc": fingerprint(host_batch)}
+    # Data shard 0's rows (process 0 always makes shard 0): the same checksum of the same
+    # batch whatever the process count.
+    first_shard = {"inputs": host_batch["inputs"][: self.crc_rows]}
+    info = {"stage": stage, "batch": index, "batch_crc": fingerprint(first_shard)}
     return to_global(host_batch, self.fns.batch_shardings), info
 
-  def stop_requested(self, step: int) -> str | None:
-    """A stop signal (on any process: all stop at the same step, as they save together)."""
+  def stop_requested(self, step: int, final: bool) -> str | None:
+    """A stop signal. Several processes agree every STOP_CHECK_EVERY steps (and at the last
+    step): all stop at the same step, as they save together, and the agreement (a small
+    collective, which waits for the step in flight) does not stall every step."""
     received = self.signals.received
     if self.multi_host:
-      if distributed.any_process(received is not None):
+      if (step % STOP_CHECK_EVERY == 0 or final) and distributed.any_process(received is not None):
         return received or "stop signal on another process"
       if self.checkpointer.manager.reached_preemption(step):
         return "preemption"
+      return None
     return received
 
   def rolled_back(self, from_step: int, to_step: int, rng: jax.Array | None) -> None:
@@ -229,7 +238,7 @@ def _loop(run: _Run, state: step_lib.TrainState, step: int, max_skips: int):
         run.rolled_back(step, action.step, action.rng)
       state, step = action.state, action.step
       continue
-    stop = run.stop_requested(step)
+    stop = run.stop_requested(step, final)
     force = bool(stop) or (final and run.save_at_end)
     if run.checkpointer.save(step, state, run.rng, run.stream_state, run.counters, force=force):
       run.out.log(
@@ -388,16 +397,17 @@ def _build_data(s: _Settings, lay: data_shards.Layout, train_steps: int) -> _Dat
 def _data_layout(s: _Settings, manager, jax_mesh) -> data_shards.Layout:
   """This process's data shards: the count from DataSpec.data_shards, else the checkpoint's,
   else the process count (a mismatch fails naming both counts, before any data is read)."""
-  latest, saved = manager.latest_step(), None
-  if latest is not None:
+  saved, where = None, ""
+  for step in reversed(manager.all_steps()):  # the newest readable: the one resume takes
     try:
-      saved = (manager.saved_stream_state(latest) or {}).get("stream")
-    except Exception:  # a damaged step: the resume names it and takes an older one
-      saved = None
+      saved = (manager.saved_stream_state(step) or {}).get("stream")
+    except Exception:  # pylint: disable=broad-except  (damaged: the resume names it)
+      continue
+    where = f"{manager.directory}/{step}"
+    break
   count = data_shards.resolve_count(
-    s.data.data_shards, data_shards.saved_count(saved), jax.process_count(),
-    f"{manager.directory}/{latest}",
-  )  # fmt: skip
+    s.data.data_shards, data_shards.saved_count(saved), jax.process_count(), where
+  )
   sharding = partitioning.batch_sharding(jax_mesh)
   return data_shards.row_layout(count, s.data.batch_size, sharding, jax.process_index())
 
@@ -437,7 +447,8 @@ def _log_start(out, s: _Settings, jax_mesh, stream, origin: str, peak) -> None:
     f"tensor={jax_mesh.shape['tensor']} on {jax_mesh.size} "
     f"{jax_mesh.devices.flat[0].platform} device(s), {jax.process_count()} host(s); batch "
     f"{s.data.batch_size} x {s.data.seq_len} = {tokens:,} tokens/step in "
-    f"{s.mesh.num_microbatches} microbatch(es); peak {peak[0] or 0:.3g} FLOP/s/device "
+    f"{s.mesh.num_microbatches} microbatch(es), {stream.layout.total} data shard(s); peak "
+    f"{peak[0] or 0:.3g} FLOP/s/device "
     f"({peak[1]})"
   )
   out.log(
@@ -537,7 +548,7 @@ def _start_and_loop(s, d, fns, checkpointer, counters, benchmark_names, out, jax
       s.train_steps, d.stream, fns, checkpointer, counters, reporter,
       NonFiniteGuard(s.nonfinite, checkpointer, out.log), hooks, signals, out, start.rng,
       save_at_end=manager.policy.save_every > 0, multi_host=jax.process_count() > 1,
-      debug_batches=s.nonfinite.debug_batches,
+      debug_batches=s.nonfinite.debug_batches, crc_rows=d.layout.rows_per_shard,
     )  # fmt: skip
     state, step, stop = _loop(run, start.state, step, s.nonfinite.max_consecutive_skips)
   if not stop and s.eval.period and evals.last_step != step:
