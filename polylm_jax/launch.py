@@ -41,8 +41,11 @@ _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DEVICE_COUNT_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S*")
 POLL_SECONDS = 0.05
 CPU_COLLECTIVE_TIMEOUT_SECONDS = 600
-# Gloo (CPU collectives) prints one line per process each time it connects a group, on stdout.
-_NOISE = re.compile(rb"^\[Gloo\] Rank \d+ is connected to ")
+# Gloo (CPU collectives) prints a line per device each time it connects a group, on stdout,
+# from one thread per device: the lines of one process interleave, into fragments such as
+# "[Gloo] Rank [Gloo] Rank 2 is connected ..." and a lone "3 is connected to 3 peer ranks...",
+# and the count that ends a line may land alone on the next one.
+_NOISE = re.compile(rb"\[Gloo\] Rank |\d+ is connected to \d+ peer ranks")
 
 
 def check_module(module: str, env: Mapping[str, str]) -> None:
@@ -142,8 +145,11 @@ class _Console:
 
 def _pipe_lines(src: IO[bytes], dst: IO[str], prefix: str, console: _Console) -> None:
   """Copies a child's `src` to `dst` line by line, each line whole and prefixed."""
+  after_noise = False
   for raw in iter(src.readline, b""):
-    if not _NOISE.match(raw):
+    noise = bool(_NOISE.search(raw)) or (after_noise and raw.strip().isdigit())
+    after_noise = noise
+    if not noise:
       console.write(dst, prefix + raw.decode("utf-8", errors="replace"))
   src.close()
 

@@ -202,6 +202,12 @@ def test_launch_passes_signals_on_to_every_process(in_root, signum, status):
 def test_gloo_connection_lines_are_dropped():
   out = io.StringIO()
   console = launch._Console(out, io.StringIO())
-  src = io.BytesIO(b"[Gloo] Rank 0 is connected to 1 peer ranks. Expected : 1\nstep 1\n")
+  src = io.BytesIO(
+    b"[Gloo] Rank 0 is connected to 1 peer ranks. Expected : 1\nstep 1\n"
+    # two devices' threads of one process, interleaved
+    b"[Gloo] Rank [Gloo] Rank 2 is connected to 3 peer ranks. Expected number of connected"
+    b" peer ranks is : 3\n3 is connected to 3 peer ranks. Expected number of connected peer"
+    b" ranks is : \n3\nstep 2\n1\n"
+  )
   launch._pipe_lines(src, out, "[0] ", console)
-  assert out.getvalue() == "[0] step 1\n"
+  assert out.getvalue() == "[0] step 1\n[0] step 2\n[0] 1\n"  # a program's own "1" stays
