@@ -409,10 +409,13 @@ def test_init_checkpoint_starts_a_fresh_run_from_trained_params(
     (dict(mesh_data=-1, mesh_tensor=3), "does not divide"),
     (
       dict(batch_size=6, mesh_data=4, mesh_fsdp=2),
-      "BATCH_SIZE=6 is not divisible by the data shards",
+      "BATCH_SIZE=6 is not divisible by the data-parallel devices",
     ),
     (dict(batch_size=8, num_microbatches=3, devices="one"), "num_microbatches=3"),
-    (dict(batch_size=8, mesh_data=8, num_microbatches=2), r"8 data shards .* x num_microbatches=2"),
+    (
+      dict(batch_size=8, mesh_data=8, num_microbatches=2),
+      r"microbatches: 8 .* x num_microbatches=2",
+    ),
     (dict(task_feature_lengths={"targets": 65}), r"\['targets'\]=65 must be in \[1, max_len=64\]"),
     (dict(task_feature_lengths={"inputs": 8, "targets": 8}), "decoder-only"),
     (dict(dropout_rate=0.1), "DROPOUT_RATE=0.1"),
