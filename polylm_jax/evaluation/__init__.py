@@ -296,7 +296,9 @@ def _rank_task(config, params, vocab, spec, examples, *, batch_size, mesh, prefi
   return metrics, predictions, int(truncated.sum()), {"score": spec.score}
 
 
-def _generation_metrics(spec, texts, refs, bleu_tokenizers, notes):
+def generation_metrics(spec, texts, refs, bleu_tokenizers, notes):
+  """(metrics over all outputs, per-example scores) of a generation task; the eval binary
+  merges multi-process shares through it too (evaluation/checkpoint.py)."""
   if spec.metric == "squad":
     per = [metrics_lib.squad_scores(p, r) for p, r in zip(texts, refs)]
     return metrics_lib.squad_metrics(texts, refs), per
@@ -360,7 +362,7 @@ def _generate_task(
       text = text.split(spec.stop)[0]
     texts[j] = text.strip()
   refs = [list(ex.references) for ex in examples]
-  metrics, per = _generation_metrics(spec, texts, refs, bleu_tokenizers, notes)
+  metrics, per = generation_metrics(spec, texts, refs, bleu_tokenizers, notes)
   predictions = [
     {
       "id": ex.id,

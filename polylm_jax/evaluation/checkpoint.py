@@ -132,7 +132,7 @@ def _merge(
   else:
     texts = [p["prediction"] for p in predictions]
     refs = [p["references"] for p in predictions]
-    metrics, _ = evaluation._generation_metrics(  # pylint: disable=protected-access
+    metrics, _ = evaluation.generation_metrics(
       spec, texts, refs, settings["bleu_tokenizers"], notes
     )
   return evaluation.TaskResult(
