@@ -22,7 +22,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import itertools
 import os
 import threading
 from typing import Callable, Iterator, Optional, Sequence
@@ -145,17 +144,21 @@ def interleave_order(counts: Sequence[int], cycle: int, block: int) -> tuple[np.
 
 
 def encode(sp, texts: Sequence[bytes], eos: int, workers: int = 1) -> tuple[np.ndarray, ...]:
-  """(values int32, row splits int64) of `texts` tokenized in one call, eos after each."""
+  """(values int32, row splits int64) of `texts` tokenized in one call, eos after each.
+
+  SentencePiece returns each record's ids as a numpy buffer (no Python int per token) and
+  holds no GIL while it encodes; the join is whole-array numpy, so a pool thread running
+  this takes the GIL for about one small call per record."""
   n = len(texts)
-  ids = sp.encode(list(texts), num_threads=max(1, workers)) if n else []
   splits = np.zeros(n + 1, np.int64)
+  if not n:
+    return np.zeros(0, np.int32), splits
+  ids = sp.encode(list(texts), num_threads=max(1, workers), out_type="numpy")
   np.cumsum(np.fromiter(map(len, ids), np.int64, n) + 1, out=splits[1:])
-  vals = np.empty(int(splits[-1]), np.int32)
-  ends = splits[1:] - 1
+  vals = np.full(int(splits[-1]), eos, np.int32)
   body = np.ones(len(vals), bool)
-  body[ends] = False
-  vals[body] = np.fromiter(itertools.chain.from_iterable(ids), np.int32, len(vals) - n)
-  vals[ends] = eos
+  body[splits[1:] - 1] = False
+  vals[body] = np.concatenate(ids)
   return vals, splits
 
 
@@ -289,20 +292,23 @@ class TextUnit:
       if start < len(self):
         yield vals[splits[start] :], splits[start:] - splits[start]
       return
-    batches = (self._texts(sel) for sel in self._slices(start))
+    slices = self._slices(start)
     if self._workers <= 1:
-      for texts in batches:
-        yield encode(self._sp, texts, self._eos)
+      for sel in slices:
+        yield self._encode(sel)
       return
-    # workers > 1: the next chunks are tokenized in the shared pool while this one is packed
-    pool, pending = _pool(self._workers), collections.deque()
-    for texts in itertools.islice(batches, self._workers):
-      pending.append(pool.submit(encode, self._sp, texts, self._eos))
-    while pending:
-      done = pending.popleft().result()
-      for texts in itertools.islice(batches, 1):
-        pending.append(pool.submit(encode, self._sp, texts, self._eos))
-      yield done
+    # workers > 1: while one chunk is packed the next is tokenized in the shared pool. One
+    # chunk ahead per unit, so a unit read only briefly wastes little; a chunk not started
+    # when it is needed is tokenized here with `workers` SentencePiece threads instead.
+    pool, ahead, sel = _pool(self._workers), None, next(slices, None)
+    while sel is not None:
+      if ahead is not None and not ahead.cancel():
+        current = ahead.result()
+      else:
+        current = self._encode(sel, self._workers)
+      sel = next(slices, None)
+      ahead = None if sel is None else pool.submit(self._encode, sel)
+      yield current
 
   def _slices(self, start: int) -> Iterator[slice]:
     a, size = start, max(1, self._chunk // 32)  # small first: a fresh stream starts fast
@@ -310,8 +316,10 @@ class TextUnit:
       yield slice(a, a + size)
       a, size = a + size, min(2 * size, self._chunk)
 
-  def _texts(self, sel: slice) -> list[bytes]:
-    return [self._records[f][r] for f, r in zip(self._order_f[sel], self._order_r[sel])]
+  def _encode(self, sel: slice, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The records in `sel`, listed and tokenized (in a pool thread, or the reader's)."""
+    recs, files, rows = self._records, self._order_f[sel].tolist(), self._order_r[sel].tolist()
+    return encode(self._sp, [recs[f][r] for f, r in zip(files, rows)], self._eos, workers)
 
 
 _POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
