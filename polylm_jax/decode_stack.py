@@ -11,13 +11,18 @@ checks each against the full forward pass):
       on CPU made batch-1 steps about 1.8x slower (benchmarks/decode.py --layer_loop).
 
 The unrolled step runs the model's own LayerNorm and Mlp modules on each layer's weights; only
-the attention is written out here (`_attention`), because its cache is laid out
-[batch, heads, slots, head_dim] (the model's is [batch, slots, heads, head_dim]): both
-attention dots then read the cache as it lies. With the model's layout XLA on CPU transposed
-the whole key and value cache of every layer at every step (a profile of polylm_mid at batch 8:
-about a fifth of the step). The unrolled path also computes logits for the last real token of
-each row only during the prefill. Prompts are right-padded: the prefill sets each row's cache
-index to its length (as model.py does), the layout t5x's decoding uses too.
+the attention is written out here (`_attention`), because its cache is laid out for XLA on CPU:
+keys [batch * heads, head_dim, slots] and values [batch * heads, slots, head_dim] are the
+operands of the two attention dots as they lie (one batch axis, contraction where the CPU dot
+wants it), so a step neither transposes nor copies the cache (with [batch, heads, ...] arrays
+XLA copied each layer's key and value cache several times per step; with the model's
+[batch, slots, heads, head_dim] it transposed all of it). Prompts are right-padded and the
+prefill leaves every row's next token at the same slot, the padded prompt width: padding
+slots keep segment id 0 and are never attended to, positions come from the caller (each
+row's own length onwards), and each step writes the cache with one in-place
+dynamic-update-slice at a scalar slot (per-row slots lowered to a scatter, a select and more
+copies). The unrolled path also computes logits for the last real token of each row only
+during the prefill.
 """
 
 from __future__ import annotations
@@ -80,27 +85,41 @@ class DecodeStack:
   # -- cache ------------------------------------------------------------------------------
 
   def init_cache(self, batch: int) -> Any:
-    """Unrolled: per layer key/value [batch, heads, slots, head_dim] (compute dtype); one
-    segment id per slot [batch, slots] and one write index per row [batch] for all layers."""
+    """Unrolled: per layer keys [batch * heads, head_dim, slots] and values [batch * heads,
+    slots, head_dim] (compute dtype), the layouts the attention dots read without a copy; one
+    segment id per slot [batch, slots] and one write slot (a scalar) for all rows and layers."""
     if not self.unrolled:
       return init_cache(self.config, batch)
     cfg = self.config
-    kv = (batch, cfg.num_heads, cfg.max_len, cfg.head_dim)
-    zeros = lambda: jnp.zeros(kv, jnp.dtype(cfg.dtype))
+    n, dtype = batch * cfg.num_heads, jnp.dtype(cfg.dtype)
     return dict(
-      layers=[dict(key=zeros(), value=zeros()) for _ in range(cfg.num_layers)],
+      layers=[
+        dict(
+          key=jnp.zeros((n, cfg.head_dim, cfg.max_len), dtype),
+          value=jnp.zeros((n, cfg.max_len, cfg.head_dim), dtype),
+        )
+        for _ in range(cfg.num_layers)
+      ],
       segment_ids=jnp.zeros((batch, cfg.max_len), jnp.int32),
-      index=jnp.zeros((batch,), jnp.int32),
+      index=jnp.zeros((), jnp.int32),
     )
+
+  def _map_rows(self, cache: Any, fn) -> Any:
+    """fn over the batch axis of every per-row cache array (the unrolled keys and values
+    are [batch * heads, ...]: viewed as [batch, heads, ...] for it)."""
+    if not self.unrolled:
+      return jax.tree.map(lambda x: x if x.ndim <= 1 else fn(x, 1), cache)
+    heads = self.config.num_heads
+    by_row = lambda x: fn(x.reshape((-1, heads) + x.shape[1:]), 0).reshape((-1,) + x.shape[1:])
+    layers = [jax.tree.map(by_row, kv) for kv in cache["layers"]]
+    return dict(cache, layers=layers, segment_ids=fn(cache["segment_ids"], 0))
 
   def take_rows(self, cache: Any, rows: jax.Array) -> Any:
     """Reorders / selects batch rows of the cache (beam search)."""
-    axis = 0 if self.unrolled else 1
-    return jax.tree.map(lambda x: x if x.ndim <= axis else jnp.take(x, rows, axis=axis), cache)
+    return self._map_rows(cache, lambda x, axis: jnp.take(x, rows, axis=axis))
 
   def repeat_rows(self, cache: Any, k: int) -> Any:
-    axis = 0 if self.unrolled else 1
-    return jax.tree.map(lambda x: x if x.ndim <= axis else jnp.repeat(x, k, axis=axis), cache)
+    return self._map_rows(cache, lambda x, axis: jnp.repeat(x, k, axis=axis))
 
   # -- forward ----------------------------------------------------------------------------
 
@@ -115,8 +134,10 @@ class DecodeStack:
   ) -> tuple[jax.Array, Any]:
     """Logits [B, V] after the last column (or [B, T, V] with last_only=False); new cache.
 
-    lengths [B] (a prefill of right-padded rows): each row's index moves to its length and
-    the [B, V] logits are those after its last real token, column lengths - 1."""
+    lengths [B] (a prefill of right-padded rows): the [B, V] logits are those after each
+    row's last real token, column lengths - 1. The callers' next positions are the rows'
+    lengths; the next write slot is each row's length ("scan", as model.py) or the padded
+    width for every row ("unrolled")."""
     last = None if lengths is None else jnp.maximum(lengths, 1) - 1
     if not self.unrolled:
       logits, variables = PolyLM(self.config).apply(
@@ -136,19 +157,19 @@ class DecodeStack:
     x = jnp.take(p["wte"], tokens, axis=0) + jnp.take(p["wpe"], positions, axis=0)
     x = nn.with_logical_constraint(x.astype(residual_dtype), (BATCH, LENGTH, EMBED))
     start, t = cache["index"], tokens.shape[1]
-    write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis=0))
-    seg_cache = write(cache["segment_ids"], segment_ids.astype(jnp.int32), start)
+    seg_cache = jax.lax.dynamic_update_slice_in_dim(
+      cache["segment_ids"], segment_ids.astype(jnp.int32), start, axis=1
+    )
     # Query slot q sees the slots <= q of its own segment (as model.py's Attention).
-    q_slots = start[:, None] + jnp.arange(t)
-    mask = (jnp.arange(cfg.max_len)[None, None, :] <= q_slots[:, :, None]) & (
+    q_slots = start + jnp.arange(t)
+    mask = (jnp.arange(cfg.max_len)[None, None, :] <= q_slots[None, :, None]) & (
       segment_ids[:, :, None] == seg_cache[:, None, :]
     )
     new_layers = []
     for layer, kv in zip(self.layers, cache["layers"]):
       x, kv = _block(cfg, layer, kv, x, start, mask)
       new_layers.append(kv)
-    end = start + t if lengths is None else lengths.astype(jnp.int32)
-    new_cache = dict(layers=new_layers, segment_ids=seg_cache, index=end)
+    new_cache = dict(layers=new_layers, segment_ids=seg_cache, index=start + t)
     if last_only:
       x = x[:, -1:] if last is None else _take_column(x, last)[:, None]
     h = _layer_norm(cfg, p["ln_f"], x).astype(jnp.dtype(cfg.dtype))
@@ -189,29 +210,23 @@ def _block(cfg: PolyLMConfig, p: Any, kv: Any, x: jax.Array, start: jax.Array, m
 
 
 def _attention(cfg: PolyLMConfig, p: Any, kv: Any, x: jax.Array, start: jax.Array, mask):
-  """model.py's Attention in decode mode, the cache laid out [batch, heads, slots, head_dim]:
-  writes this call's keys/values at each row's `start`, attends under `mask` [B, T, slots]."""
+  """model.py's Attention in decode mode on this module's cache layout (see the top): writes
+  this call's keys/values at slot `start` (a scalar), attends under `mask` [B, T, slots]."""
   dtype = jnp.dtype(cfg.dtype)
   qkv = jnp.einsum("btd,dnhk->btnhk", x, p["qkv_kernel"].astype(dtype))
   qkv = qkv + p["qkv_bias"].astype(dtype)
+  b, t, _, h, k = qkv.shape
   q = nn.with_logical_constraint(qkv[:, :, 0], (BATCH, LENGTH, HEADS, KV))
-  to_cache = lambda a: nn.with_logical_constraint(
-    a.transpose(0, 2, 1, 3), (BATCH, HEADS, LENGTH, KV)
-  )
-  write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis=1))
-  keys = write(kv["key"], to_cache(qkv[:, :, 1]), start)
-  values = write(kv["value"], to_cache(qkv[:, :, 2]), start)
-  logits = jnp.einsum(
-    "bqhk,bhsk->bhqs",
-    q * (1.0 / math.sqrt(cfg.head_dim)),
-    keys,
-    preferred_element_type=jnp.float32,
-  )
-  logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-  out = nn.with_logical_constraint(
-    jnp.einsum("bhqs,bhsk->bqhk", probs, values), (BATCH, LENGTH, HEADS, KV)
-  )
+  q = q.transpose(0, 2, 1, 3).reshape(b * h, t, k) * (1.0 / math.sqrt(cfg.head_dim))
+  new_keys = qkv[:, :, 1].transpose(0, 2, 3, 1).reshape(b * h, k, t)
+  new_values = qkv[:, :, 2].transpose(0, 2, 1, 3).reshape(b * h, t, k)
+  keys = jax.lax.dynamic_update_slice_in_dim(kv["key"], new_keys, start, axis=2)
+  values = jax.lax.dynamic_update_slice_in_dim(kv["value"], new_values, start, axis=1)
+  logits = jnp.einsum("nqk,nks->nqs", q, keys, preferred_element_type=jnp.float32)
+  logits = jnp.where(mask[:, None], logits.reshape(b, h, t, -1), jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(b * h, t, -1)
+  out = jnp.einsum("nqs,nsk->nqk", probs, values).reshape(b, h, t, k).transpose(0, 2, 1, 3)
+  out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, KV))
   y = jnp.einsum("bthk,hkd->btd", out, p["out_kernel"].astype(dtype)) + p["out_bias"].astype(dtype)
   return nn.with_logical_constraint(y, (BATCH, LENGTH, EMBED)), dict(key=keys, value=values)
 

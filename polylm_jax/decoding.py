@@ -1,8 +1,8 @@
 """Generation and scoring: everything that turns a PolyLM into tokens or log-likelihoods.
 
 One jitted function per call shape runs the whole generation: a prefill of the right-padded
-prompts (padding has segment id 0; each row's cache index then moves to its own length, the
-layout t5x's decoding uses too), then a `lax.while_loop` of cached one-token steps that exits
+prompts (padding has segment id 0, never attended to; each row's positions then continue from
+its own length), then a `lax.while_loop` of cached one-token steps that exits
 as soon as every row has emitted eos or `max_new_tokens` is reached. No host sync inside; the
 greedy path does only an argmax. Speed (profiled; docs/inference.md "Speed"): the layer weights
 are split once per call or once for good (`prepare`), the step's cache is laid out for the
