@@ -5,9 +5,11 @@ Each side runs in its own process (the tree's `polylm_jax` first on PYTHONPATH),
 --cpus, unit caches off:
   cold     packed tokens/s of the stage-1 recipe (30% non-English, T = 1, no bitext) over
            `polylm_{lang}_bench` tasks, each language's sample text copied --copies times (the
-           sample corpus alone is too small to time reading); this tree reads in chunks then
-           (no file tokenized whole up front), also with --workers SentencePiece threads (on
-           as many cores).
+           sample corpus alone is too small to time reading), timed after --warmup batches
+           (a run's steady state; its start is `first`); this tree reads in chunks then (no
+           file tokenized whole up front), also with each of --workers SentencePiece threads
+           (on as many cores). Beside each: tokens per CPU second of the main thread (what
+           one Python thread caps) and of all threads (c cores cap c times that).
   first    the first batch of a fresh stream (it opens all 18 sources), and the threads the
            process holds then, per open source.
   shards   --shards streams of one process, shard v of V (the trainer's data shards), each
@@ -45,12 +47,15 @@ def parse_args(argv=None):
   p.add_argument("--seq_len", type=int, default=2048)
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--batches", type=int, default=40, help="batches timed per cold run")
+  p.add_argument("--warmup", type=int, default=20, help="batches read before a cold run's timing")
   p.add_argument("--warm_batches", type=int, default=50)
   p.add_argument("--copies", type=int, default=30, help="copies of each sample file")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--resume_steps", type=int, default=20, help="the 1x of the resume test")
   p.add_argument("--shards", type=int, default=8, help="streams of one process (data shards)")
-  p.add_argument("--workers", type=int, default=2, help="SentencePiece threads (and cores)")
+  p.add_argument(
+    "--workers", default="2", help="SentencePiece threads (and cores) per cold run, e.g. 2,4"
+  )
   p.add_argument("--cpu", type=int, default=0, help="the first core to run on")
   p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
   p.add_argument("--side", default="", help=argparse.SUPPRESS)  # internal: one side, as JSON
@@ -80,6 +85,17 @@ def write_corpus(directory: str, copies: int) -> list[str]:
       f.write("\n".join(text * copies) + "\n")
     lines_all += text * copies
   return lines_all
+
+
+def worker_counts(args) -> list[int]:
+  """The --workers counts above 1, each checked against the cores from --cpu on."""
+  try:
+    counts = sorted({int(w) for w in args.workers.split(",")})
+  except ValueError:
+    sys.exit(f"--workers={args.workers!r}: expected comma-separated integers, e.g. 2,4")
+  if counts[0] < 1 or args.cpu + counts[-1] > os.cpu_count():
+    sys.exit(f"--workers={args.workers}: needs cores {args.cpu}..{args.cpu + counts[-1] - 1}")
+  return [w for w in counts if w > 1]
 
 
 def _threads() -> int:
@@ -116,22 +132,26 @@ def measure(args) -> dict:
       [plan], seq_len=args.seq_len, batch_size=args.batch_size, seed=seed, name="b", **kw
     )
 
-  def cold(workers):
-    rates, firsts, threads = [], [], []
+  def cold(workers, key):
+    tokens = args.batches * args.batch_size * args.seq_len
     for r in range(args.repeats):
       clear()
       before = _threads()
       s = packed(r, workers)
       t0 = time.perf_counter()
       s.next()
-      t1 = time.perf_counter()
-      threads.append((_threads() - before) / len(plan.tasks))
+      out.setdefault(key.replace("cold", "first"), []).append(time.perf_counter() - t0)
+      if workers == 1:  # the pool's threads are not the sources'
+        out.setdefault("threads", []).append((_threads() - before) / len(plan.tasks))
+      for _ in range(args.warmup):
+        s.next()
+      t1, main, cpu = time.perf_counter(), time.thread_time(), time.process_time()
       for _ in range(args.batches):
         s.next()
-      rates.append(args.batches * args.batch_size * args.seq_len / (time.perf_counter() - t1))
-      firsts.append(t1 - t0)
+      out.setdefault(key, []).append(tokens / (time.perf_counter() - t1))
+      out.setdefault(f"{key}_main", []).append(tokens / (time.thread_time() - main))
+      out.setdefault(f"{key}_cpu", []).append(tokens / (time.process_time() - cpu))
       del s
-    return rates, firsts, threads
 
   readers.UNIT_CACHE.max_tokens = 0  # cold: no unit served from memory
   if has_workers:  # nor a file tokenized whole at opening: only what is read, in chunks
@@ -139,10 +159,10 @@ def measure(args) -> dict:
 
     eager, text_units.EAGER_BYTES = text_units.EAGER_BYTES, 0
   if "cold" in parts or "first" in parts:
-    out["cold"], out["first"], out["threads"] = cold(1)
-    if has_workers and args.workers > 1:
-      os.sched_setaffinity(0, set(range(args.cpu, args.cpu + args.workers)))
-      out["cold_workers"], out["first_workers"], _ = cold(args.workers)
+    cold(1, "cold")
+    for w in worker_counts(args) if has_workers else ():
+      os.sched_setaffinity(0, set(range(args.cpu, args.cpu + w)))
+      cold(w, f"cold_w{w}")
       os.sched_setaffinity(0, {args.cpu})
   readers.UNIT_CACHE.max_tokens = 1 << 24
   if has_workers:
@@ -200,8 +220,8 @@ def resume(args, packed, clear) -> dict:
 def run_side(args, tree: str, corpus: str) -> dict:
   env = dict(os.environ, PYTHONPATH=tree, TF_CPP_MIN_LOG_LEVEL="3")
   env["POLYLM_JAX_UNIT_DISK_CACHE"] = "0"  # measure the pipeline, not the cache
-  keep = ("seq_len", "batch_size", "batches", "warm_batches", "repeats", "resume_steps",
-          "shards", "workers", "cpu", "parts")  # fmt: skip
+  keep = ("seq_len", "batch_size", "batches", "warmup", "warm_batches", "repeats",
+          "resume_steps", "shards", "workers", "cpu", "parts")  # fmt: skip
   argv = [f"--{k}={getattr(args, k)}" for k in keep]
   cmd = [sys.executable, os.path.abspath(__file__), *argv, "--side", tree, "--corpus", corpus]
   done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
@@ -217,7 +237,7 @@ def raw_sentencepiece(args, lines) -> dict:
 
   sp = spm.SentencePieceProcessor(model_file=vocab_lib.get_vocabulary().sentencepiece_model_file)
   out = {}
-  for workers in sorted({1, args.workers}):
+  for workers in [1, *worker_counts(args)]:
     os.sched_setaffinity(0, set(range(args.cpu, args.cpu + workers)))
     out[workers] = []
     for _ in range(args.repeats):
@@ -230,6 +250,7 @@ def raw_sentencepiece(args, lines) -> dict:
 
 def main(argv=None):
   args = parse_args(argv)
+  worker_counts(args)
   os.sched_setaffinity(0, {args.cpu})  # before TensorFlow sizes its pools
   if args.side:
     print(json.dumps(measure(args)))
@@ -242,15 +263,20 @@ def main(argv=None):
   got = {name: run_side(args, tree, corpus) for name, tree in sides}
   raw = raw_sentencepiece(args, lines)
   print(
-    f"# core {args.cpu} (+{args.workers - 1} for workers); 18 languages x {args.copies} copies "
-    f"of the sample text, {len(lines):,} lines; rows {args.batch_size} x {args.seq_len}; "
-    f"median (min-max) of {args.repeats}"
+    f"# core {args.cpu} (+ cores for workers {args.workers}); 18 languages x {args.copies} "
+    f"copies of the sample text, {len(lines):,} lines; rows {args.batch_size} x {args.seq_len}; "
+    f"{args.batches} batches timed after {args.warmup}; median (min-max) of {args.repeats}"
   )
-  rows = [
-    ("packed stage-1 tokens/s, one core", "cold", "tok/s", 1.0),
-    (f"packed stage-1 tokens/s, workers {args.workers}", "cold_workers", "tok/s", 1.0),
+  rows = [("packed stage-1 tokens/s, one core", "cold", "tok/s", 1.0)]
+  for w in worker_counts(args):
+    rows.append((f"packed stage-1 tokens/s, workers {w} on {w} cores", f"cold_w{w}", "tok/s", 1.0))
+  for w in [1, *worker_counts(args)]:
+    key = "cold" if w == 1 else f"cold_w{w}"
+    rows.append((f"  workers {w}: tokens per main-thread CPU s", f"{key}_main", "tok", 1.0))
+    rows.append((f"  workers {w}: tokens per CPU s, all threads", f"{key}_cpu", "tok", 1.0))
+  rows += [
     ("first batch of a fresh stream (18 sources)", "first", "ms", 1e3),
-    (f"first batch, workers {args.workers}", "first_workers", "ms", 1e3),
+    *[(f"first batch, workers {w}", f"first_w{w}", "ms", 1e3) for w in worker_counts(args)],
     ("threads per open source", "threads", "", 1.0),
     (f"{args.shards} shard streams of one process: build + first batch", "shards", "ms", 1e3),
     ("warm stage-1 tokens/s (scheduling + packing)", "warm", "tok/s", 1.0),
@@ -258,14 +284,14 @@ def main(argv=None):
     (f"restore + first batch after {10 * args.resume_steps} steps", "resume_10", "ms", 1e3),
   ]
   width = max(len(r[0]) for r in rows) + 2
-  print(f"{'':{width}}" + "".join(f"{name:>32}" for name, _ in sides))
+  print(f"{'':{width}}" + "".join(f"{name:>40}" for name, _ in sides))
   for label, key, unit, scale in rows:
     cells = [summary(got[name].get(key, []), unit, scale) for name, _ in sides]
     if any(c != "-" for c in cells):
-      print(f"{label:{width}}" + "".join(f"{c:>32}" for c in cells))
+      print(f"{label:{width}}" + "".join(f"{c:>40}" for c in cells))
   for workers, rates in raw.items():
     print(
-      f"{f'raw SentencePiece encode tokens/s, {workers} thread(s)':{width}}{summary(rates, 'tok/s'):>32}"
+      f"{f'raw SentencePiece encode tokens/s, {workers} thread(s)':{width}}{summary(rates, 'tok/s'):>40}"
     )
   one = statistics.median(raw[1])
   for name, _ in sides:
