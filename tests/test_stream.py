@@ -506,3 +506,52 @@ def test_fast_read_workers_give_the_same_batches(monkeypatch):
   assert got[1] == got[3]
   pool = [t for t in threading.enumerate() if t.name.startswith("polylm-tokenize")]
   assert 1 <= len(pool) <= 3
+
+
+def test_encode_is_each_records_ids_then_eos():
+  """One SentencePiece call for all records (numpy buffers): each record's own ids and eos."""
+  from polylm_jax import text_units
+  from polylm_jax import vocab as vocab_lib
+
+  vocab = vocab_lib.get_vocabulary()
+  texts = ["Hello world".encode(), b"", "数据 pipeline, 2 threads".encode(), b"x" * 300]
+  vals, splits = text_units.encode(vocab.tokenizer, texts, 2, workers=2)
+  want = [vocab.tokenizer.encode(t.decode()) + [2] for t in texts]
+  assert splits.tolist() == np.cumsum([0] + [len(w) for w in want]).tolist()
+  assert vals.dtype == np.int32 and vals.tolist() == sum(want, [])
+  empty_vals, empty_splits = text_units.encode(vocab.tokenizer, [], 2)
+  assert len(empty_vals) == 0 and empty_splits.tolist() == [0]
+
+
+def test_workers_tokenize_one_chunk_ahead(monkeypatch):
+  """workers > 1: a unit of which k chunks are read has tokenized at most k + 1 (a unit read
+  only briefly wastes one chunk), and its chunks are those of workers=1."""
+  import tasks  # noqa: F401
+  from polylm_jax import readers, text_units
+
+  monkeypatch.setattr(text_units, "EAGER_BYTES", 0)
+  encoded = []
+  real = text_units.encode
+
+  def counting(sp, texts, eos, workers=1):
+    encoded.append(len(texts))
+    return real(sp, texts, eos, workers)
+
+  monkeypatch.setattr(text_units, "encode", counting)
+  task = readers.get_task("polylm_en_sample", "train")
+  vocab = task.output_features["targets"].vocabulary
+  plan = text_units.plan_for(task, "train")
+  got = {}
+  for workers in (1, 2):
+    _fresh_caches()
+    unit = text_units.TextUnit(plan, None, vocab, workers=workers, chunk=64)
+    chunks = unit.chunks(3)
+    got[workers] = [next(chunks) for _ in range(3)]  # 2 + 4 + 8 records (64 // 32, doubling)
+    text_units._pool(2).submit(lambda: None).result()  # all submitted before have started
+    if workers == 1:
+      assert encoded == [2, 4, 8]
+    else:
+      assert encoded[:3] == [2, 4, 8] and sum(encoded[3:]) <= 16
+    encoded.clear()
+  for (v1, s1), (v2, s2) in zip(got[1], got[2]):
+    assert np.array_equal(v1, v2) and np.array_equal(s1, s2)
