@@ -18,6 +18,12 @@ the same process, so the library's before and after alternate with PyTorch step 
   python benchmarks/train_step.py                  # 6 layers, d 512, vocab 32000, 4 x 512, 3 runs
   python benchmarks/train_step.py --base_tree /tmp/base --runs 3
   python benchmarks/train_step.py --steps 20 --layers 2 --runs 1
+  python benchmarks/train_step.py --ab_config scan_unroll=6   # a config field, A/B
+  python benchmarks/train_step.py --ceiling   # + the step's matrix products alone, per run
+
+--ceiling times every matrix product of the step as a bare fp32 product in JAX and PyTorch on
+the same CPUs after the steps (benchmarks/gemm_ceiling.py) and prints the fastest a step doing
+those products could be, and where each side and "1.2x PyTorch" stand against it.
 """
 
 from __future__ import annotations
@@ -51,10 +57,22 @@ def parse_args(argv=None):
     "(e.g. xla_cpu_use_xnnpack=true), alternating in the same process",
   )
   p.add_argument(
+    "--ab_config",
+    default="",
+    help="NAME=VALUE: also time the project step with this PolyLMConfig field changed "
+    "(e.g. scan_unroll=6), alternating in the same process",
+  )
+  p.add_argument(
     "--with_lean",
     action="store_true",
     help="also time a minimal JAX step (loss, grad, optax update; no guard, no "
     "metrics) to measure what the project step's extras cost",
+  )
+  p.add_argument(
+    "--ceiling",
+    action="store_true",
+    help="also time the step's matrix products alone (benchmarks/gemm_ceiling.py): the "
+    "fastest any step doing them can be on these CPUs",
   )
   p.add_argument("--runs", type=int, default=3, help="fresh processes, one after another")
   p.add_argument("--cpus", type=int, default=0, help="CPUs for both sides (0: all available)")
@@ -103,6 +121,27 @@ from polylm_jax.config import PolyLMConfig
 from polylm_jax.model import PolyLM, init_params
 
 LR, WD, BETAS, EPS, CLIP = 6e-5, 1e-4, (0.9, 0.95), 1e-8, 1.0
+CEILING = "_ceiling"
+
+
+def _field_value(text: str):
+  """--ab_config's VALUE as the config field wants it: int, float, bool or string."""
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _gemm_ceiling():
+  """benchmarks/gemm_ceiling.py, next to this file (also when a test loads this one by path)."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  if here not in sys.path:
+    sys.path.append(here)
+  return importlib.import_module("gemm_ceiling")
+
+
 THIS_TREE = types.SimpleNamespace(
   optim=optim, ts=ts, PolyLMConfig=PolyLMConfig, init_params=init_params
 )
@@ -293,6 +332,10 @@ def run_once(a, log=print) -> dict:
       value = {"true": True, "false": False}.get(value.lower(), value)
       add("jax+opt", lambda: jax_side(cfg, tokens, {name: value}))
       info[-1] += f" ({name}={value})"
+    if a.ab_config:
+      name, _, value = a.ab_config.partition("=")
+      add("jax+cfg", lambda: jax_side(cfg.replace(**{name: _field_value(value)}), tokens))
+      info[-1] += f" ({name}={value})"
     if a.with_lean:
       add("jax_lean", lambda: jax_lean_side(cfg, tokens))
   if a.only in ("both", "torch"):
@@ -316,16 +359,25 @@ def run_once(a, log=print) -> dict:
       t0 = time.perf_counter()
       sides[k]()
       times[k].append(time.perf_counter() - t0)
-  return {k: summary(v, a.batch * a.seq) for k, v in times.items()}
+  out = {k: summary(v, a.batch * a.seq) for k, v in times.items()}
+  if a.ceiling:  # after the steps, on the same CPUs, minutes apart at most
+    gemm_ceiling = _gemm_ceiling()
+    products = gemm_ceiling.step_products(
+      a.layers, a.d_model, a.heads, 4 * a.d_model, a.vocab, a.batch, a.seq
+    )
+    out[CEILING] = gemm_ceiling.measure(products, with_torch="torch" in sides)
+  return out
 
 
 def _cell(r: dict) -> str:
   return f"{r['median']:8.0f} ({r['min']:.0f}-{r['max']:.0f})"
 
 
-def report(runs: list[dict], log=print) -> dict:
+def report(runs: list[dict], log=print, tokens: int = 0) -> dict:
   """Each run's line (median (min-max) tokens/s per side, ratio to torch), then the median
-  over runs of each side's median and of each ratio, with the runs' range."""
+  over runs of each side's median and of each ratio, with the runs' range; with --ceiling,
+  each run's ceiling lines."""
+  ceilings = [r.pop(CEILING) for r in runs if CEILING in r]
   sides = list(runs[0])
   ratios = [k for k in sides if k != "torch" and "torch" in sides]
   log(
@@ -353,6 +405,18 @@ def report(runs: list[dict], log=print) -> dict:
       for k, v in out.items()
     )
   )
+  gemm_ceiling = _gemm_ceiling() if ceilings else None
+  for i, c in enumerate(ceilings):
+    log(f"run {i + 1} ceiling (same process, after its steps):")
+    if i == 0:
+      for line in gemm_ceiling.summarize_rows(c):
+        log(line)
+    for line in gemm_ceiling.describe(c, tokens, {k: runs[i][k]["median"] for k in sides}):
+      log("  " + line)
+  if ceilings:
+    out["ceiling"] = [tokens / c["best_s"] for c in ceilings]
+    if "torch" in out:
+      log(gemm_ceiling.verdict(out["ceiling"], out["torch"]["median"]))
   return out
 
 
@@ -375,7 +439,7 @@ def main(a, argv: list[str] | None = None) -> int:
     if a.json:
       print(json.dumps(res))
     else:
-      report([res])
+      report([res], tokens=a.batch * a.seq)
     return 0
   argv = sys.argv[1:] if argv is None else argv
   runs = []
@@ -388,7 +452,7 @@ def main(a, argv: list[str] | None = None) -> int:
       print(out.stderr.strip())
     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"run {i + 1}/{a.runs} done", flush=True)
-  report(runs)
+  report(runs, tokens=a.batch * a.seq)
   return 0
 
 

@@ -23,7 +23,7 @@ class PolyLMConfig:
   """The architecture and numerics of one PolyLM model.
 
   Architecture fields are fixed by the released checkpoints; `dtype`, `residual_fp32`,
-  `remat_policy` and `attention_impl` only change how the same function is computed.
+  `remat_policy`, `attention_impl` and `scan_unroll` only change how the same function is computed.
   """
 
   vocab_size: int = 256_000
@@ -45,9 +45,12 @@ class PolyLMConfig:
   remat_policy: str = "none"
   # "xla": explicit einsum attention with fp32 softmax (any backend); "cudnn": fused kernel.
   attention_impl: str = "xla"
+  # Layers per iteration of the layer scan (nn.scan's unroll); num_layers unrolls the stack.
+  scan_unroll: int = 1
 
   def __post_init__(self):
-    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "head_dim", "d_ff", "max_len"):
+    ints = ("vocab_size", "num_layers", "d_model", "num_heads", "head_dim", "d_ff", "max_len")
+    for name in ints + ("scan_unroll",):
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"PolyLMConfig.{name} must be a positive integer, got {value!r}")

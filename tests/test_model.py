@@ -168,6 +168,25 @@ def test_remat_keeps_values_and_gradients(params, policy):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, g_ref)
 
 
+def test_unrolled_layer_scan_keeps_params_values_and_gradients(params):
+  """scan_unroll=num_layers runs the same function on the same (stacked) parameters; only
+  the loop changes, so checkpoints and sharding rules do not."""
+  cfg = CFG.replace(scan_unroll=CFG.num_layers)
+  assert jax.tree.map(jnp.shape, init_params(cfg, jax.random.key(0))) == jax.tree.map(
+    jnp.shape, params
+  )
+  tokens = _tokens((2, 8))
+
+  def loss(p, c):
+    return jnp.mean(jax.nn.log_softmax(_apply(p, tokens, cfg=c))[..., 0])
+
+  np.testing.assert_allclose(loss(params, cfg), loss(params, CFG), rtol=1e-6)
+  g, g_ref = jax.grad(loss)(params, cfg), jax.grad(loss)(params, CFG)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, g_ref)
+  with pytest.raises(ValueError, match="scan_unroll must be a positive integer"):
+    CFG.replace(scan_unroll=0)
+
+
 def test_compile_time_does_not_grow_with_depth():
   """The stack is one scan: the jaxpr of 24 layers has no more equations than 2 layers."""
 

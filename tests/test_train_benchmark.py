@@ -114,6 +114,64 @@ def test_train_step_child_runs_drop_runs_and_bad_flags_fail():
     "--runs=1",
     "--json",
   ]
+  assert [bench._field_value(v) for v in ("6", "0.5", "True", "dots")] == [6, 0.5, True, "dots"]
   for bad in (["--runs=0"], ["--base_tree=/nonexistent"]):
     with pytest.raises(SystemExit):
       bench.parse_args(bad)
+
+
+def _gemm_ceiling_module():
+  bench = _train_step_module()
+  return bench._gemm_ceiling()
+
+
+def test_gemm_ceiling_products_are_the_steps_training_flops():
+  """The products listed for a step add up to the model's training FLOPs (6 N + attention),
+  so the ceiling leaves none of the step's matrix work out."""
+  from polylm_jax.config import PolyLMConfig, flops_per_token
+
+  gc = _gemm_ceiling_module()
+  cfg = PolyLMConfig(
+    vocab_size=1000, num_layers=3, d_model=64, num_heads=4, head_dim=16, d_ff=256, max_len=32
+  )
+  products = gc.step_products(3, 64, 4, 256, 1000, 2, 32)
+  flops = sum(count * 2 * m * k * n * (b[0] if b else 1) for _, count, b, m, k, n in products)
+  # flops_per_token also counts biases and LayerNorm parameters (6 flops each per token).
+  import flax.linen as nn
+  from polylm_jax.model import abstract_params
+
+  vectors = jax.tree_util.tree_leaves_with_path(nn.unbox(abstract_params(cfg)))
+  not_products = sum(
+    x.size for path, x in vectors if "bias" in str(path[-1]) or "scale" in str(path[-1])
+  )
+  assert flops == (flops_per_token(cfg, 32) - 6 * not_products) * 2 * 32
+
+
+def test_gemm_ceiling_measures_and_describes_a_tiny_step():
+  gc = _gemm_ceiling_module()
+  products = gc.step_products(1, 32, 2, 128, 64, 2, 16)
+  res = gc.measure(products, reps=1, with_torch=False)
+  assert res["best_s"] == res["jax_s"] > 0 and res["torch_s"] == float("inf")
+  assert len(gc.summarize_rows(res)) == len(products)
+  lines = gc.describe(res, 32, {"jax": 0.5 * 32 / res["best_s"]})
+  assert lines[-1].endswith("= 50% of the ceiling")
+  assert gc.verdict([100.0, 300.0, 200.0], 150.0) == (
+    "median ceiling 200 tok/s; 1.2x torch is 180 tok/s = 90% of the ceiling"
+  )
+  assert gc.verdict([100.0], 150.0).endswith("(out of reach: above what the products alone allow)")
+
+
+def test_train_step_report_prints_each_runs_ceiling_and_the_verdict():
+  bench = _train_step_module()
+  gc = _gemm_ceiling_module()
+  res = gc.measure(gc.step_products(1, 32, 2, 128, 64, 2, 16), reps=1, with_torch=False)
+  run = {
+    "jax": {"median": 90, "min": 89, "max": 91},
+    "torch": {"median": 100, "min": 99, "max": 101},
+    bench.CEILING: {**res, "best_s": 32 / 400},
+  }
+  lines = []
+  out = bench.report([run], log=lines.append, tokens=32)
+  assert out["ceiling"] == [400.0]
+  assert any("ceiling: 400 tok/s" in line for line in lines)
+  assert lines[-1] == "median ceiling 400 tok/s; 1.2x torch is 120 tok/s = 30% of the ceiling"
