@@ -134,14 +134,19 @@ def resolve(
 class _Lane:
   """Components of a stage that share one block per batch (see the module docstring)."""
 
-  def __init__(self, comps: list[int], sched: mixing.TokenScheduler):
+  def __init__(self, comps: list[int], sched: mixing.TokenScheduler, sources: list[tuple]):
     self.comps, self.sched = comps, sched
+    self.sources = sources  # per component: (task, lang, reader)
     self.doc: Optional[tuple[str, int, np.ndarray, Position]] = None  # task, lang, toks, pos
     self.off = 0
+    self.size = 0  # tokens of doc
     self.tokens = 0  # targets emitted in this stage
 
   def remaining(self) -> int:
-    return 0 if self.doc is None else len(self.doc[2]) - self.off
+    return self.size - self.off
+
+  def set_doc(self, doc: Optional[tuple[str, int, np.ndarray, Position]], off: int = 0) -> None:
+    self.doc, self.off, self.size = doc, off, 0 if doc is None else len(doc[2])
 
 
 class _Pieces:
@@ -268,46 +273,55 @@ class PackedStream(BatchStream):
         sched = mixing.TokenScheduler(
           [plan.shares[i] for i in comps], (self.seed, name), self._jitter
         )
-        self._lanes.append(_Lane(comps, sched))
+        sources = [(plan.tasks[i], plan.langs[i], self._reader(plan.tasks[i])) for i in comps]
+        self._lanes.append(_Lane(comps, sched, sources))
     share = sum(plan.shares[i] for i in self._lanes[0].comps) / sum(plan.shares)
     self._lane0_share = min(1.0, share) if len(self._lanes) > 1 else 1.0
     self._stage = stage
 
-  def _doc_left(self, lane: _Lane) -> int:
+  @staticmethod
+  def _doc_left(lane: _Lane) -> int:
     """Tokens left of the lane's document, choosing its next document when it is done."""
-    if lane.remaining() <= 0:
-      plan = self.stages[self._stage]
-      j = lane.sched.choose()
-      i = lane.comps[j]
-      item = self._reader(plan.tasks[i]).next_doc()
-      assert item is not None  # training readers repeat
-      tokens, pos = item
-      lane.sched.add(j, len(tokens))
-      lane.doc, lane.off = (plan.tasks[i], plan.langs[i], tokens, pos), 0
-    return lane.remaining()
+    left = lane.size - lane.off
+    if left > 0:
+      return left
+    j = lane.sched.choose()
+    task, lang, reader = lane.sources[j]
+    item = reader.next_doc()
+    assert item is not None  # training readers repeat
+    tokens, pos = item
+    lane.sched.add(j, len(tokens))
+    lane.doc, lane.off, lane.size = (task, lang, tokens, pos), 0, len(tokens)
+    return lane.size
+
+  @staticmethod
+  def _piece(lane: _Lane, n: int, out: _Pieces) -> None:
+    """Append the lane's next n tokens, all of its current document, to out."""
+    a = lane.off
+    lane.off = a + n
+    out.add(lane.doc[2][a : a + n], lane.doc[1], lane.off == lane.size)
 
   def _take(self, lane: _Lane, n: int, out: _Pieces) -> None:
     """Append the lane's next n tokens to out, as pieces of documents."""
     while n > 0:
       k = min(n, self._doc_left(lane))
-      _, lang, doc, _ = lane.doc
-      lane.off += k
-      out.add(doc[lane.off - k : lane.off], lang, lane.off == len(doc))
+      self._piece(lane, k, out)
       n -= k
 
   def _take_block(self, lane: _Lane, target: int, out: _Pieces) -> int:
     """About `target` tokens, ending at the document end nearest it within the slack, if any."""
     lo, hi = max(0, target - self._slack), min(self.batch_size * self.seq_len, target + self._slack)
-    taken = 0
+    taken, doc_left, piece = 0, self._doc_left, self._piece
     while taken < target:
-      end = taken + self._doc_left(lane)
+      left = doc_left(lane)
+      end = taken + left
       if end <= target or (end <= hi and (taken < lo or end - target < target - taken)):
-        n = end - taken  # the whole document
+        n = left  # the whole document
       elif taken < lo:
         n = target - taken  # no document end in the slack: cut at the quota
       else:
         break
-      self._take(lane, n, out)
+      piece(lane, n, out)
       taken += n
     return taken
 
@@ -377,7 +391,7 @@ class PackedStream(BatchStream):
         lane.sched.restore(saved_lane["scheduler"])
         lane.tokens = int(saved_lane["tokens"])
         if saved_lane["doc"] is not None:
-          lane.doc, lane.off = self._reread(saved_lane["doc"]), int(saved_lane["doc"]["offset"])
+          lane.set_doc(self._reread(saved_lane["doc"]), int(saved_lane["doc"]["offset"]))
     for task, pos in state["sources"].items():
       self._reader(task).seek(pos)
     c = state["carry"]
