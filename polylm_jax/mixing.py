@@ -283,6 +283,7 @@ class CounterRNG:
     self._cached_block = -1
     self._values = np.empty((0, width))
     self._rows: list[list[float]] = []
+    self._bits: Optional[np.random.Philox] = None
 
   def row(self, i: int) -> np.ndarray:
     self._fill(i // self._block)
@@ -295,10 +296,20 @@ class CounterRNG:
 
   def _fill(self, b: int) -> None:
     if b != self._cached_block:
-      bits = np.random.Philox(key=self._key, counter=np.array([b, 0, 0, 0], np.uint64))
-      self._values = np.random.Generator(bits).random((self._block, self._width))
+      self._values = np.random.Generator(self._philox(b)).random((self._block, self._width))
       self._rows = self._values.tolist()
       self._cached_block = b
+
+  def _philox(self, b: int) -> np.random.Philox:
+    """Philox(key, counter=(b, 0, 0, 0)) fresh: one generator re-keyed, since each new one
+    draws OS entropy for a seed it does not use (~30 us-1 ms, per 256 decisions)."""
+    if self._bits is None:
+      self._bits = np.random.Philox(key=self._key)
+    st = self._bits.state
+    st["state"] = {"counter": np.array([b, 0, 0, 0], np.uint64), "key": self._key.copy()}
+    st.update(buffer_pos=4, has_uint32=0, uinteger=0)  # as a new generator's: nothing buffered
+    self._bits.state = st
+    return self._bits
 
 
 class TokenScheduler:

@@ -235,3 +235,14 @@ def test_registry():
     mixing.register_stage_mixture(_mixture(0.5, token_counts={l: 1.0 for l in LANGS}))
   with pytest.raises(KeyError, match="no stage mixture named 'nope'"):
     mixing.get_stage_mixture("nope")
+
+
+def test_counter_rng_rows_are_fresh_philox_blocks_in_any_order():
+  """Row i is row i % block of Philox(key, counter=(i // block, 0, 0, 0)) drawn fresh, whatever
+  was drawn before (the generator is re-keyed, not re-created)."""
+  key = (7, 2**63 + 5)
+  rng = mixing.CounterRNG(key, width=5, block=8)
+  for i in (9, 0, 8, 63, 1, 17, 9):
+    bits = np.random.Philox(key=np.array(key, np.uint64), counter=np.array([i // 8, 0, 0, 0]))
+    want = np.random.Generator(bits).random((8, 5))[i % 8]
+    assert np.array_equal(rng.row(i), want) and rng.row_list(i) == want.tolist()
