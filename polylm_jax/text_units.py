@@ -33,6 +33,8 @@ FEATURE = "targets"
 Records = list  # list[Optional[bytes]]: one file's records; None = dropped by the task
 EAGER_BYTES = 256 << 10  # units of files up to this size are tokenized whole
 CHUNK_RECORDS = 1024  # records per SentencePiece call in a larger unit (the first: 1/32)
+MIN_RECORDS_PER_THREAD = 16  # fewer per thread: starting a thread costs more than it saves
+AHEAD_THREADS = 2  # threads that submit chunks ahead (SentencePiece's own threads do the work)
 
 
 class RecordError(ValueError):
@@ -148,12 +150,15 @@ def encode(sp, texts: Sequence[bytes], eos: int, workers: int = 1) -> tuple[np.n
 
   SentencePiece returns each record's ids as a numpy buffer (no Python int per token) and
   holds no GIL while it encodes; the join is whole-array numpy, so a pool thread running
-  this takes the GIL for about one small call per record."""
+  this takes the GIL for about one small call per record. workers > 1: SentencePiece splits the
+  records over that many threads of this call's own (a pool shared between calls would queue a
+  small call behind a large one)."""
   n = len(texts)
   splits = np.zeros(n + 1, np.int64)
   if not n:
     return np.zeros(0, np.int32), splits
-  ids = sp.encode(list(texts), num_threads=max(1, workers), out_type="numpy")
+  threads = max(1, min(workers, n // MIN_RECORDS_PER_THREAD))
+  ids = sp.encode(list(texts), num_threads=threads, out_type="numpy")
   np.cumsum(np.fromiter(map(len, ids), np.int64, n) + 1, out=splits[1:])
   vals = np.full(int(splits[-1]), eos, np.int32)
   body = np.ones(len(vals), bool)
@@ -297,17 +302,18 @@ class TextUnit:
       for sel in slices:
         yield self._encode(sel)
       return
-    # workers > 1: while one chunk is packed the next is tokenized in the shared pool. One
-    # chunk ahead per unit, so a unit read only briefly wastes little; a chunk not started
-    # when it is needed is tokenized here with `workers` SentencePiece threads instead.
-    pool, ahead, sel = _pool(self._workers), None, next(slices, None)
+    # workers > 1: while one chunk is packed the next is tokenized ahead, its records split
+    # over `workers` SentencePiece threads (so one busy source uses them all), the call made
+    # from one of AHEAD_THREADS threads. One chunk ahead per unit, so a unit read only briefly
+    # wastes little; a chunk not started when it is needed is tokenized here instead.
+    pool, ahead, sel = _ahead_pool(), None, next(slices, None)
     while sel is not None:
       if ahead is not None and not ahead.cancel():
         current = ahead.result()
       else:
         current = self._encode(sel, self._workers)
       sel = next(slices, None)
-      ahead = None if sel is None else pool.submit(self._encode, sel)
+      ahead = None if sel is None else pool.submit(self._encode, sel, self._workers)
       yield current
 
   def _slices(self, start: int) -> Iterator[slice]:
@@ -322,13 +328,14 @@ class TextUnit:
     return encode(self._sp, [recs[f][r] for f, r in zip(files, rows)], self._eos, workers)
 
 
-_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+_AHEAD: list[concurrent.futures.ThreadPoolExecutor] = []
+_AHEAD_LOCK = threading.Lock()
 
 
-def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-  """The process's tokenizing threads for `workers` (SentencePiece releases the GIL)."""
-  with _POOLS_LOCK:
-    if workers not in _POOLS:
-      _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(workers, "polylm-tokenize")
-    return _POOLS[workers]
+def _ahead_pool() -> concurrent.futures.ThreadPoolExecutor:
+  """The process's threads that tokenize chunks ahead (they wait on SentencePiece's threads,
+  which release the GIL), shared by every unit and stream."""
+  with _AHEAD_LOCK:
+    if not _AHEAD:
+      _AHEAD.append(concurrent.futures.ThreadPoolExecutor(AHEAD_THREADS, "polylm-tokenize"))
+    return _AHEAD[0]

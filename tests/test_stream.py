@@ -488,8 +488,8 @@ def test_fast_read_resume_is_exact(eager, monkeypatch):
 
 
 def test_fast_read_workers_give_the_same_batches(monkeypatch):
-  """Chunks tokenized ahead by a pool of `workers` threads: the same batches, and the pool is
-  the only threads they add."""
+  """Chunks tokenized ahead (split over `workers` SentencePiece threads): the same batches, and
+  the ahead pool's threads are the only Python threads they add."""
   import threading
 
   import tasks  # noqa: F401
@@ -505,7 +505,7 @@ def test_fast_read_workers_give_the_same_batches(monkeypatch):
     got[workers] = [_crc(s.next()) for _ in range(30)]
   assert got[1] == got[3]
   pool = [t for t in threading.enumerate() if t.name.startswith("polylm-tokenize")]
-  assert 1 <= len(pool) <= 3
+  assert 1 <= len(pool) <= text_units.AHEAD_THREADS
 
 
 def test_encode_is_each_records_ids_then_eos():
@@ -514,8 +514,8 @@ def test_encode_is_each_records_ids_then_eos():
   from polylm_jax import vocab as vocab_lib
 
   vocab = vocab_lib.get_vocabulary()
-  texts = ["Hello world".encode(), b"", "数据 pipeline, 2 threads".encode(), b"x" * 300]
-  vals, splits = text_units.encode(vocab.tokenizer, texts, 2, workers=2)
+  texts = ["Hello world".encode(), b"", "数据 pipeline, 2 threads".encode(), b"x" * 300] * 9
+  vals, splits = text_units.encode(vocab.tokenizer, texts, 2, workers=2)  # on 2 threads
   want = [vocab.tokenizer.encode(t.decode()) + [2] for t in texts]
   assert splits.tolist() == np.cumsum([0] + [len(w) for w in want]).tolist()
   assert vals.dtype == np.int32 and vals.tolist() == sum(want, [])
@@ -547,7 +547,7 @@ def test_workers_tokenize_one_chunk_ahead(monkeypatch):
     unit = text_units.TextUnit(plan, None, vocab, workers=workers, chunk=64)
     chunks = unit.chunks(3)
     got[workers] = [next(chunks) for _ in range(3)]  # 2 + 4 + 8 records (64 // 32, doubling)
-    text_units._pool(2).submit(lambda: None).result()  # all submitted before have started
+    text_units._ahead_pool().submit(lambda: None).result()  # all submitted before have started
     if workers == 1:
       assert encoded == [2, 4, 8]
     else:
