@@ -46,6 +46,13 @@ def parse_args(argv=None):
   p.add_argument("--vocab", type=int, default=32000)
   p.add_argument("--seq", type=int, default=512)
   p.add_argument("--batch", type=int, default=4)
+  p.add_argument(
+    "--dtype",
+    default="float32",
+    choices=["float32", "bfloat16"],
+    help="compute dtype; parameters and Adam state stay fp32 on both sides (bfloat16: the "
+    "PolyLM recipe; PyTorch under torch.autocast)",
+  )
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the JAX side")
@@ -183,7 +190,7 @@ def make_config(a, config_cls=PolyLMConfig) -> PolyLMConfig:
     head_dim=a.d_model // a.heads,
     d_ff=4 * a.d_model,
     max_len=a.seq,
-    dtype="float32",
+    dtype=a.dtype,
   )
 
 
@@ -282,9 +289,12 @@ def torch_side(cfg: PolyLMConfig, tokens: np.ndarray):
   inputs = torch.from_numpy(tokens[:, :-1].astype(np.int64))
   targets = torch.from_numpy(tokens[:, 1:].astype(np.int64))
 
+  bf16 = cfg.dtype == "bfloat16"
+
   def run() -> float:
     opt.zero_grad(set_to_none=True)
-    logits = model(input_ids=inputs).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+      logits = model(input_ids=inputs).logits
     loss = torch.nn.functional.cross_entropy(
       logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
     )
@@ -295,7 +305,8 @@ def torch_side(cfg: PolyLMConfig, tokens: np.ndarray):
 
   return (
     run,
-    f"torch {torch.__version__}, {torch.get_num_threads()} threads, attn {model.config._attn_implementation}",
+    f"torch {torch.__version__}, {torch.get_num_threads()} threads, attn "
+    f"{model.config._attn_implementation}" + (", autocast bfloat16" if bf16 else ""),
   )
 
 
@@ -346,7 +357,7 @@ def run_once(a, log=print) -> dict:
     f"jax {jax.__version__} on {cpus} CPUs (XLA's pool follows the affinity); "
     f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; config: {cfg.num_layers} layers, "
     f"d_model {cfg.d_model}, {cfg.num_heads} heads, vocab {cfg.vocab_size}, seq {a.seq}, "
-    f"batch {a.batch}, fp32"
+    f"batch {a.batch}, compute {a.dtype}, fp32 parameters"
   )
   losses = {k: [run() for _ in range(a.warmup)][-1] for k, run in sides.items()}
   info.append("after warm-up, loss: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
