@@ -23,7 +23,8 @@ is the limit. Every figure is the median of --repeats runs (min-max shown).
   git worktree add /tmp/base 420f6b0
   python benchmarks/data_pipeline.py --base /tmp/base
   python benchmarks/data_pipeline.py --base /tmp/base --copies 2 --repeats 1 --batches 2 \\
-      --resume_steps 2 --shards 2        # a quick check that it runs
+      --warmup 1 --resume_steps 2 --shards 2        # a quick check that it runs
+  python benchmarks/data_pipeline.py --parts cold --workers 2,4,8   # scaling, on >= 8 cores
 """
 
 from __future__ import annotations
