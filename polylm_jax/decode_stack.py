@@ -42,6 +42,7 @@ from polylm_jax.model import (
   HEADS,
   KV,
   LENGTH,
+  MLP,
   VOCAB,
   Mlp,
   PolyLM,
@@ -205,8 +206,21 @@ def _block(cfg: PolyLMConfig, p: Any, kv: Any, x: jax.Array, start: jax.Array, m
   attn, kv = _attention(cfg, p["attn"], kv, h, start, mask)
   x = x + attn.astype(x.dtype)
   h = _layer_norm(cfg, p["ln_2"], x).astype(dtype)
-  x = x + Mlp(cfg).apply({"params": p["mlp"]}, h).astype(x.dtype)
+  x = x + _mlp(cfg, p["mlp"], h).astype(x.dtype)
   return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED)), kv
+
+
+def _mlp(cfg: PolyLMConfig, p: Any, h: jax.Array) -> jax.Array:
+  """model.py's Mlp. With decoding's prepared params fc2 is stored transposed, [d_model, d_ff]
+  (`decoding.prepare`): XLA's CPU matrix-vector product reads it ~10-20% faster that way
+  (a row dot product per output instead of 2048 row updates of a 512-vector)."""
+  if "fc2_kernel_t" not in p:
+    return Mlp(cfg).apply({"params": p}, h)
+  dtype = jnp.dtype(cfg.dtype)
+  h = jnp.einsum("btd,df->btf", h, p["fc1_kernel"].astype(dtype)) + p["fc1_bias"].astype(dtype)
+  h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), (BATCH, LENGTH, MLP))
+  w2 = p["fc2_kernel_t"].astype(dtype)
+  return jnp.einsum("btf,df->btd", h, w2) + p["fc2_bias"].astype(dtype)
 
 
 def _attention(cfg: PolyLMConfig, p: Any, kv: Any, x: jax.Array, start: jax.Array, mask):

@@ -290,9 +290,11 @@ def _stream_init(
 
 @functools.partial(jax.jit, static_argnums=0)
 def _split_layers(num_layers: int, params: Any) -> dict[str, Any]:
-  layers = params["layers"]
+  layers = [jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(num_layers)]
+  for layer in layers:  # see decode_stack._mlp: fc2 is read faster transposed on CPU
+    layer["mlp"]["fc2_kernel_t"] = layer["mlp"].pop("fc2_kernel").T
   return dict(
-    layers=[jax.tree.map(lambda x, i=i: x[i], layers) for i in range(num_layers)],
+    layers=layers,
     wte_t=params["wte"].T,  # see decode_stack: the output layer reads it faster on CPU
   )
 
