@@ -106,10 +106,9 @@ def run_cpu(a) -> None:
   with tempfile.TemporaryDirectory() as d:
     hf.export_hf(config, jax.device_get(params), d)
     model = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
-  ours_params = params
-  if a.prepare and a.layer_loop == "unrolled":
-    ours_params = jax.block_until_ready(decoding.prepare(config, params))
-    print("polylm_jax: layer weights split once (decoding.prepare)")
+  prepared = a.prepare and a.layer_loop == "unrolled"
+  if prepared:
+    print("polylm_jax: layer weights split once per batch size (decoding.prepare)")
   if base is not None:
     print(f"before: {a.base} (its polylm_jax.decoding, stacked params to every call)")
   rng = np.random.RandomState(0)
@@ -117,6 +116,10 @@ def run_cpu(a) -> None:
 
   for batch in [int(b) for b in a.batches.split(",")]:
     prompts = rng.randint(3, config.vocab_size, (batch, a.prompt_len))
+    ours_params = params
+    if prepared:  # as a server that decodes at this batch size holds the model
+      ours_params = decoding.prepare(config, params, batch_size=batch * a.beams)
+      ours_params = jax.block_until_ready(ours_params)
     ids = torch.tensor(prompts)
     mask = torch.ones_like(ids)
     sides = {

@@ -87,7 +87,8 @@ def chat_loop(
   base = decoding.make_settings(preset, **(settings or {}))  # bad settings fail before input
   if max_new_tokens < 1 or max_new_tokens >= config.max_len:
     raise ValueError(f"--max_new_tokens must be in [1, {config.max_len - 1}], got {max_new_tokens}")
-  params = decoding.prepare(config, params)  # the layer split once, not at every turn
+  # The layer split once, not at every turn; one prompt (num_beams rows) at a time.
+  params = decoding.prepare(config, params, batch_size=base.num_beams)
   binary = getattr(stdin, "buffer", None)  # bytes, so bad input costs one line, not the session
   history: list[tuple[str, str]] = []
   transcript: list[tuple[str, str]] = []

@@ -244,7 +244,8 @@ def run_inference(
   # Longest first, so each batch pads little; outputs go back to input order. With several
   # processes each generates whole batches of this order (host_shares.map_batches).
   order = sorted(range(len(records)), key=lambda i: -len(records[i]["ids"]))
-  params = decoding.prepare(config, params, mesh=device_mesh)  # once, not per batch group
+  rows = generation.batch_size and generation.batch_size * settings.num_beams
+  params = decoding.prepare(config, params, mesh=device_mesh, batch_size=rows)  # once
   generated = host_shares.map_batches(
     lambda ids: decoding.generate(
       config,

@@ -95,6 +95,18 @@ def test_prepared_params_generate_the_same(params):
     decoding.generate(CFG, prepared, PROMPTS, 6, layer_loop="scan")
 
 
+def test_params_prepared_for_batch_1_generate_the_same(params):
+  """batch_size=1 stores fc2 transposed (decode_stack._mlp); any batch still decodes the same."""
+  prepared = decoding.prepare(CFG, params, batch_size=1)
+  mlp = prepared["layers"][0]["mlp"]
+  assert "fc2_kernel" not in mlp and mlp["fc2_kernel_t"].shape == (CFG.d_model, CFG.d_ff)
+  assert "fc2_kernel" in decoding.prepare(CFG, params)["layers"][0]["mlp"]
+  for prompts in (PROMPTS[1:2], PROMPTS):
+    assert decoding.generate(CFG, prepared, prompts, 6) == decoding.generate(
+      CFG, params, prompts, 6, layer_loop="scan"
+    )
+
+
 def test_greedy_matches_step_by_step_argmax(params):
   out = decoding.generate(CFG, params, PROMPTS, 6)
   for prompt, new in zip(PROMPTS, out):
