@@ -13,7 +13,9 @@ checks that both sides produced the same tokens.
 
 With --base (a checkout of an earlier commit, e.g. `git worktree add /tmp/base 420f6b0`) its
 `decoding.generate` runs in the same process too, alternating with the other two, so the
-before and after figures come from the same minutes of the same machine.
+before and after figures come from the same minutes of the same machine. A checkout that has
+`decoding.prepare` gets its params prepared as ours are (once per batch size), one without it
+gets the stacked params at every call.
 
 GPU (--gpu): polylm_1_7b-shaped random weights in bf16 on one GPU, the project only:
 tokens/s at batch 1 and 8, and at batch 1 the fraction of the memory-bandwidth bound
@@ -25,6 +27,7 @@ tokens/s at batch 1 and 8, and at batch 1 the fraction of the memory-bandwidth b
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import tempfile
@@ -109,8 +112,10 @@ def run_cpu(a) -> None:
   prepared = a.prepare and a.layer_loop == "unrolled"
   if prepared:
     print("polylm_jax: layer weights split once per batch size (decoding.prepare)")
+  base_prepares = base is not None and prepared and hasattr(base, "prepare")
   if base is not None:
-    print(f"before: {a.base} (its polylm_jax.decoding, stacked params to every call)")
+    how = "its decoding.prepare once per batch size" if base_prepares else "stacked params"
+    print(f"before: {a.base} (its polylm_jax.decoding, {how})")
   rng = np.random.RandomState(0)
   settings = dict(eos_id=-1) if a.beams == 1 else dict(eos_id=-1, num_beams=a.beams)
 
@@ -120,6 +125,11 @@ def run_cpu(a) -> None:
     if prepared:  # as a server that decodes at this batch size holds the model
       ours_params = decoding.prepare(config, params, batch_size=batch * a.beams)
       ours_params = jax.block_until_ready(ours_params)
+    base_params = params
+    if base_prepares:  # a checkout that has decoding.prepare (with batch_size or not)
+      rows = {"batch_size": batch * a.beams}
+      rows = rows if "batch_size" in inspect.signature(base.prepare).parameters else {}
+      base_params = jax.block_until_ready(base.prepare(config, params, **rows))
     ids = torch.tensor(prompts)
     mask = torch.ones_like(ids)
     sides = {
@@ -129,7 +139,7 @@ def run_cpu(a) -> None:
     }
     if base is not None:
       sides["before"] = lambda: base.generate(
-        config, params, prompts.tolist(), a.new_tokens, layer_loop=a.layer_loop, **settings
+        config, base_params, prompts.tolist(), a.new_tokens, layer_loop=a.layer_loop, **settings
       )
 
     def theirs():
