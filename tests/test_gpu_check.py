@@ -42,8 +42,11 @@ def test_dry_run_compiles_every_part_and_prints_the_plan(dry_run):
   assert xla["lowered_for"] == cudnn["lowered_for"] == ["cuda"]
   assert cudnn["cudnn_fused_attention"] and not xla["cudnn_fused_attention"]
   assert xla["compiled_for"] == "cpu" and xla["compiled_peak_bytes"] > 0
-  assert (xla["remat"], xla["micro_batch"]) == gpu_check.TRAIN_PLAN["xla"][0]
-  assert "train cudnn: remat none, micro-batch 4 x 64 (1 microbatches): lowered for CUDA" in text
+  assert (xla["remat"], xla["micro_batch"]) == ("dots_no_batch", 4)  # TRAIN_PLAN cut to --batch
+  assert (
+    "train cudnn: remat dots_no_batch, micro-batch 4 x 64 (1 microbatches): lowered for CUDA"
+    in text
+  )
   for batch in ("1", "8"):  # JSON keys; which jitted functions generate calls is decoding's
     compiled = saved["results"]["decode"]["batches"][batch]["compiled"]
     assert compiled and all(c["fn"].startswith(("decoding.", "decode_stack.")) for c in compiled)
@@ -71,7 +74,7 @@ def test_gpu_code_path_runs_on_cpu():
   assert train["tokens_per_s"]["min"] <= train["tokens_per_s"]["median"] > 0
   assert 0 < train["mfu"]["median"] < 1 and train["skipped"] == []
   line = gpu_check.format_train(train, dry=False, seq=64)[0]
-  assert line.startswith("train xla: ") and "remat none, micro-batch 2 x 64" in line
+  assert line.startswith("train xla: ") and "remat dots_no_batch, micro-batch 4 x 64" in line
   decode = json.loads(json.dumps(gpu_check.run_part("decode", a, dry=False)))  # as from a child
   assert "error" not in decode, decode
   assert 0 < decode["batches"]["1"]["bound_fraction"] < 1
@@ -103,6 +106,11 @@ def test_hbm_bandwidth_by_device_kind():
 def test_train_plan_and_bad_flags():
   a = gpu_check.parse_args([])
   assert gpu_check.train_plan(a, "cudnn") == list(gpu_check.TRAIN_PLAN["cudnn"])
+  assert gpu_check.train_plan(gpu_check.parse_args(["--batch=8"]), "xla") == [
+    ("dots_no_batch", 8),
+    ("dots_no_batch", 4),
+    ("full", 8),
+  ]
   forced = gpu_check.parse_args(["--remat=full", "--micro_batch=8"])
   assert gpu_check.train_plan(forced, "xla") == [("full", 8)]
   with pytest.raises(SystemExit, match="--batch=16 is not a multiple of the micro-batch 3"):
