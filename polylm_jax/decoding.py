@@ -291,12 +291,18 @@ def _stream_init(
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _split_layers(num_layers: int, params: Any, fc2_t: bool) -> dict[str, Any]:
   layers = [jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(num_layers)]
-  for layer in layers if fc2_t else ():  # see decode_stack._mlp
-    layer["mlp"]["fc2_kernel_t"] = layer["mlp"].pop("fc2_kernel").T
+  if fc2_t:  # see decode_stack._mlp; plain dicts, also for FrozenDict params (t5x)
+    layers = [_with_fc2_transposed(layer) for layer in layers]
   return dict(
     layers=layers,
     wte_t=params["wte"].T,  # see decode_stack: the output layer reads it faster on CPU
   )
+
+
+def _with_fc2_transposed(layer: Any) -> dict[str, Any]:
+  mlp = {k: v for k, v in layer["mlp"].items() if k != "fc2_kernel"}
+  mlp["fc2_kernel_t"] = layer["mlp"]["fc2_kernel"].T
+  return {**layer, "mlp": mlp}
 
 
 def _prepared(config: PolyLMConfig, params: Any, layer_loop: str, batch_size: int | None) -> Any:

@@ -6,6 +6,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (SPEC 9)
 
 import collections
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +106,11 @@ def test_params_prepared_for_batch_1_generate_the_same(params):
     assert decoding.generate(CFG, prepared, prompts, 6) == decoding.generate(
       CFG, params, prompts, 6, layer_loop="scan"
     )
+  # FrozenDict params (t5x's) take the same batch-1 path: one prompt, stacked params.
+  frozen = flax.core.freeze(params)
+  assert decoding.generate(CFG, frozen, PROMPTS[1:2], 6) == decoding.generate(
+    CFG, params, PROMPTS[1:2], 6, layer_loop="scan"
+  )
 
 
 def test_greedy_matches_step_by_step_argmax(params):
