@@ -132,7 +132,7 @@ CEILING = "_ceiling"
 
 
 def _field_value(text: str):
-  """--ab_config's VALUE as the config field wants it: int, float, bool or string."""
+  """--ab_config's / --ab_option's VALUE as int, float, bool or string."""
   for cast in (int, float):
     try:
       return cast(text)
@@ -340,7 +340,7 @@ def run_once(a, log=print) -> dict:
         add("jax_base", lambda: jax_side(make_config(a, base.PolyLMConfig), tokens, tree=base))
     if a.ab_option:
       name, _, value = a.ab_option.partition("=")
-      value = {"true": True, "false": False}.get(value.lower(), value)
+      value = _field_value(value)
       add("jax+opt", lambda: jax_side(cfg, tokens, {name: value}))
       info[-1] += f" ({name}={value})"
     if a.ab_config:

@@ -282,7 +282,7 @@ class PackedStream(BatchStream):
   @staticmethod
   def _doc_left(lane: _Lane) -> int:
     """Tokens left of the lane's document, choosing its next document when it is done."""
-    left = lane.size - lane.off
+    left = lane.remaining()
     if left > 0:
       return left
     j = lane.sched.choose()
@@ -291,7 +291,7 @@ class PackedStream(BatchStream):
     assert item is not None  # training readers repeat
     tokens, pos = item
     lane.sched.add(j, len(tokens))
-    lane.doc, lane.off, lane.size = (task, lang, tokens, pos), 0, len(tokens)
+    lane.set_doc((task, lang, tokens, pos))
     return lane.size
 
   @staticmethod
