@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -68,6 +69,11 @@ def maybe_initialize(mode: str = "auto") -> bool:
 
 
 HEARTBEAT_VAR = "POLYLM_JAX_HEARTBEAT_SECONDS"
+# How long a process whose runtime call failed (e.g. a collective whose peer is gone) waits
+# before it leaves, so that the peer that failed first is the first to exit: launchers and
+# schedulers name the first process that exits, and a peer's own failure (a Python error,
+# sys.exit) is not delayed. A failing runtime call on its own ends the job this much later.
+RUNTIME_ERROR_PAUSE_SECONDS = 1.0
 
 
 def heartbeat_seconds(env: Mapping[str, str]) -> int | None:
@@ -106,7 +112,8 @@ def _leave(code: int) -> None:
 def fail_fast() -> Iterator[None]:
   """Around a binary's work: in a multi-process job, a failure (an exception, or
   sys.exit with a non-zero status, e.g. a one-line configuration error) ends this process at
-  once, with its message, instead of at the shutdown barrier minutes later (see _leave).
+  once, with its message, instead of at the shutdown barrier minutes later (see _leave);
+  after RUNTIME_ERROR_PAUSE_SECONDS when the error came from the runtime (a broken collective).
   A single process, a clean exit, or Ctrl-C (KeyboardInterrupt: every process gets it, and
   the binary's own handler runs) leaves as usual."""
   try:
@@ -119,11 +126,13 @@ def fail_fast() -> Iterator[None]:
         print(e.code, file=sys.stderr)
       _leave(e.code if isinstance(e.code, int) else 1)
     raise
-  except BaseException:
+  except BaseException as e:
     if jax.distributed.is_initialized():
       import traceback  # pylint: disable=import-outside-toplevel
 
       traceback.print_exc()
+      if isinstance(e, jax.errors.JaxRuntimeError):
+        time.sleep(RUNTIME_ERROR_PAUSE_SECONDS)
       _leave(1)
     raise
 

@@ -94,6 +94,27 @@ def test_fail_fast_in_a_single_process_exits_as_usual():
       raise KeyError("x")
 
 
+@pytest.mark.parametrize(
+  "error,paused",
+  [
+    (jax.errors.JaxRuntimeError("Gloo AllGather failed: closed by peer"), True),
+    (KeyError("x"), False),
+  ],
+)
+def test_fail_fast_pauses_only_after_a_runtime_error(monkeypatch, error, paused):
+  """A collective broken by a peer that is gone leaves a moment later, so the launcher sees
+  (and names) the peer that failed first; the peer's own error leaves at once."""
+  events = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  monkeypatch.setattr(distributed.time, "sleep", lambda s: events.append(("sleep", s)))
+  monkeypatch.setattr(distributed, "_leave", lambda code: events.append(("leave", code)))
+  with pytest.raises(type(error)):
+    with distributed.fail_fast():
+      raise error
+  pause = [("sleep", distributed.RUNTIME_ERROR_PAUSE_SECONDS)] if paused else []
+  assert events == [*pause, ("leave", 1)]
+
+
 def test_exchanges_across_two_real_processes(monkeypatch):
   """allgather_json, max_over_processes and any_process in a real 2-process job
   (tests/launch_child.py through the launcher)."""
