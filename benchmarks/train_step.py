@@ -59,15 +59,17 @@ def parse_args(argv=None):
   p.add_argument("--only", choices=["both", "jax", "torch"], default="both")
   p.add_argument(
     "--ab_option",
-    default="",
+    action="append",
+    default=[],
     help="NAME=VALUE: also time the project step compiled with this XLA option "
-    "(e.g. xla_cpu_use_xnnpack=true), alternating in the same process",
+    "(e.g. xla_cpu_use_xnnpack=true), alternating in the same process; repeat for more sides",
   )
   p.add_argument(
     "--ab_config",
-    default="",
+    action="append",
+    default=[],
     help="NAME=VALUE: also time the project step with this PolyLMConfig field changed "
-    "(e.g. scan_unroll=6), alternating in the same process",
+    "(e.g. scan_unroll=6), alternating in the same process; repeat for more sides",
   )
   p.add_argument(
     "--with_lean",
@@ -88,6 +90,10 @@ def parse_args(argv=None):
   a = p.parse_args(argv)
   if a.runs < 1 or a.steps < 1 or a.cpus < 0:
     p.error("--runs and --steps must be >= 1, --cpus >= 0")
+  for flag, values in (("--ab_option", a.ab_option), ("--ab_config", a.ab_config)):
+    for v in values:
+      if not v.partition("=")[0] or "=" not in v:
+        p.error(f"{flag} takes NAME=VALUE, got {v!r}")
   if a.base_tree and not os.path.isfile(os.path.join(a.base_tree, "polylm_jax", "__init__.py")):
     p.error(f"--base_tree: {a.base_tree} has no polylm_jax/__init__.py")
   return a
@@ -338,15 +344,14 @@ def run_once(a, log=print) -> dict:
     if a.base_tree:
       with polylm_from(a.base_tree) as base:
         add("jax_base", lambda: jax_side(make_config(a, base.PolyLMConfig), tokens, tree=base))
-    if a.ab_option:
-      name, _, value = a.ab_option.partition("=")
-      value = _field_value(value)
-      add("jax+opt", lambda: jax_side(cfg, tokens, {name: value}))
-      info[-1] += f" ({name}={value})"
-    if a.ab_config:
-      name, _, value = a.ab_config.partition("=")
-      add("jax+cfg", lambda: jax_side(cfg.replace(**{name: _field_value(value)}), tokens))
-      info[-1] += f" ({name}={value})"
+    for i, option in enumerate(a.ab_option):
+      name, _, value = option.partition("=")
+      add(f"jax+opt{i + 1}", lambda: jax_side(cfg, tokens, {name: _field_value(value)}))
+      info[-1] += f" ({option})"
+    for i, field in enumerate(a.ab_config):
+      name, _, value = field.partition("=")
+      add(f"jax+cfg{i + 1}", lambda: jax_side(cfg.replace(**{name: _field_value(value)}), tokens))
+      info[-1] += f" ({field})"
     if a.with_lean:
       add("jax_lean", lambda: jax_lean_side(cfg, tokens))
   if a.only in ("both", "torch"):

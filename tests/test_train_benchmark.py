@@ -120,6 +120,22 @@ def test_train_step_child_runs_drop_runs_and_bad_flags_fail():
       bench.parse_args(bad)
 
 
+def test_train_step_ab_sides_repeat_and_each_is_timed():
+  bench = _train_step_module()
+  a = bench.parse_args(
+    TINY_STEP.split()
+    + ["--only=jax", "--ab_config", "scan_unroll=2", "--ab_config=remat_policy=full"]
+    + ["--ab_option=xla_cpu_use_xnnpack=true"]
+  )
+  lines = []
+  res = bench.run_once(a, log=lines.append)
+  assert set(res) == {"jax", "jax+opt1", "jax+cfg1", "jax+cfg2"}
+  assert all(r["steps"] == 2 for r in res.values())
+  assert any(line.startswith("jax+cfg2:") and "(remat_policy=full)" in line for line in lines)
+  with pytest.raises(SystemExit):
+    bench.parse_args(["--ab_config=scan_unroll"])
+
+
 def _gemm_ceiling_module():
   bench = _train_step_module()
   return bench._gemm_ceiling()
