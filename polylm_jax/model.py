@@ -236,7 +236,7 @@ class PolyLM(nn.Module):
       split_rngs={"params": True},
       in_axes=(nn.broadcast, nn.broadcast),
       length=cfg.num_layers,
-      unroll=cfg.scan_unroll,
+      unroll=cfg.layers_per_iteration,
       metadata_params={nn.PARTITION_NAME: LAYERS},
     )
     x, _ = stack(cfg, decode, name="layers")(x, segment_ids, prefill_lengths)

@@ -171,7 +171,7 @@ def test_remat_keeps_values_and_gradients(params, policy):
 def test_unrolled_layer_scan_keeps_params_values_and_gradients(params):
   """scan_unroll=num_layers runs the same function on the same (stacked) parameters; only
   the loop changes, so checkpoints and sharding rules do not."""
-  cfg = CFG.replace(scan_unroll=CFG.num_layers)
+  cfg, scanned = CFG.replace(scan_unroll=CFG.num_layers), CFG.replace(scan_unroll=1)
   assert jax.tree.map(jnp.shape, init_params(cfg, jax.random.key(0))) == jax.tree.map(
     jnp.shape, params
   )
@@ -180,11 +180,23 @@ def test_unrolled_layer_scan_keeps_params_values_and_gradients(params):
   def loss(p, c):
     return jnp.mean(jax.nn.log_softmax(_apply(p, tokens, cfg=c))[..., 0])
 
-  np.testing.assert_allclose(loss(params, cfg), loss(params, CFG), rtol=1e-6)
-  g, g_ref = jax.grad(loss)(params, cfg), jax.grad(loss)(params, CFG)
+  np.testing.assert_allclose(loss(params, cfg), loss(params, scanned), rtol=1e-6)
+  g, g_ref = jax.grad(loss)(params, cfg), jax.grad(loss)(params, scanned)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, g_ref)
-  with pytest.raises(ValueError, match="scan_unroll must be a positive integer"):
-    CFG.replace(scan_unroll=0)
+  with pytest.raises(ValueError, match="scan_unroll must be an integer >= 0"):
+    CFG.replace(scan_unroll=-1)
+
+
+def test_automatic_unroll_unrolls_small_stacks_and_scans_the_released_sizes():
+  from polylm_jax.config import AUTO_UNROLL_LAYERS, PRESETS
+
+  assert CFG.scan_unroll == 0 and CFG.layers_per_iteration == CFG.num_layers
+  assert PRESETS["polylm_small"].layers_per_iteration == PRESETS["polylm_small"].num_layers
+  assert CFG.replace(num_layers=AUTO_UNROLL_LAYERS).layers_per_iteration == AUTO_UNROLL_LAYERS
+  assert CFG.replace(num_layers=AUTO_UNROLL_LAYERS + 1).layers_per_iteration == 1
+  assert PRESETS["polylm_1_7b"].layers_per_iteration == 1
+  assert PRESETS["polylm_13b"].layers_per_iteration == 1
+  assert CFG.replace(scan_unroll=1).layers_per_iteration == 1  # an explicit value wins
 
 
 def test_compile_time_does_not_grow_with_depth():
