@@ -52,8 +52,7 @@ class PolyLMConfig:
   scan_unroll: int = 0
 
   def __post_init__(self):
-    ints = ("vocab_size", "num_layers", "d_model", "num_heads", "head_dim", "d_ff", "max_len")
-    for name in ints:
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "head_dim", "d_ff", "max_len"):
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"PolyLMConfig.{name} must be a positive integer, got {value!r}")
@@ -84,7 +83,7 @@ class PolyLMConfig:
   def layers_per_iteration(self) -> int:
     """The layer scan's unroll. Automatic (scan_unroll=0): a stack of at most
     AUTO_UNROLL_LAYERS layers is unrolled whole, since the scan's stacked residuals and
-    per-layer slices cost a small model's step 12-15% on CPU (benchmarks/train_step.py) while
+    per-layer slices cost a small model's step 6-15% on CPU (benchmarks/train_step.py) while
     its compile time grows little; deeper stacks (the released sizes) stay one layer per
     iteration, so their compile time does not grow with depth."""
     if self.scan_unroll:
