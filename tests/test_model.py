@@ -56,8 +56,10 @@ def test_logits_shape_dtype_and_causality(params):
   assert not np.allclose(logits[:, 7:], other[:, 7:])
 
 
-def test_matches_numpy_reference(params):
-  """An independent numpy GPT-2 forward (tanh GeLU, pre-LN, tied head)."""
+@pytest.mark.parametrize("block", [0, 4])
+def test_matches_numpy_reference(params, block):
+  """An independent numpy GPT-2 forward (tanh GeLU, pre-LN, tied head); one dense attention
+  block, and query blocks of 4 (the last one ragged)."""
   tokens = np.asarray(_tokens((2, 9)))
   p = jax.tree.map(np.asarray, params)
 
@@ -90,7 +92,32 @@ def test_matches_numpy_reference(params):
     x = x + h @ lp["mlp"]["fc2_kernel"] + lp["mlp"]["fc2_bias"]
   x = ln(x, p["ln_f"]["scale"], p["ln_f"]["bias"])
   ref = x @ p["wte"].T
-  np.testing.assert_allclose(_apply(params, tokens), ref, atol=2e-5, rtol=1e-4)
+  got = _apply(params, tokens, cfg=CFG.replace(attention_block=block))
+  np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_attention_blocks_keep_values_and_gradients_of_packed_rows(params):
+  """Query blocks skip only keys every row of the block masks: with two packed documents per
+  row and a ragged last block, values and gradients equal one dense block's."""
+  tokens = _tokens((2, 13))
+  segments = jnp.array([[1] * 5 + [2] * 8, [1] * 11 + [2] * 2])
+  positions = jnp.array([list(range(5)) + list(range(8)), list(range(11)) + list(range(2))])
+
+  def loss(p, cfg):
+    logits = _apply(p, tokens, cfg=cfg, positions=positions, segment_ids=segments)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+
+  (value, logits), g = jax.value_and_grad(loss, has_aux=True)(
+    params, CFG.replace(attention_block=4)
+  )
+  (value_ref, logits_ref), g_ref = jax.value_and_grad(loss, has_aux=True)(
+    params, CFG.replace(attention_block=0)
+  )
+  np.testing.assert_allclose(logits, logits_ref, atol=1e-5)
+  np.testing.assert_allclose(value, value_ref, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, g_ref)
+  with pytest.raises(ValueError, match="attention_block must be an integer >= 0"):
+    CFG.replace(attention_block=-1)
 
 
 def test_segments_isolate_documents(params):
