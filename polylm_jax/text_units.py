@@ -9,8 +9,8 @@ registers them: `register_provider`), so SeqIO stays where tasks are defined and
 never imports tasks/. For such a task a unit (readers.SourceReader) is built here with the same
 documents in the same order as seqio's pipeline: tf.data's deterministic interleave over the
 unit's files, seqio's choice between sharding files and sharding examples, records the
-preprocessors drop left out, and one SentencePiece call per batch of records (its records
-split over `workers` threads; with workers > 1 each unit's next chunk is tokenized ahead while
+preprocessors drop left out, and one SentencePiece call per batch of records (with workers > 1
+each unit's next chunk is tokenized ahead, in `workers` processes of tokenize_workers, while
 the reader packs this one). Any other task goes through seqio as before.
 
 Small files are tokenized whole, once per process (`FILE_TOKENS`), so the shards of one source

@@ -211,15 +211,22 @@ class Pool:
     taken, busy = taken[: len(bounds) - 1], taken[len(bounds) - 1 :]
     for w in busy:
       self._idle.put(w)
+    parts, failed = [], None
     try:
       for w, a, b in zip(taken, bounds, bounds[1:]):
         w.send(texts[a:b])
-      parts = [w.receive(b - a) for w, a, b in zip(taken, bounds, bounds[1:])]
+      for w, a, b in zip(taken, bounds, bounds[1:]):
+        try:
+          parts.append(w.receive(b - a))
+        except TokenizeWorkerError as e:  # the worker answered and lives on
+          failed = failed or e
     except (EOFError, OSError, ValueError, struct.error):
       dead = next((w for w in taken if w.proc.poll() is not None), taken[0])
       raise TokenizeWorkerError(self._break(dead.died())) from None
     for w in taken:
       self._idle.put(w)
+    if failed is not None:
+      raise failed
     if len(parts) == 1:
       return parts[0]
     offsets = np.cumsum([0] + [len(v) for v, _ in parts])

@@ -147,6 +147,41 @@ def test_a_dead_worker_is_an_error_naming_the_file(fresh, monkeypatch):
   assert tokenize_workers.pools() and tokenize_workers.pools()[0] is not pool
 
 
+def test_a_worker_that_cannot_start_or_encode_says_why(fresh, monkeypatch):
+  """A bad model: the pool breaks at start and tokenize raises with the exit status; an
+  exception while encoding is answered as an error and the worker serves on."""
+  import io
+  import struct
+
+  lease = tokenize_workers.acquire(b"not a model", 2, 1)
+  end = time.monotonic() + 30
+  while not lease.pool.ready():
+    assert time.monotonic() < end
+    time.sleep(0.01)
+  with pytest.raises(tokenize_workers.TokenizeWorkerError, match="while loading the Sentence"):
+    lease.pool.tokenize([b"x"])
+  lease.release()
+
+  model = vocab_lib.get_vocabulary().sp_model
+  texts = [b"ok", b"fails", b"ok again"]
+  inp = struct.pack("<Qq", len(model), 2) + model
+  for t in texts:
+    inp += struct.pack("<QQ", 1, len(t)) + np.array([0, len(t)], np.int64).tobytes() + t
+  real = tokenize_workers.encode
+
+  def encode(sp, texts, eos):
+    if texts == [b"fails"]:
+      raise ValueError("no good")
+    return real(sp, texts, eos)
+
+  monkeypatch.setattr(tokenize_workers, "encode", encode)
+  out = io.BytesIO()
+  tokenize_workers.serve(io.BytesIO(inp), out)
+  reply = out.getvalue()
+  assert reply[:1] == b"R" and b"\1" + struct.pack("<Q", 19) + b"ValueError: no good" in reply
+  assert reply.count(b"\0" + struct.pack("<Q", 2)) >= 1  # "ok" is one piece + eos
+
+
 _CHILD = """
 import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("tw", sys.argv[1])
