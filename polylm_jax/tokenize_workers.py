@@ -262,6 +262,8 @@ class Pool:
       w.stop()
 
   def _release(self) -> None:
+    if self._closed or self._broken:  # also after shutdown() at exit, when globals may be gone
+      return
     with _LOCK:
       self._leases -= 1
       if self._leases == 0 and not self._closed:

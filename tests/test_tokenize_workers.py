@@ -191,7 +191,15 @@ lease = tw.acquire(open(sys.argv[2], "rb").read(), 2, 2)
 while not lease.pool.ready():
   time.sleep(0.01)
 print(*lease.pool.pids(), flush=True)
-if sys.argv[3] == "hang":
+
+
+class Reader:  # released during teardown, after atexit (as a reader's generator is)
+  def __del__(self):
+    lease.release()
+
+
+reader = Reader()
+if sys.argv[3] == "sigkill":
   time.sleep(60)
 """
 
@@ -205,7 +213,7 @@ def test_workers_end_with_their_parent(how):
   argv = [sys.executable, "-c", _CHILD, tokenize_workers.__file__, model, how]
   if how == "exit":
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and not done.stderr, done.stderr
     pids = [int(p) for p in done.stdout.split()]
   else:
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
