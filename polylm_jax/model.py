@@ -105,7 +105,7 @@ class Attention(nn.Module):
     )
 
     if cfg.attention_impl == "cudnn" and not decode:
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
+      out = fused_attention(q, k, v, segment_ids)
     else:
       out = _attend(q, k, v, mask, 0 if decode else cfg.attention_block)
     out = _constrain(out, (BATCH, LENGTH, HEADS, KV))
@@ -163,6 +163,18 @@ def _attend(q: Array, k: Array, v: Array, mask: Array, block: int) -> Array:
       )
     out = jnp.concatenate(parts, axis=2)
   return jnp.swapaxes(out, 1, 2).astype(q.dtype)  # [B, Q, H, K]
+
+
+def fused_attention(
+  q: Array, k: Array, v: Array, segment_ids: Array, implementation: str = "cudnn"
+) -> Array:
+  """Causal self-attention of [B, T, H, K] through jax.nn.dot_product_attention. The causal
+  part goes in as is_causal (cuDNN's mask type CAUSAL, so the kernel skips the tiles above
+  the diagonal), only the segments as a mask."""
+  same_segment = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+  return jax.nn.dot_product_attention(
+    q, k, v, mask=same_segment, is_causal=True, implementation=implementation
+  )
 
 
 def _weighted_values(logits: Array, mask: Array, v: Array, equation: str) -> Array:

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from polylm_jax.config import count_params, get_config
-from polylm_jax.model import PolyLM, abstract_params, init_cache, init_params, output_logits
+from polylm_jax.model import (
+  PolyLM,
+  _attend,
+  abstract_params,
+  fused_attention,
+  init_cache,
+  init_params,
+  output_logits,
+)
 
 CFG = get_config("polylm_tiny")
 
@@ -94,6 +102,20 @@ def test_matches_numpy_reference(params, block):
   ref = x @ p["wte"].T
   got = _apply(params, tokens, cfg=CFG.replace(attention_block=block))
   np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_fused_attention_arguments_mean_the_dense_mask():
+  """attention_impl="cudnn" passes the causal part as is_causal and the segments as a mask;
+  through the same jax API (XLA here, no GPU) that is the causal-and-segment mask of _attend."""
+  b, t, h, k = 2, 11, 2, 8
+  q, key, v = (jax.random.normal(jax.random.key(i), (b, t, h, k)) for i in range(3))
+  segments = jnp.array([[1] * 4 + [2] * 7, [1] * 11])
+  mask = (jnp.arange(t)[None, None, :] <= jnp.arange(t)[None, :, None]) & (
+    segments[:, :, None] == segments[:, None, :]
+  )
+  got = fused_attention(q, key, v, segments, implementation="xla")
+  np.testing.assert_allclose(got, _attend(q, key, v, mask, 0), atol=1e-5)
+  np.testing.assert_allclose(got, _attend(q, key, v, mask, 4), atol=1e-5)
 
 
 def test_attention_blocks_keep_values_and_gradients_of_packed_rows(params):
