@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import os
 import threading
+import time
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ FEATURE = "targets"
 Records = list  # list[Optional[bytes]]: one file's records; None = dropped by the task
 EAGER_BYTES = 256 << 10  # units of files up to this size are tokenized whole
 CHUNK_RECORDS = 1024  # records per SentencePiece call in a larger unit (the first: 1/32)
-AHEAD_THREADS = 2  # threads that submit chunks ahead (worker processes do the work)
+AHEAD_THREADS = 16  # threads that submit chunks ahead and wait (worker processes do the work)
 
 
 class RecordError(ValueError):
@@ -153,7 +154,7 @@ def encode(sp, texts: Sequence[bytes], eos: int, workers: int = 1) -> tuple[np.n
   sp: a SentencePieceProcessor (workers > 1: the call splits the records over that many
   SentencePiece threads of its own), or a `tokenize_workers.Pool` of the same model (the
   records go to its processes; `eos` and `workers` are the pool's)."""
-  if isinstance(sp, tokenize_workers.Pool):
+  if isinstance(sp, (tokenize_workers.Pool, tokenize_workers.Due)):
     return sp.tokenize(texts)
   return tokenize_workers.encode(sp, texts, eos, workers)
 
@@ -294,30 +295,48 @@ class TextUnit:
       for sel in slices:
         yield self._encode(sel, self._sp)
       return
-    # workers > 1: while one chunk is packed the next is tokenized ahead by `workers` processes
-    # (tokenize_workers: each gets a piece of the chunk), the call made from one of
-    # AHEAD_THREADS threads that only wait on pipes. One chunk ahead per unit, so a unit read
-    # only briefly wastes little; a chunk not started when it is needed is sent from here.
-    # Until the processes have loaded the model, SentencePiece threads of this process stand in.
+    # workers > 1: while one chunk is packed the next ones are tokenized ahead by `workers`
+    # processes (tokenize_workers: a chunk is cut over the idle ones), each call made from one
+    # of AHEAD_THREADS threads that only wait on pipes. Chunks at full size run `workers`
+    # ahead, so the processes always have one queued; while sizes still double, one (a unit
+    # read only briefly wastes little). A chunk not started when it is needed is tokenized
+    # here, on this thread's core, while the processes go on with the others; until they have
+    # loaded the model, SentencePiece threads of this process stand in.
     lease = tokenize_workers.acquire(self._vocab.sp_model, self._eos, self._workers)
-    ahead = None
+    ahead: collections.deque = collections.deque()  # (slice, future, due)
     try:
       pool, sel = _ahead_pool(), next(slices, None)
-      while sel is not None:
-        if ahead is not None and not ahead.cancel():
-          current = ahead.result()
-        else:
-          current = self._encode(sel, self._via(lease.pool))
-        sel = next(slices, None)
-        ahead = None if sel is None else pool.submit(self._encode, sel, self._via(lease.pool))
+      current = None if sel is None else self._encode(sel, self._sp, 1)
+      sel, per_record = next(slices, None), 0.0  # seconds this unit takes to read a record
+      while current is not None:
+        depth = self._workers if sel is not None and sel.stop - sel.start >= self._chunk else 1
+        wanted = time.monotonic() + per_record * (len(current[1]) - 1)
+        for got, _, _ in ahead:
+          wanted += per_record * (got.stop - got.start)
+        while sel is not None and len(ahead) < depth:
+          due = self._via(lease.pool, wanted)
+          ahead.append((sel, pool.submit(self._encode, sel, due), due))
+          wanted += per_record * (sel.stop - sel.start)
+          sel = next(slices, None)
+        handed = time.monotonic()
         yield current
+        per_record = (time.monotonic() - handed) / max(1, len(current[1]) - 1)
+        if not ahead:
+          return
+        got, future, due = ahead.popleft()
+        if future.cancel():
+          current = self._encode(got, self._sp, 1)
+        else:
+          if isinstance(due, tokenize_workers.Due):
+            due.hurry()
+          current = future.result()
     finally:
-      if ahead is not None:
-        ahead.cancel()
+      for _, future, _ in ahead:
+        future.cancel()
       lease.release()
 
-  def _via(self, pool: tokenize_workers.Pool):
-    return pool if pool.ready() else self._sp
+  def _via(self, pool: tokenize_workers.Pool, wanted: float):
+    return tokenize_workers.Due(pool, wanted) if pool.ready() else self._sp
 
   def _slices(self, start: int) -> Iterator[slice]:
     a, size = start, max(1, self._chunk // 32)  # small first: a fresh stream starts fast
@@ -325,13 +344,13 @@ class TextUnit:
       yield slice(a, a + size)
       a, size = a + size, min(2 * size, self._chunk)
 
-  def _encode(self, sel: slice, via) -> tuple[np.ndarray, np.ndarray]:
+  def _encode(self, sel: slice, via, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The records in `sel`, listed and tokenized by `via` (see `encode`), in a pool thread or
     the reader's; a worker's failure names the unit's files and the records."""
     recs, files, rows = self._records, self._order_f[sel].tolist(), self._order_r[sel].tolist()
     texts = [recs[f][r] for f, r in zip(files, rows)]
     try:
-      return encode(via, texts, self._eos, self._workers)
+      return encode(via, texts, self._eos, workers or self._workers)
     except tokenize_workers.TokenizeWorkerError as e:
       names = ", ".join(self._files[f] for f in sorted(set(files)))
       raise tokenize_workers.TokenizeWorkerError(

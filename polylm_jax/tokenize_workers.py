@@ -18,7 +18,9 @@ reader or stream that is deleted releases its units) or at interpreter exit (`sh
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import hashlib
+import itertools
 import os
 import queue
 import struct
@@ -160,73 +162,106 @@ class _Worker:
     self.proc.stdout.close()
 
 
+class Due:
+  """A chunk for `pool`, wanted at `when` (time.monotonic()): `encode(Due(...), texts, ...)`
+  queues its pieces behind those wanted earlier; `hurry()` moves the ones not yet started to
+  the front (the reader waits for them now)."""
+
+  def __init__(self, pool: "Pool", when: float):
+    self.pool, self.when, self.items = pool, when, ()
+
+  def tokenize(self, texts: Sequence[bytes]) -> tuple[np.ndarray, ...]:
+    return self.pool.tokenize(texts, self)
+
+  def hurry(self) -> None:
+    pool = self.pool
+    with _LOCK:
+      for f, t in self.items:
+        if not (f.running() or f.done()):
+          pool._pieces.put((float("-inf"), next(pool._seq), f, t))
+
+
 class Pool:
-  """`workers` processes with one model; `tokenize` splits a chunk over the idle ones."""
+  """`workers` processes with one model, fed pieces of chunks from one queue.
+
+  Each worker has a thread here that takes the next piece as soon as its worker is free, writes
+  it and waits for the answer (pipe I/O, no GIL held), so a chunk cut into `workers` pieces
+  keeps every process busy while there is work, whichever chunk it belongs to."""
 
   def __init__(self, model: bytes, eos: int, workers: int, key: tuple):
     self.workers, self.key = workers, key
     self._procs = [_Worker(model, eos) for _ in range(workers)]
-    self._idle: "queue.SimpleQueue[_Worker]" = queue.SimpleQueue()
-    self._ready = threading.Event()
+    self._pieces: "queue.PriorityQueue" = queue.PriorityQueue()  # (due, seq, future, texts)
+    self._seq = itertools.count()  # FIFO among equal due times; stop items come last
+    self._claim = threading.Lock()
+    self._started = 0
     self._broken: Optional[str] = None
     self._closed = False
     self._leases = 0
     self._timer: Optional[threading.Timer] = None
-    threading.Thread(target=self._start, name="polylm-spworkers-start", daemon=True).start()
+    self._threads = [
+      threading.Thread(target=self._serve, args=(w,), name=f"polylm-spworker-{i}", daemon=True)
+      for i, w in enumerate(self._procs)
+    ]
+    for t in self._threads:
+      t.start()
 
-  def _start(self) -> None:
-    for w in self._procs:
-      try:
-        if w.proc.stdout.read(1) != _READY:
-          raise EOFError
-      except (EOFError, OSError, ValueError):
-        self._break(w.died() + " while loading the SentencePiece model")
+  def _serve(self, w: _Worker) -> None:
+    """One worker's thread: wait until it has loaded the model, then serve pieces."""
+    try:
+      if w.proc.stdout.read(1) != _READY:
+        raise EOFError
+    except (EOFError, OSError, ValueError):
+      self._break(w.died() + " while loading the SentencePiece model")
+      return
+    with _LOCK:
+      self._started += 1
+    while True:
+      _, _, future, texts = self._pieces.get()
+      if future is None:
+        w.stop()
         return
-      self._idle.put(w)
-    self._ready.set()
+      with self._claim:  # a hurried piece is queued twice: the first taker runs it
+        if future.running() or future.done() or not future.set_running_or_notify_cancel():
+          continue
+      try:
+        w.send(texts)
+        future.set_result(w.receive(len(texts)))
+      except TokenizeWorkerError as e:  # the worker answered and lives on
+        future.set_exception(e)
+      except (EOFError, OSError, ValueError, struct.error):
+        future.set_exception(TokenizeWorkerError(self._break(w.died())))
+        return
 
   def ready(self) -> bool:
     """Whether to send chunks here: every worker has loaded the model (until then, or once
     the pool is shut down, readers tokenize in-process), or one died (`tokenize` raises)."""
-    return (self._ready.is_set() or self._broken is not None) and not self._closed
+    return (self._started == self.workers or self._broken is not None) and not self._closed
 
   def pids(self) -> list[int]:
     return [w.proc.pid for w in self._procs]
 
-  def tokenize(self, texts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """What `encode(sp, texts, eos)` gives, computed by the idle workers (at least one)."""
+  def tokenize(self, texts: Sequence[bytes], due: Optional["Due"] = None) -> tuple[np.ndarray, ...]:
+    """What `encode(sp, texts, eos)` gives, computed by the workers in pieces of about equal
+    bytes (SentencePiece's time goes with the text's length); pieces of earlier `due` first."""
     n = len(texts)
     if not n:
       return np.zeros(0, np.int32), np.zeros(1, np.int64)
-    taken = [self._take()]
-    while len(taken) < min(self.workers, n // MIN_RECORDS_PER_PIECE):
-      try:
-        taken.append(self._idle.get_nowait())
-      except queue.Empty:
-        break
-    # pieces of about equal bytes (SentencePiece's time goes with the text's length)
+    k = max(1, min(self.workers, n // MIN_RECORDS_PER_PIECE))
     sizes = np.cumsum(np.fromiter(map(len, texts), np.int64, n))
-    cuts = np.searchsorted(sizes, sizes[-1] * np.arange(1, len(taken)) / len(taken))
+    cuts = np.searchsorted(sizes, sizes[-1] * np.arange(1, k) / k)
     bounds = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
-    taken, busy = taken[: len(bounds) - 1], taken[len(bounds) - 1 :]
-    for w in busy:
-      self._idle.put(w)
-    parts, failed = [], None
-    try:
-      for w, a, b in zip(taken, bounds, bounds[1:]):
-        w.send(texts[a:b])
-      for w, a, b in zip(taken, bounds, bounds[1:]):
-        try:
-          parts.append(w.receive(b - a))
-        except TokenizeWorkerError as e:  # the worker answered and lives on
-          failed = failed or e
-    except (EOFError, OSError, ValueError, struct.error):
-      dead = next((w for w in taken if w.proc.poll() is not None), taken[0])
-      raise TokenizeWorkerError(self._break(dead.died())) from None
-    for w in taken:
-      self._idle.put(w)
-    if failed is not None:
-      raise failed
+    futures = [concurrent.futures.Future() for _ in bounds[1:]]
+    when = due.when if due is not None else 0.0
+    with _LOCK:
+      if self._broken or self._closed:
+        raise TokenizeWorkerError(self._broken or "the tokenize worker pool is closed")
+      items = [(f, texts[a:b]) for f, a, b in zip(futures, bounds, bounds[1:])]
+      for f, t in items:
+        self._pieces.put((when, next(self._seq), f, t))
+      if due is not None:
+        due.items = items
+    parts = [f.result() for f in futures]
     if len(parts) == 1:
       return parts[0]
     offsets = np.cumsum([0] + [len(v) for v, _ in parts])
@@ -235,21 +270,22 @@ class Pool:
     )
     return np.concatenate([v for v, _ in parts]), splits
 
-  def _take(self) -> _Worker:
-    while True:
-      if self._broken or self._closed:
-        raise TokenizeWorkerError(self._broken or "the tokenize worker pool is closed")
-      try:
-        return self._idle.get(timeout=0.2)
-      except queue.Empty:
-        pass
-
   def _break(self, why: str) -> str:
-    """Mark the pool unusable (callers waiting for a worker raise) and stop its workers."""
+    """Mark the pool unusable: pieces queued or sent later fail, and its workers stop."""
     with _LOCK:
       self._broken = self._broken or why
       if _POOLS.get(self.key) is self:
         del _POOLS[self.key]
+      while True:
+        try:
+          item = self._pieces.get_nowait()
+        except queue.Empty:
+          break
+        f = item[2]
+        if f is not None and not (f.running() or f.done()) and f.set_running_or_notify_cancel():
+          f.set_exception(TokenizeWorkerError(self._broken))
+      for _ in self._threads:  # the other workers' threads stop too
+        self._pieces.put((float("inf"), next(self._seq), None, None))
     for w in self._procs:
       if w.proc.poll() is None:
         w.proc.kill()
@@ -257,9 +293,16 @@ class Pool:
     return why
 
   def close(self) -> None:
+    """Stop the workers once the pieces queued are done (each thread stops its own)."""
     self._closed = True
+    for _ in self._threads:
+      self._pieces.put((float("inf"), next(self._seq), None, None))
+    for t in self._threads:
+      t.join(timeout=5.0)
     for w in self._procs:
-      w.stop()
+      if w.proc.poll() is None:
+        w.proc.kill()
+        w.proc.wait()
 
   def _release(self) -> None:
     if self._closed or self._broken:  # also after shutdown() at exit, when globals may be gone
