@@ -9,8 +9,7 @@ Each side runs in its own process (the tree's `polylm_jax` first on PYTHONPATH),
            (a run's steady state; its start is `first`); this tree reads in chunks then (no
            file tokenized whole up front), also with each of --workers SentencePiece threads
            (on as many cores). Beside each: tokens per CPU second of the main thread (what
-           one Python thread caps) and of all threads and tokenize worker processes (c cores
-           cap c times that; worker CPU is counted in clock ticks, 10 ms).
+           one Python thread caps) and of all threads (c cores cap c times that).
   first    the first batch of a fresh stream (it opens all 18 sources), and the threads the
            process holds then, per open source.
   shards   --shards streams of one process, shard v of V (the trainer's data shards), each
@@ -26,6 +25,9 @@ is the limit. Every figure is the median of --repeats runs (min-max shown).
   python benchmarks/data_pipeline.py --base /tmp/base --copies 2 --repeats 1 --batches 2 \\
       --warmup 1 --resume_steps 2 --shards 2        # a quick check that it runs
   python benchmarks/data_pipeline.py --parts cold --workers 2,4,8   # scaling, on >= 8 cores
+  python benchmarks/data_pipeline.py --parts cold --copies 200 --warmup 200 --batches 300
+      # the steady state: units past their chunk ramp (with --copies 10 English, 70% of the
+      # tokens, is one unit reopened every ~5 batches, so the 40-batch window measures ramps)
 """
 
 from __future__ import annotations
@@ -104,24 +106,6 @@ def _threads() -> int:
   return len(os.listdir("/proc/self/task"))
 
 
-def _cpu() -> float:
-  """This process's CPU seconds, plus its tokenize worker processes' (where the tree has them)."""
-  total = time.process_time()
-  try:
-    from polylm_jax import tokenize_workers
-  except ImportError:
-    return total
-  for pool in tokenize_workers.pools():
-    for pid in pool.pids():
-      try:
-        with open(f"/proc/{pid}/stat") as f:
-          fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-      except (OSError, IndexError):
-        pass
-  return total
-
-
 def measure(args) -> dict:
   """One side's figures (runs in the side's own process)."""
   import inspect
@@ -165,12 +149,12 @@ def measure(args) -> dict:
         out.setdefault("threads", []).append((_threads() - before) / len(plan.tasks))
       for _ in range(args.warmup):
         s.next()
-      t1, main, cpu = time.perf_counter(), time.thread_time(), _cpu()
+      t1, main, cpu = time.perf_counter(), time.thread_time(), time.process_time()
       for _ in range(args.batches):
         s.next()
       out.setdefault(key, []).append(tokens / (time.perf_counter() - t1))
       out.setdefault(f"{key}_main", []).append(tokens / (time.thread_time() - main))
-      out.setdefault(f"{key}_cpu", []).append(tokens / (_cpu() - cpu))
+      out.setdefault(f"{key}_cpu", []).append(tokens / (time.process_time() - cpu))
       del s
 
   readers.UNIT_CACHE.max_tokens = 0  # cold: no unit served from memory

@@ -9,8 +9,8 @@ registers them: `register_provider`), so SeqIO stays where tasks are defined and
 never imports tasks/. For such a task a unit (readers.SourceReader) is built here with the same
 documents in the same order as seqio's pipeline: tf.data's deterministic interleave over the
 unit's files, seqio's choice between sharding files and sharding examples, records the
-preprocessors drop left out, and one SentencePiece call per batch of records (with workers > 1
-each unit's next chunk is tokenized ahead, in `workers` processes of tokenize_workers, while
+preprocessors drop left out, and one SentencePiece call per batch of records (its records
+split over `workers` threads; with workers > 1 each unit's next chunk is tokenized ahead while
 the reader packs this one). Any other task goes through seqio as before.
 
 Small files are tokenized whole, once per process (`FILE_TOKENS`), so the shards of one source
@@ -25,19 +25,17 @@ import dataclasses
 import functools
 import os
 import threading
-import time
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import seqio
 
-from polylm_jax import tokenize_workers
-
 FEATURE = "targets"
 Records = list  # list[Optional[bytes]]: one file's records; None = dropped by the task
 EAGER_BYTES = 256 << 10  # units of files up to this size are tokenized whole
 CHUNK_RECORDS = 1024  # records per SentencePiece call in a larger unit (the first: 1/32)
-AHEAD_THREADS = 16  # threads that submit chunks ahead and wait (worker processes do the work)
+MIN_RECORDS_PER_THREAD = 16  # fewer per thread: starting a thread costs more than it saves
+AHEAD_THREADS = 2  # threads that submit chunks ahead (SentencePiece's own threads do the work)
 
 
 class RecordError(ValueError):
@@ -151,12 +149,23 @@ def interleave_order(counts: Sequence[int], cycle: int, block: int) -> tuple[np.
 def encode(sp, texts: Sequence[bytes], eos: int, workers: int = 1) -> tuple[np.ndarray, ...]:
   """(values int32, row splits int64) of `texts` tokenized in one call, eos after each.
 
-  sp: a SentencePieceProcessor (workers > 1: the call splits the records over that many
-  SentencePiece threads of its own), or a `tokenize_workers.Pool` of the same model (the
-  records go to its processes; `eos` and `workers` are the pool's)."""
-  if isinstance(sp, (tokenize_workers.Pool, tokenize_workers.Due)):
-    return sp.tokenize(texts)
-  return tokenize_workers.encode(sp, texts, eos, workers)
+  SentencePiece returns each record's ids as a numpy buffer (no Python int per token) and
+  holds no GIL while it encodes; the join is whole-array numpy, so a pool thread running
+  this takes the GIL for about one small call per record. workers > 1: SentencePiece splits the
+  records over that many threads of this call's own (a pool shared between calls would queue a
+  small call behind a large one)."""
+  n = len(texts)
+  splits = np.zeros(n + 1, np.int64)
+  if not n:
+    return np.zeros(0, np.int32), splits
+  threads = max(1, min(workers, n // MIN_RECORDS_PER_THREAD))
+  ids = sp.encode(list(texts), num_threads=threads, out_type="numpy")
+  np.cumsum(np.fromiter(map(len, ids), np.int64, n) + 1, out=splits[1:])
+  vals = np.full(int(splits[-1]), eos, np.int32)
+  body = np.ones(len(vals), bool)
+  body[splits[1:] - 1] = False
+  vals[body] = np.concatenate(ids)
+  return vals, splits
 
 
 def file_sig(path: str) -> str:
@@ -224,7 +233,6 @@ class TextUnit:
       else:  # seqio shards the source's examples
         example_shard = shard
     self._sp, self._eos, self._workers = vocab.tokenizer, vocab.eos_id, workers
-    self._vocab, self._files = vocab, files
     self._chunk = chunk or CHUNK_RECORDS
     vsig = file_sig(vocab.sentencepiece_model_file)
     self._keys = [(plan.signature, vsig, file_sig(f)) for f in files]
@@ -293,50 +301,21 @@ class TextUnit:
     slices = self._slices(start)
     if self._workers <= 1:
       for sel in slices:
-        yield self._encode(sel, self._sp)
+        yield self._encode(sel)
       return
-    # workers > 1: while one chunk is packed the next ones are tokenized ahead by `workers`
-    # processes (tokenize_workers: a chunk is cut over the idle ones), each call made from one
-    # of AHEAD_THREADS threads that only wait on pipes. Chunks at full size run `workers`
-    # ahead, so the processes always have one queued; while sizes still double, one (a unit
-    # read only briefly wastes little). A chunk not started when it is needed is tokenized
-    # here, on this thread's core, while the processes go on with the others; until they have
-    # loaded the model, SentencePiece threads of this process stand in.
-    lease = tokenize_workers.acquire(self._vocab.sp_model, self._eos, self._workers)
-    ahead: collections.deque = collections.deque()  # (slice, future, due)
-    try:
-      pool, sel = _ahead_pool(), next(slices, None)
-      current = None if sel is None else self._encode(sel, self._sp, 1)
-      sel, per_record = next(slices, None), 0.0  # seconds this unit takes to read a record
-      while current is not None:
-        depth = self._workers if sel is not None and sel.stop - sel.start >= self._chunk else 1
-        wanted = time.monotonic() + per_record * (len(current[1]) - 1)
-        for got, _, _ in ahead:
-          wanted += per_record * (got.stop - got.start)
-        while sel is not None and len(ahead) < depth:
-          due = self._via(lease.pool, wanted)
-          ahead.append((sel, pool.submit(self._encode, sel, due), due))
-          wanted += per_record * (sel.stop - sel.start)
-          sel = next(slices, None)
-        handed = time.monotonic()
-        yield current
-        per_record = (time.monotonic() - handed) / max(1, len(current[1]) - 1)
-        if not ahead:
-          return
-        got, future, due = ahead.popleft()
-        if future.cancel():
-          current = self._encode(got, self._sp, 1)
-        else:
-          if isinstance(due, tokenize_workers.Due):
-            due.hurry()
-          current = future.result()
-    finally:
-      for _, future, _ in ahead:
-        future.cancel()
-      lease.release()
-
-  def _via(self, pool: tokenize_workers.Pool, wanted: float):
-    return tokenize_workers.Due(pool, wanted) if pool.ready() else self._sp
+    # workers > 1: while one chunk is packed the next is tokenized ahead, its records split
+    # over `workers` SentencePiece threads (so one busy source uses them all), the call made
+    # from one of AHEAD_THREADS threads. One chunk ahead per unit, so a unit read only briefly
+    # wastes little; a chunk not started when it is needed is tokenized here instead.
+    pool, ahead, sel = _ahead_pool(), None, next(slices, None)
+    while sel is not None:
+      if ahead is not None and not ahead.cancel():
+        current = ahead.result()
+      else:
+        current = self._encode(sel, self._workers)
+      sel = next(slices, None)
+      ahead = None if sel is None else pool.submit(self._encode, sel, self._workers)
+      yield current
 
   def _slices(self, start: int) -> Iterator[slice]:
     a, size = start, max(1, self._chunk // 32)  # small first: a fresh stream starts fast
@@ -344,18 +323,10 @@ class TextUnit:
       yield slice(a, a + size)
       a, size = a + size, min(2 * size, self._chunk)
 
-  def _encode(self, sel: slice, via, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The records in `sel`, listed and tokenized by `via` (see `encode`), in a pool thread or
-    the reader's; a worker's failure names the unit's files and the records."""
+  def _encode(self, sel: slice, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The records in `sel`, listed and tokenized (in a pool thread, or the reader's)."""
     recs, files, rows = self._records, self._order_f[sel].tolist(), self._order_r[sel].tolist()
-    texts = [recs[f][r] for f, r in zip(files, rows)]
-    try:
-      return encode(via, texts, self._eos, workers or self._workers)
-    except tokenize_workers.TokenizeWorkerError as e:
-      names = ", ".join(self._files[f] for f in sorted(set(files)))
-      raise tokenize_workers.TokenizeWorkerError(
-        f"tokenizing the unit's records {sel.start}-{min(sel.stop, len(self)) - 1} (of {names}): {e}"
-      ) from None
+    return encode(self._sp, [recs[f][r] for f, r in zip(files, rows)], self._eos, workers)
 
 
 _AHEAD: list[concurrent.futures.ThreadPoolExecutor] = []
