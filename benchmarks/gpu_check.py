@@ -35,8 +35,8 @@ import argparse
 import contextlib
 import inspect
 import json
-import re
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -228,7 +228,8 @@ def _train_dry(attention: str, s: dict) -> dict:
     cuda_text = traced.lower(lowering_platforms=("cuda",)).as_text()
     res["lowered_for"] = ["cuda"]
     res["cudnn_fused_attention"] = "cudnn$fmha" in cuda_text
-    # cuDNN skips the tiles above the diagonal only under a causal mask type.
+    # cuDNN skips the tiles above the diagonal only under a causal mask type. The lowered
+    # backend config escapes its quotes as \22: mask_type\22: \22CAUSAL\22.
     res["cudnn_mask_types"] = sorted(set(re.findall(r'mask_type[\\"\s:2]*([A-Z_]+)', cuda_text)))
     if attention == "cudnn" and not res["cudnn_fused_attention"]:
       raise RuntimeError("attention_impl=cudnn lowered without cuDNN's fused attention call")
